@@ -1,0 +1,81 @@
+//! Building and running the HTTP server: `Application::build(settings)` binds the port and
+//! wires state and routes; `run_until_stopped` serves until SIGINT/SIGTERM, then drains.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::Settings;
+use crate::events::Redis;
+use crate::http;
+use crate::tenancy::Store;
+use crate::telemetry;
+
+/// Everything a request may need, shared by all workers.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub redis: Redis,
+    pub metrics: PrometheusHandle,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("mongodb: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] deadpool_redis::CreatePoolError),
+    #[error("listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl AppState {
+    /// Creates the clients (connections open lazily) without touching the network.
+    pub async fn new(settings: Settings) -> Result<Self, StartupError> {
+        let store = Store::connect(&settings.mongodb).await?;
+        let redis = Redis::connect(&settings.redis)?;
+        Ok(Self { settings: Arc::new(settings), store, redis, metrics: telemetry::metrics_handle() })
+    }
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
+        let port = listener.local_addr()?.port();
+        let workers = settings.server.workers;
+        let shutdown_timeout = settings.server.shutdown_timeout_secs;
+        let state = AppState::new(settings).await?;
+        state.store.ensure_platform_indexes().await?;
+        let state = web::Data::new(state);
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(from_fn(http::request_context))
+                .configure(http::configure)
+                .default_service(web::to(http::route_not_found))
+        })
+            .shutdown_timeout(shutdown_timeout)
+            .listen(listener)?;
+        if workers > 0 {
+            server = server.workers(workers);
+        }
+        Ok(Self { port, server: server.run() })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

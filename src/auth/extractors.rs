@@ -1,0 +1,150 @@
+//! Request extractors that authenticate the caller. A handler that takes one of these is
+//! authenticated; there is no other way to obtain a `TenantScope`.
+
+use std::future::{Ready, ready};
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, web};
+use chrono::Utc;
+use futures_util::future::LocalBoxFuture;
+
+use crate::app::AppState;
+use crate::domain::{ApiKey, AuditActor, Scope, Tenant, TenantId, TenantStatus};
+use crate::error::{ApiError, ErrorCode};
+
+use super::api_key;
+
+/// Proof that the holder may act inside one tenant. Only this module can make one.
+#[derive(Debug, Clone)]
+pub struct TenantScope {
+    tenant: TenantId,
+}
+
+impl TenantScope {
+    pub fn tenant_id(&self) -> &TenantId {
+        &self.tenant
+    }
+}
+
+/// The platform operator, authenticated by the bootstrap token from configuration.
+#[derive(Debug)]
+pub struct OperatorCaller {
+    /// `operator` for the HTTP API, `manifest` for `confab tenants apply`.
+    via: &'static str,
+}
+
+impl OperatorCaller {
+    /// The operator may act inside any tenant.
+    pub fn scope_for(&self, tenant: &TenantId) -> TenantScope {
+        TenantScope { tenant: tenant.clone() }
+    }
+
+    pub fn actor(&self) -> AuditActor {
+        AuditActor { kind: self.via.into(), id: String::new() }
+    }
+
+    /// For `confab tenants apply`, which runs on the host with the operator's authority.
+    pub fn manifest_runner() -> Self {
+        Self { via: "manifest" }
+    }
+}
+
+/// A tenant's backend, authenticated by an API key of an active tenant.
+#[derive(Debug)]
+pub struct TenantCaller {
+    pub tenant: Tenant,
+    pub key: ApiKey,
+}
+
+impl TenantCaller {
+    pub fn scope(&self) -> TenantScope {
+        TenantScope { tenant: self.tenant.id.clone() }
+    }
+
+    pub fn tenant_id(&self) -> &TenantId {
+        &self.tenant.id
+    }
+
+    pub fn actor(&self) -> AuditActor {
+        AuditActor { kind: "api_key".into(), id: self.key.id.to_string() }
+    }
+
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.key.has_scope(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::new(ErrorCode::InsufficientScope, format!("this API key lacks the '{scope}' scope"))
+                .with_details(serde_json::json!({ "required_scope": scope.as_str() })))
+        }
+    }
+}
+
+fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn app_state(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
+    req.app_data::<web::Data<AppState>>().cloned().ok_or_else(|| ApiError::internal("application state missing"))
+}
+
+impl FromRequest for OperatorCaller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(app_state(req).and_then(|state| match bearer_token(req) {
+            Some(token) if state.settings.auth.operator_token.matches(token) => Ok(Self { via: "operator" }),
+            _ => Err(ApiError::unauthorized()),
+        }))
+    }
+}
+
+impl FromRequest for TenantCaller {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = app_state(req);
+        let parsed = bearer_token(req).and_then(api_key::parse);
+        Box::pin(async move {
+            let state = state?;
+            let parsed = parsed.ok_or_else(ApiError::unauthorized)?;
+            let key = state.store.api_keys().find_for_auth(&parsed.id).await?.ok_or_else(ApiError::unauthorized)?;
+            let now = Utc::now();
+            let current = api_key::hashes_match(&key.secret_hash, &parsed.hash);
+            let previous = key.previous_valid_until.is_some_and(|until| now < until)
+                && key.previous_secret_hash.as_deref().is_some_and(|h| api_key::hashes_match(h, &parsed.hash));
+            if !(current || previous) || !key.is_usable_at(now) {
+                return Err(ApiError::unauthorized());
+            }
+            let tenant = state.store.tenants().get(&key.tenant_id).await?.ok_or_else(ApiError::unauthorized)?;
+            match tenant.status {
+                TenantStatus::Active => {}
+                TenantStatus::Suspended => {
+                    return Err(ApiError::new(ErrorCode::TenantSuspended, "this tenant is suspended"));
+                }
+                TenantStatus::Provisioning | TenantStatus::Deleting => return Err(ApiError::unauthorized()),
+            }
+            state.redis.rate_limiter().check(&tenant.id, tenant.limits.requests_per_second).await?;
+            record_use(&state, &key, now);
+            Ok(Self { tenant, key })
+        })
+    }
+}
+
+/// Writes `last_used_at` off the request path, and only when the stored value is stale.
+fn record_use(state: &web::Data<AppState>, key: &ApiKey, now: chrono::DateTime<Utc>) {
+    let resolution = chrono::Duration::seconds(state.settings.auth.key_last_used_resolution_secs as i64);
+    if key.last_used_at.is_some_and(|at| now - at < resolution) {
+        return;
+    }
+    let (repo, id) = (state.store.api_keys(), key.id.clone());
+    tokio::spawn(async move {
+        if let Err(e) = repo.touch(&id, now, resolution).await {
+            tracing::warn!(error = %e, "could not record API key use");
+        }
+    });
+}

@@ -1,0 +1,183 @@
+//! Settings: built-in defaults <- optional TOML file <- `CONFAB__SECTION__KEY` environment variables.
+//!
+//! Every limit confab enforces is a named field here, documented in README.md.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::auth::SecretString;
+use crate::domain::TenantLimits;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub mongodb: MongoSettings,
+    pub redis: RedisSettings,
+    pub auth: AuthSettings,
+    pub http: HttpSettings,
+    pub tenants: TenantSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub host: String,
+    /// 0 picks a free port (tests); the bound port is reported by `Application::port`.
+    pub port: u16,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MongoSettings {
+    pub uri: String,
+    /// Prefix of every database confab creates: `{prefix}platform`, `{prefix}t_{tenant}`.
+    pub db_prefix: String,
+    pub server_selection_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Prefix of every key and channel: `{prefix}t:{tenant}:...`.
+    pub key_prefix: String,
+    pub pool_size: usize,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    /// Bearer token for the operator API (`/admin/v1`). At least 32 characters.
+    pub operator_token: SecretString,
+    /// The `<env>` part of new API keys (`cfk_<env>_...`): 2-8 lowercase letters/digits.
+    pub api_key_env: String,
+    /// How long a rotated key's previous secret keeps working unless the request says otherwise.
+    pub key_rotation_grace_secs: u64,
+    /// Upper bound for a requested rotation grace period.
+    pub max_key_rotation_grace_secs: u64,
+    /// `last_used_at` is written at most once per this interval per key.
+    pub key_last_used_resolution_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    /// Largest accepted JSON request body (413 above it).
+    pub max_json_body_bytes: usize,
+    pub default_page_size: u32,
+    pub max_page_size: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TenantSettings {
+    /// Limits a new tenant gets for every field its creation request leaves out.
+    pub default_limits: TenantLimits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    /// `json` (default, for machines) or `pretty` (for a terminal).
+    pub format: String,
+    /// A `tracing` filter, e.g. `info` or `confab=debug,info`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+const DEFAULTS: &str = r#"
+[server]
+host = "127.0.0.1"
+port = 8080
+workers = 0
+shutdown_timeout_secs = 10
+
+[mongodb]
+uri = "mongodb://127.0.0.1:27017/?directConnection=true"
+db_prefix = "confab_"
+server_selection_timeout_ms = 5000
+
+[redis]
+url = "redis://127.0.0.1:6379"
+key_prefix = "confab:"
+pool_size = 32
+timeout_ms = 2000
+
+[auth]
+operator_token = ""
+api_key_env = "live"
+key_rotation_grace_secs = 86400
+max_key_rotation_grace_secs = 604800
+key_last_used_resolution_secs = 60
+
+[http]
+max_json_body_bytes = 262144
+default_page_size = 50
+max_page_size = 200
+
+[tenants.default_limits]
+max_users = 100000
+max_api_keys = 50
+max_conversation_members = 1000
+max_message_bytes = 16384
+storage_quota_bytes = 10737418240
+requests_per_second = 1000
+
+[log]
+format = "json"
+level = "info"
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Loads settings from the defaults, an optional TOML file, then `CONFAB__*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let settings: Settings = builder
+            .add_source(
+                config::Environment::with_prefix("CONFAB")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |m: &str| Err(SettingsError::Invalid(m.to_string()));
+        if self.auth.operator_token.expose().len() < 32 {
+            return invalid("auth.operator_token must be set (CONFAB__AUTH__OPERATOR_TOKEN) and be at least 32 characters");
+        }
+        let prefix = &self.mongodb.db_prefix;
+        if prefix.len() > 24
+            || !prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return invalid("mongodb.db_prefix must be at most 24 characters of [a-z0-9_]");
+        }
+        let env = &self.auth.api_key_env;
+        if !(2..=8).contains(&env.len())
+            || !env.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        {
+            return invalid("auth.api_key_env must be 2-8 characters of [a-z0-9]");
+        }
+        if self.http.default_page_size == 0 || self.http.default_page_size > self.http.max_page_size {
+            return invalid("http.default_page_size must be between 1 and http.max_page_size");
+        }
+        if let Err(e) = self.tenants.default_limits.check() {
+            return Err(SettingsError::Invalid(format!("tenants.default_limits: {e}")));
+        }
+        Ok(())
+    }
+}

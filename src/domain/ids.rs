@@ -1,0 +1,118 @@
+//! Identifiers that arrive from outside and are validated once.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidId(pub &'static str);
+
+/// A tenant slug: `[a-z][a-z0-9-]{2,31}`. Safe to embed in database names and Redis keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TenantId(String);
+
+impl TenantId {
+    pub const RULE: &'static str =
+        "tenant ids are 3-32 characters: a lowercase letter, then lowercase letters, digits or '-'";
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidId> {
+        let mut chars = raw.chars();
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+        let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if first_ok && rest_ok && (3..=32).contains(&raw.len()) {
+            Ok(Self(raw.to_string()))
+        } else {
+            Err(InvalidId(Self::RULE))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TenantId {
+    type Error = InvalidId;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<TenantId> for String {
+    fn from(id: TenantId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The public id of an API key: 16 characters of `[a-z0-9]`, also embedded in the key itself.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ApiKeyId(String);
+
+impl ApiKeyId {
+    pub const LEN: usize = 16;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidId> {
+        if raw.len() == Self::LEN
+            && raw.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        {
+            Ok(Self(raw.to_string()))
+        } else {
+            Err(InvalidId("API key ids are 16 characters of [a-z0-9]"))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ApiKeyId {
+    type Error = InvalidId;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<ApiKeyId> for String {
+    fn from(id: ApiKeyId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for ApiKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_ids_follow_the_slug_rule() {
+        for good in ["acme", "a-1", "abc", "a23456789012345678901234567890bc"] {
+            assert!(TenantId::parse(good).is_ok(), "{good}");
+        }
+        let too_long = "a".repeat(33);
+        for bad in ["../x", "A", "a.b", "$cmd", "ab", "1abc", "-abc", "ac me", "acmé", &too_long, ""] {
+            assert!(TenantId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn api_key_ids_are_sixteen_lowercase_alphanumerics() {
+        assert!(ApiKeyId::parse("abcdefgh01234567").is_ok());
+        assert!(ApiKeyId::parse("ABCDEFGH01234567").is_err());
+        assert!(ApiKeyId::parse("abc").is_err());
+    }
+}

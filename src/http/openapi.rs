@@ -1,0 +1,121 @@
+//! The OpenAPI 3.1 document (served at `/openapi.json`, committed as `openapi/openapi.json`)
+//! and the interactive docs at `/docs`.
+
+use actix_web::{HttpResponse, web};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{IntoResponses, Modify, OpenApi};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::error::ErrorBody;
+
+/// Error responses shared by every route; bodies are always `ErrorBody`.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum ErrorResponses {
+    /// `invalid_json`, `invalid_request`: malformed JSON, query or path parameters.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// `unauthorized`: missing, malformed, unknown, expired or revoked credentials.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// `insufficient_scope`, `tenant_suspended`.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// `not_found`: also for ids that belong to another tenant.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// `tenant_exists`, `limit_reached`, `api_key_revoked`.
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// `payload_too_large`.
+    #[response(status = 413)]
+    PayloadTooLarge(ErrorBody),
+    /// `unsupported_media_type`: send `application/json`.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorBody),
+    /// `validation_failed`, with per-field `details.fields`.
+    #[response(status = 422)]
+    Unprocessable(ErrorBody),
+    /// `rate_limited`; see `Retry-After`.
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+    /// `internal`.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// `service_unavailable`.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |format: &str, description: &str| {
+            let mut http = Http::new(HttpAuthScheme::Bearer);
+            http.bearer_format = Some(format.to_string());
+            http.description = Some(description.to_string());
+            SecurityScheme::Http(http)
+        };
+        components.add_security_scheme(
+            "operator_token",
+            bearer("opaque", "Platform operator token from confab's configuration (`auth.operator_token`)."),
+        );
+        components.add_security_scheme(
+            "api_key",
+            bearer("cfk_<env>_<id>_<secret><crc>", "A tenant's API key, for its backend servers only."),
+        );
+        components.add_security_scheme(
+            "user_jwt",
+            bearer("JWT", "An end user's token (HS256, signed with the tenant's signing key)."),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "confab", description = "Multi-tenant chat-as-a-service: REST API."),
+    paths(
+        super::health::live,
+        super::health::ready,
+        super::health::metrics,
+        super::tenants::create_tenant,
+        super::tenants::list_tenants,
+        super::tenants::get_tenant,
+        super::tenants::update_tenant,
+        super::tenants::delete_tenant,
+        super::api_keys::create_api_key_as_operator,
+        super::api_keys::create_api_key,
+        super::api_keys::list_api_keys,
+        super::api_keys::rotate_api_key,
+        super::api_keys::revoke_api_key,
+        super::audit_log::list_audit_log,
+        super::audit_log::verify_audit_log,
+        super::audit_log::verify_as_operator,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "health", description = "Liveness, readiness, metrics"),
+        (name = "tenants", description = "Operator: tenant lifecycle"),
+        (name = "api-keys", description = "API keys of a tenant's backends"),
+        (name = "audit", description = "Hash-chained audit log"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as pretty JSON, exactly as committed in `openapi/openapi.json`.
+pub fn document_json() -> String {
+    ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serialises")
+}
+
+async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(document_json())
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/openapi.json", web::get().to(openapi_json))
+        .route("/docs", web::get().to(|| async { HttpResponse::PermanentRedirect().insert_header(("location", "/docs/")).finish() }))
+        .service(SwaggerUi::new("/docs/{_:.*}").config(utoipa_swagger_ui::Config::from("/openapi.json")));
+}

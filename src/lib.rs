@@ -1,0 +1,13 @@
+//! confab: multi-tenant chat-as-a-service. See README.md for the architecture map.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod events;
+pub mod http;
+pub mod platform;
+pub mod telemetry;
+pub mod tenancy;

@@ -1,0 +1,21 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use confab::cli::{Cli, Command};
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Openapi => confab::cli::print_openapi(),
+        Command::Serve => confab::cli::serve(cli.config.as_deref()).await,
+        Command::Tenants { command } => confab::cli::tenants(cli.config.as_deref(), command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("confab: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Tenant lifecycle, for the operator: create (record, database, indexes, signing secret),
+//! read, list, change, suspend and delete.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::Utc;
+use rand::RngCore;
+
+use crate::app::AppState;
+use crate::auth::OperatorCaller;
+use crate::domain::{
+    Page, PageRequest, PlanName, SigningKey, Tenant, TenantId, TenantLimitsPatch, TenantStatus,
+};
+use crate::error::{ApiError, ErrorCode};
+use crate::tenancy::repos::TenantUpdate;
+
+use super::audit::{self, AuditRecord};
+
+pub struct NewTenant {
+    pub id: TenantId,
+    pub name: String,
+    pub plan: PlanName,
+    pub limits: TenantLimitsPatch,
+}
+
+/// Changes to a tenant; `None` keeps the current value.
+#[derive(Default)]
+pub struct TenantChanges {
+    pub name: Option<String>,
+    pub plan: Option<PlanName>,
+    pub limits: Option<TenantLimitsPatch>,
+    pub status: Option<TenantStatus>,
+}
+
+impl TenantChanges {
+    fn is_empty(&self) -> bool {
+        self.name.is_none() && self.plan.is_none() && self.limits.is_none() && self.status.is_none()
+    }
+}
+
+fn limits_error(e: crate::domain::LimitsError) -> ApiError {
+    ApiError::validation(&format!("limits.{}", e.field), format!("must be between {} and {}", e.min, e.max))
+}
+
+pub fn new_signing_key() -> SigningKey {
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let mut kid = [0u8; 6];
+    rand::rng().fill_bytes(&mut kid);
+    SigningKey { kid: hex::encode(kid), secret: URL_SAFE_NO_PAD.encode(secret), created_at: Utc::now() }
+}
+
+/// Creates the tenant record, then its database and indexes. If provisioning fails, the record
+/// and database are removed again so nothing half-made is left behind.
+pub async fn create_tenant(state: &AppState, caller: &OperatorCaller, new: NewTenant) -> Result<Tenant, ApiError> {
+    let limits = state.settings.tenants.default_limits.patched(&new.limits).map_err(limits_error)?;
+    let now = Utc::now();
+    let mut tenant = Tenant {
+        id: new.id,
+        name: new.name,
+        plan: new.plan,
+        limits,
+        status: TenantStatus::Provisioning,
+        signing_keys: vec![new_signing_key()],
+        created_at: now,
+        updated_at: now,
+    };
+    let tenants = state.store.tenants();
+    if !tenants.insert(&tenant).await? {
+        return Err(ApiError::new(ErrorCode::TenantExists, format!("tenant '{}' already exists", tenant.id))
+            .with_details(serde_json::json!({ "id": tenant.id.as_str() })));
+    }
+    let db = state.store.tenant_db(&caller.scope_for(&tenant.id));
+    if let Err(e) = db.provision().await {
+        let _ = db.drop().await;
+        let _ = tenants.delete(&tenant.id).await;
+        return Err(e.into());
+    }
+    let activate = TenantUpdate { status: Some(TenantStatus::Active), ..Default::default() };
+    tenant = tenants.update(&tenant.id, activate, Utc::now()).await?.ok_or_else(|| ApiError::not_found("tenant"))?;
+    let record = AuditRecord::new(caller.actor(), "tenant.create", "tenant", tenant.id.as_str())
+        .with_details(serde_json::json!({ "name": &tenant.name, "plan": tenant.plan.as_str() }));
+    audit::append(&state.store, &tenant.id, record).await?;
+    Ok(tenant)
+}
+
+pub async fn get_tenant(state: &AppState, _caller: &OperatorCaller, id: &TenantId) -> Result<Tenant, ApiError> {
+    state.store.tenants().get(id).await?.ok_or_else(|| ApiError::not_found("tenant"))
+}
+
+pub async fn list_tenants(state: &AppState, _caller: &OperatorCaller, page: PageRequest) -> Result<Page<Tenant>, ApiError> {
+    let items = state.store.tenants().list(page.after.as_deref(), page.limit + 1).await?;
+    Ok(Page::from_overfetch(items, page.limit, |t| t.id.to_string()))
+}
+
+/// Changes name, plan, limits or status (`active` / `suspended`).
+pub async fn update_tenant(
+    state: &AppState,
+    caller: &OperatorCaller,
+    id: &TenantId,
+    changes: TenantChanges,
+) -> Result<Tenant, ApiError> {
+    let current = get_tenant(state, caller, id).await?;
+    if changes.is_empty() {
+        return Ok(current);
+    }
+    if matches!(current.status, TenantStatus::Provisioning | TenantStatus::Deleting) {
+        return Err(ApiError::not_found("tenant"));
+    }
+    if let Some(status) = changes.status
+        && !matches!(status, TenantStatus::Active | TenantStatus::Suspended)
+    {
+        return Err(ApiError::validation("status", "must be 'active' or 'suspended'"));
+    }
+    let limits = match &changes.limits {
+        Some(patch) => Some(current.limits.patched(patch).map_err(limits_error)?),
+        None => None,
+    };
+    let mut details = serde_json::Map::new();
+    if let Some(name) = &changes.name {
+        details.insert("name".into(), name.clone().into());
+    }
+    if let Some(plan) = &changes.plan {
+        details.insert("plan".into(), plan.as_str().into());
+    }
+    if let Some(limits) = &limits {
+        details.insert("limits".into(), serde_json::to_value(limits).unwrap_or_default());
+    }
+    if let Some(status) = changes.status {
+        details.insert("status".into(), serde_json::to_value(status).unwrap_or_default());
+    }
+    let update = TenantUpdate { name: changes.name, plan: changes.plan, limits, status: changes.status };
+    let tenant = state.store.tenants().update(id, update, Utc::now()).await?.ok_or_else(|| ApiError::not_found("tenant"))?;
+    let action = match changes.status {
+        Some(TenantStatus::Suspended) if current.status != TenantStatus::Suspended => "tenant.suspend",
+        Some(TenantStatus::Active) if current.status != TenantStatus::Active => "tenant.reactivate",
+        _ => "tenant.update",
+    };
+    let record = AuditRecord::new(caller.actor(), action, "tenant", id.as_str()).with_details(details.into());
+    audit::append(&state.store, id, record).await?;
+    Ok(tenant)
+}
+
+/// Deletes a tenant: its keys stop working at once, then its database and record go.
+/// A repeated call finishes a deletion that was interrupted.
+pub async fn delete_tenant(state: &AppState, caller: &OperatorCaller, id: &TenantId) -> Result<(), ApiError> {
+    let tenants = state.store.tenants();
+    get_tenant(state, caller, id).await?;
+    let deleting = TenantUpdate { status: Some(TenantStatus::Deleting), ..Default::default() };
+    tenants.update(id, deleting, Utc::now()).await?;
+    let record = AuditRecord::new(caller.actor(), "tenant.delete", "tenant", id.as_str());
+    audit::append(&state.store, id, record).await?;
+    state.store.api_keys().delete_for_tenant(id).await?;
+    state.store.tenant_db(&caller.scope_for(id)).drop().await?;
+    tenants.delete(id).await?;
+    Ok(())
+}

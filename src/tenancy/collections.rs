@@ -1,0 +1,89 @@
+//! The fixed set of collections and their indexes, for the platform and for every tenant.
+
+use mongodb::bson::Document;
+use mongodb::options::IndexOptions;
+use mongodb::{Database, IndexModel};
+
+pub struct CollectionSpec {
+    pub name: &'static str,
+    pub indexes: &'static [IndexSpec],
+}
+
+pub struct IndexSpec {
+    pub name: &'static str,
+    pub keys: &'static [(&'static str, i32)],
+    pub unique: bool,
+}
+
+const fn index(name: &'static str, keys: &'static [(&'static str, i32)]) -> IndexSpec {
+    IndexSpec { name, keys, unique: false }
+}
+
+const fn unique(name: &'static str, keys: &'static [(&'static str, i32)]) -> IndexSpec {
+    IndexSpec { name, keys, unique: true }
+}
+
+pub const PLATFORM_COLLECTIONS: &[CollectionSpec] = &[
+    CollectionSpec { name: "tenants", indexes: &[] },
+    CollectionSpec { name: "api_keys", indexes: &[index("tenant_id_1__id_1", &[("tenant_id", 1), ("_id", 1)])] },
+    CollectionSpec { name: "audit_log", indexes: &[unique("tenant_id_1_seq_1", &[("tenant_id", 1), ("seq", 1)])] },
+    CollectionSpec { name: "audit_heads", indexes: &[] },
+];
+
+pub const TENANT_COLLECTIONS: &[CollectionSpec] = &[
+    CollectionSpec { name: "users", indexes: &[index("name_key_1__id_1", &[("name_key", 1), ("_id", 1)])] },
+    CollectionSpec { name: "devices", indexes: &[unique("user_id_1_device_id_1", &[("user_id", 1), ("device_id", 1)])] },
+    CollectionSpec { name: "conversations", indexes: &[index("last_message_at_-1", &[("last_message_at", -1)])] },
+    CollectionSpec {
+        name: "members",
+        indexes: &[
+            unique("conversation_id_1_user_id_1", &[("conversation_id", 1), ("user_id", 1)]),
+            index("user_id_1_last_activity_at_-1", &[("user_id", 1), ("last_activity_at", -1)]),
+        ],
+    },
+    CollectionSpec {
+        name: "messages",
+        indexes: &[
+            unique("conversation_id_1_seq_1", &[("conversation_id", 1), ("seq", 1)]),
+            unique(
+                "conversation_id_1_sender_id_1_client_msg_id_1",
+                &[("conversation_id", 1), ("sender_id", 1), ("client_msg_id", 1)],
+            ),
+        ],
+    },
+    CollectionSpec { name: "files", indexes: &[index("uploader_id_1_created_at_-1", &[("uploader_id", 1), ("created_at", -1)])] },
+    CollectionSpec { name: "code_sessions", indexes: &[index("owner_id_1", &[("owner_id", 1)])] },
+    CollectionSpec {
+        name: "workspace_items",
+        indexes: &[unique("session_id_1_parent_id_1_name_1", &[("session_id", 1), ("parent_id", 1), ("name", 1)])],
+    },
+    CollectionSpec { name: "collab_updates", indexes: &[unique("doc_id_1_seq_1", &[("doc_id", 1), ("seq", 1)])] },
+    CollectionSpec { name: "collab_snapshots", indexes: &[index("doc_id_1_epoch_-1", &[("doc_id", 1), ("epoch", -1)])] },
+    CollectionSpec { name: "events", indexes: &[index("topic_1_seq_1", &[("topic", 1), ("seq", 1)])] },
+    CollectionSpec { name: "analytics_daily", indexes: &[unique("day_1_metric_1", &[("day", 1), ("metric", 1)])] },
+];
+
+/// Creates each collection (if missing) and its indexes. Safe to run again.
+pub async fn ensure(db: &Database, specs: &[CollectionSpec]) -> Result<(), mongodb::error::Error> {
+    let existing = db.list_collection_names().await?;
+    for spec in specs {
+        if !existing.iter().any(|name| name == spec.name) {
+            if let Err(e) = db.create_collection(spec.name).await {
+                // Another node may have created it in the meantime: NamespaceExists.
+                if !matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == 48) {
+                    return Err(e);
+                }
+            }
+        }
+        if spec.indexes.is_empty() {
+            continue;
+        }
+        let models = spec.indexes.iter().map(|ix| {
+            let keys: Document = ix.keys.iter().map(|(field, dir)| (field.to_string(), (*dir).into())).collect();
+            let options = IndexOptions::builder().name(ix.name.to_string()).unique(ix.unique.then_some(true)).build();
+            IndexModel::builder().keys(keys).options(options).build()
+        });
+        db.collection::<Document>(spec.name).create_indexes(models).await?;
+    }
+    Ok(())
+}
