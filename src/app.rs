@@ -12,8 +12,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::config::Settings;
 use crate::events::Redis;
 use crate::http;
-use crate::tenancy::Store;
 use crate::telemetry;
+use crate::tenancy::Store;
 
 /// Everything a request may need, shared by all workers.
 pub struct AppState {
@@ -63,8 +63,8 @@ impl Application {
                 .configure(http::configure)
                 .default_service(web::to(http::route_not_found))
         })
-            .shutdown_timeout(shutdown_timeout)
-            .listen(listener)?;
+        .shutdown_timeout(shutdown_timeout)
+        .listen(listener)?;
         if workers > 0 {
             server = server.workers(workers);
         }

@@ -137,20 +137,23 @@ pub enum SettingsError {
 impl Settings {
     /// Loads settings from the defaults, an optional TOML file, then `CONFAB__*` variables.
     pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        Self::load_with_overrides(file, &[])
+    }
+
+    /// Like `load`, with `("section.key", value)` pairs applied last (tests, tools).
+    pub fn load_with_overrides(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Self, SettingsError> {
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
-        let settings: Settings = builder
-            .add_source(
-                config::Environment::with_prefix("CONFAB")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
-            )
-            .build()?
-            .try_deserialize()?;
+        builder = builder.add_source(
+            config::Environment::with_prefix("CONFAB").prefix_separator("__").separator("__").try_parsing(true),
+        );
+        for (key, value) in overrides {
+            builder = builder.set_override(*key, value.as_str())?;
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -158,18 +161,16 @@ impl Settings {
     fn validate(&self) -> Result<(), SettingsError> {
         let invalid = |m: &str| Err(SettingsError::Invalid(m.to_string()));
         if self.auth.operator_token.expose().len() < 32 {
-            return invalid("auth.operator_token must be set (CONFAB__AUTH__OPERATOR_TOKEN) and be at least 32 characters");
+            return invalid(
+                "auth.operator_token must be set (CONFAB__AUTH__OPERATOR_TOKEN) and be at least 32 characters",
+            );
         }
         let prefix = &self.mongodb.db_prefix;
-        if prefix.len() > 24
-            || !prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        {
+        if prefix.len() > 24 || !prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
             return invalid("mongodb.db_prefix must be at most 24 characters of [a-z0-9_]");
         }
         let env = &self.auth.api_key_env;
-        if !(2..=8).contains(&env.len())
-            || !env.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        {
+        if !(2..=8).contains(&env.len()) || !env.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
             return invalid("auth.api_key_env must be 2-8 characters of [a-z0-9]");
         }
         if self.http.default_page_size == 0 || self.http.default_page_size > self.http.max_page_size {

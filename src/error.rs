@@ -71,13 +71,9 @@ impl ErrorCode {
             ErrorCode::InvalidJson | ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
             ErrorCode::ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::Forbidden | ErrorCode::InsufficientScope | ErrorCode::TenantSuspended => {
-                StatusCode::FORBIDDEN
-            }
+            ErrorCode::Forbidden | ErrorCode::InsufficientScope | ErrorCode::TenantSuspended => StatusCode::FORBIDDEN,
             ErrorCode::NotFound | ErrorCode::RouteNotFound => StatusCode::NOT_FOUND,
-            ErrorCode::TenantExists | ErrorCode::LimitReached | ErrorCode::ApiKeyRevoked => {
-                StatusCode::CONFLICT
-            }
+            ErrorCode::TenantExists | ErrorCode::LimitReached | ErrorCode::ApiKeyRevoked => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -108,7 +104,10 @@ pub struct ErrorDetail {
     pub request_id: String,
 }
 
-pub struct ApiError {
+/// Boxed so `Result<T, ApiError>` stays one pointer wide on the happy path.
+pub struct ApiError(Box<ErrorParts>);
+
+struct ErrorParts {
     code: ErrorCode,
     message: String,
     details: Option<serde_json::Value>,
@@ -118,29 +117,31 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), details: None, retry_after_secs: None, cause: None }
+        Self(Box::new(ErrorParts { code, message: message.into(), details: None, retry_after_secs: None, cause: None }))
     }
 
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
-        self.details = Some(details);
+        self.0.details = Some(details);
         self
     }
 
     pub fn with_retry_after(mut self, secs: u64) -> Self {
-        self.retry_after_secs = Some(secs);
+        self.0.retry_after_secs = Some(secs);
+        self
+    }
+
+    fn with_cause(mut self, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        self.0.cause = Some(cause.into());
         self
     }
 
     /// A server-side failure: the client sees only `internal`; the cause is logged.
     pub fn internal(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self { cause: Some(cause.into()), ..Self::new(ErrorCode::Internal, "internal error") }
+        Self::new(ErrorCode::Internal, "internal error").with_cause(cause)
     }
 
     pub fn unavailable(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self {
-            cause: Some(cause.into()),
-            ..Self::new(ErrorCode::ServiceUnavailable, "a backing service is unavailable; retry later")
-        }
+        Self::new(ErrorCode::ServiceUnavailable, "a backing service is unavailable; retry later").with_cause(cause)
     }
 
     pub fn not_found(what: &str) -> Self {
@@ -159,14 +160,14 @@ impl ApiError {
     }
 
     pub fn code(&self) -> ErrorCode {
-        self.code
+        self.0.code
     }
 }
 
 impl fmt::Debug for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code.as_str(), self.message)?;
-        if let Some(cause) = &self.cause {
+        write!(f, "{}: {}", self.0.code.as_str(), self.0.message)?;
+        if let Some(cause) = &self.0.cause {
             write!(f, " ({cause})")?;
         }
         Ok(())
@@ -175,32 +176,33 @@ impl fmt::Debug for ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(&self.0.message)
     }
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        self.code.status()
+        self.0.code.status()
     }
 
     fn error_response(&self) -> HttpResponse {
+        let parts = &self.0;
         let request_id = current_request_id();
-        if let Some(cause) = &self.cause {
-            tracing::error!(request_id = %request_id, code = self.code.as_str(), error = %cause, "request failed");
+        if let Some(cause) = &parts.cause {
+            tracing::error!(request_id = %request_id, code = parts.code.as_str(), error = %cause, "request failed");
         }
         let mut response = HttpResponse::build(self.status_code());
-        if self.code == ErrorCode::Unauthorized {
+        if parts.code == ErrorCode::Unauthorized {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        if let Some(secs) = self.retry_after_secs {
+        if let Some(secs) = parts.retry_after_secs {
             response.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
         response.json(ErrorBody {
             error: ErrorDetail {
-                code: self.code.as_str(),
-                message: self.message.clone(),
-                details: self.details.clone(),
+                code: parts.code.as_str(),
+                message: parts.message.clone(),
+                details: parts.details.clone(),
                 request_id,
             },
         })
@@ -211,9 +213,7 @@ impl From<mongodb::error::Error> for ApiError {
     fn from(e: mongodb::error::Error) -> Self {
         use mongodb::error::ErrorKind;
         match *e.kind {
-            ErrorKind::ServerSelection { .. } | ErrorKind::ConnectionPoolCleared { .. } => {
-                ApiError::unavailable(e)
-            }
+            ErrorKind::ServerSelection { .. } | ErrorKind::ConnectionPoolCleared { .. } => ApiError::unavailable(e),
             _ => ApiError::internal(e),
         }
     }

@@ -13,7 +13,8 @@ const LATENCY_BUCKETS_SECS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 
 pub fn init_logging(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if settings.format == "pretty" { builder.try_init() } else { builder.json().flatten_event(true).try_init() };
+    let _ =
+        if settings.format == "pretty" { builder.try_init() } else { builder.json().flatten_event(true).try_init() };
 }
 
 /// The process-wide Prometheus recorder (installed once, shared by every app in the process).

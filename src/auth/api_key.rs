@@ -51,8 +51,7 @@ pub fn parse(raw: &str) -> Option<ParsedKey> {
     let rest = raw.strip_prefix(PREFIX)?;
     let (env, rest) = rest.split_once('_')?;
     let (id, tail) = rest.split_once('_')?;
-    let env_ok = (2..=8).contains(&env.len())
-        && env.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let env_ok = (2..=8).contains(&env.len()) && env.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if !env_ok || tail.len() != SECRET_LEN + CRC_LEN || !tail.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return None;
     }

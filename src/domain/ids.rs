@@ -61,9 +61,7 @@ impl ApiKeyId {
     pub const LEN: usize = 16;
 
     pub fn parse(raw: &str) -> Result<Self, InvalidId> {
-        if raw.len() == Self::LEN
-            && raw.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        {
+        if raw.len() == Self::LEN && raw.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
             Ok(Self(raw.to_string()))
         } else {
             Err(InvalidId("API key ids are 16 characters of [a-z0-9]"))

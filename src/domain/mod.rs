@@ -11,7 +11,4 @@ pub use audit::{AuditActor, AuditEntry, AuditTarget, ChainBreak, GENESIS_HASH, v
 pub use ids::{ApiKeyId, InvalidId, TenantId};
 pub use page::{Page, PageRequest};
 pub use scope::{Scope, UnknownScope};
-pub use tenant::{
-    ApiKey, LimitsError, PlanName, SigningKey, Tenant, TenantLimits, TenantLimitsPatch,
-    TenantStatus,
-};
+pub use tenant::{ApiKey, LimitsError, PlanName, SigningKey, Tenant, TenantLimits, TenantLimitsPatch, TenantStatus};

@@ -105,9 +105,7 @@ impl TenantLimits {
         let limits = TenantLimits {
             max_users: patch.max_users.unwrap_or(self.max_users),
             max_api_keys: patch.max_api_keys.unwrap_or(self.max_api_keys),
-            max_conversation_members: patch
-                .max_conversation_members
-                .unwrap_or(self.max_conversation_members),
+            max_conversation_members: patch.max_conversation_members.unwrap_or(self.max_conversation_members),
             max_message_bytes: patch.max_message_bytes.unwrap_or(self.max_message_bytes),
             storage_quota_bytes: patch.storage_quota_bytes.unwrap_or(self.storage_quota_bytes),
             requests_per_second: patch.requests_per_second.unwrap_or(self.requests_per_second),

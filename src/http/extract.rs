@@ -60,11 +60,8 @@ fn is_json(req: &HttpRequest) -> bool {
 /// Reads the body up to `http.max_json_body_bytes`, refusing early on a large Content-Length.
 fn read_body(req: &HttpRequest, payload: &mut Payload) -> LocalBoxFuture<'static, Result<web::BytesMut, ApiError>> {
     let limit = req.app_data::<web::Data<AppState>>().map_or(256 * 1024, |s| s.settings.http.max_json_body_bytes);
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     let json = is_json(req);
     let mut payload = payload.take();
     Box::pin(async move {
@@ -77,14 +74,18 @@ fn read_body(req: &HttpRequest, payload: &mut Payload) -> LocalBoxFuture<'static
         }
         let mut body = web::BytesMut::new();
         while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("could not read body: {e}")))?;
+            let chunk =
+                chunk.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("could not read body: {e}")))?;
             if body.len() + chunk.len() > limit {
                 return Err(too_large());
             }
             body.extend_from_slice(&chunk);
         }
         if !json && !body.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "send JSON with Content-Type: application/json"));
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "send JSON with Content-Type: application/json",
+            ));
         }
         Ok(body)
     })
@@ -144,9 +145,8 @@ fn collect(errors: &ValidationErrors, prefix: &str, out: &mut Vec<serde_json::Va
 }
 
 pub fn query_config() -> web::QueryConfig {
-    web::QueryConfig::default().error_handler(|e, _| {
-        ApiError::new(ErrorCode::InvalidRequest, format!("invalid query parameters: {e}")).into()
-    })
+    web::QueryConfig::default()
+        .error_handler(|e, _| ApiError::new(ErrorCode::InvalidRequest, format!("invalid query parameters: {e}")).into())
 }
 
 pub fn path_config() -> web::PathConfig {
@@ -155,7 +155,11 @@ pub fn path_config() -> web::PathConfig {
 }
 
 /// Parses a path segment into an id type, answering 400 `invalid_request` when malformed.
-pub fn path_id<T, E: std::fmt::Display>(raw: &str, name: &str, parse: impl Fn(&str) -> Result<T, E>) -> Result<T, ApiError> {
+pub fn path_id<T, E: std::fmt::Display>(
+    raw: &str,
+    name: &str,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<T, ApiError> {
     parse(raw).map_err(|e| {
         ApiError::new(ErrorCode::InvalidRequest, format!("invalid {name}: {e}"))
             .with_details(serde_json::json!({ "param": name, "value": raw }))

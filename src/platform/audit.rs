@@ -91,7 +91,12 @@ async fn current_head(repo: &AuditRepo, tenant: &TenantId) -> Result<AuditHead, 
 }
 
 /// Newest entries first; the cursor is the seq to continue below.
-pub async fn page(store: &Store, tenant: &TenantId, before: Option<i64>, limit: u32) -> Result<Page<AuditEntry>, ApiError> {
+pub async fn page(
+    store: &Store,
+    tenant: &TenantId,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Page<AuditEntry>, ApiError> {
     let repo = store.audit();
     let head = current_head(&repo, tenant).await?;
     let before = before.unwrap_or(head.seq + 1).clamp(1, head.seq + 1);

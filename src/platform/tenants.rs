@@ -8,9 +8,7 @@ use rand::RngCore;
 
 use crate::app::AppState;
 use crate::auth::OperatorCaller;
-use crate::domain::{
-    Page, PageRequest, PlanName, SigningKey, Tenant, TenantId, TenantLimitsPatch, TenantStatus,
-};
+use crate::domain::{Page, PageRequest, PlanName, SigningKey, Tenant, TenantId, TenantLimitsPatch, TenantStatus};
 use crate::error::{ApiError, ErrorCode};
 use crate::tenancy::repos::TenantUpdate;
 
@@ -88,7 +86,11 @@ pub async fn get_tenant(state: &AppState, _caller: &OperatorCaller, id: &TenantI
     state.store.tenants().get(id).await?.ok_or_else(|| ApiError::not_found("tenant"))
 }
 
-pub async fn list_tenants(state: &AppState, _caller: &OperatorCaller, page: PageRequest) -> Result<Page<Tenant>, ApiError> {
+pub async fn list_tenants(
+    state: &AppState,
+    _caller: &OperatorCaller,
+    page: PageRequest,
+) -> Result<Page<Tenant>, ApiError> {
     let items = state.store.tenants().list(page.after.as_deref(), page.limit + 1).await?;
     Ok(Page::from_overfetch(items, page.limit, |t| t.id.to_string()))
 }
@@ -130,7 +132,8 @@ pub async fn update_tenant(
         details.insert("status".into(), serde_json::to_value(status).unwrap_or_default());
     }
     let update = TenantUpdate { name: changes.name, plan: changes.plan, limits, status: changes.status };
-    let tenant = state.store.tenants().update(id, update, Utc::now()).await?.ok_or_else(|| ApiError::not_found("tenant"))?;
+    let tenant =
+        state.store.tenants().update(id, update, Utc::now()).await?.ok_or_else(|| ApiError::not_found("tenant"))?;
     let action = match changes.status {
         Some(TenantStatus::Suspended) if current.status != TenantStatus::Suspended => "tenant.suspend",
         Some(TenantStatus::Active) if current.status != TenantStatus::Active => "tenant.reactivate",

@@ -32,7 +32,10 @@ pub const PLATFORM_COLLECTIONS: &[CollectionSpec] = &[
 
 pub const TENANT_COLLECTIONS: &[CollectionSpec] = &[
     CollectionSpec { name: "users", indexes: &[index("name_key_1__id_1", &[("name_key", 1), ("_id", 1)])] },
-    CollectionSpec { name: "devices", indexes: &[unique("user_id_1_device_id_1", &[("user_id", 1), ("device_id", 1)])] },
+    CollectionSpec {
+        name: "devices",
+        indexes: &[unique("user_id_1_device_id_1", &[("user_id", 1), ("device_id", 1)])],
+    },
     CollectionSpec { name: "conversations", indexes: &[index("last_message_at_-1", &[("last_message_at", -1)])] },
     CollectionSpec {
         name: "members",
@@ -51,14 +54,20 @@ pub const TENANT_COLLECTIONS: &[CollectionSpec] = &[
             ),
         ],
     },
-    CollectionSpec { name: "files", indexes: &[index("uploader_id_1_created_at_-1", &[("uploader_id", 1), ("created_at", -1)])] },
+    CollectionSpec {
+        name: "files",
+        indexes: &[index("uploader_id_1_created_at_-1", &[("uploader_id", 1), ("created_at", -1)])],
+    },
     CollectionSpec { name: "code_sessions", indexes: &[index("owner_id_1", &[("owner_id", 1)])] },
     CollectionSpec {
         name: "workspace_items",
         indexes: &[unique("session_id_1_parent_id_1_name_1", &[("session_id", 1), ("parent_id", 1), ("name", 1)])],
     },
     CollectionSpec { name: "collab_updates", indexes: &[unique("doc_id_1_seq_1", &[("doc_id", 1), ("seq", 1)])] },
-    CollectionSpec { name: "collab_snapshots", indexes: &[index("doc_id_1_epoch_-1", &[("doc_id", 1), ("epoch", -1)])] },
+    CollectionSpec {
+        name: "collab_snapshots",
+        indexes: &[index("doc_id_1_epoch_-1", &[("doc_id", 1), ("epoch", -1)])],
+    },
     CollectionSpec { name: "events", indexes: &[index("topic_1_seq_1", &[("topic", 1), ("seq", 1)])] },
     CollectionSpec { name: "analytics_daily", indexes: &[unique("day_1_metric_1", &[("day", 1), ("metric", 1)])] },
 ];
@@ -67,13 +76,12 @@ pub const TENANT_COLLECTIONS: &[CollectionSpec] = &[
 pub async fn ensure(db: &Database, specs: &[CollectionSpec]) -> Result<(), mongodb::error::Error> {
     let existing = db.list_collection_names().await?;
     for spec in specs {
-        if !existing.iter().any(|name| name == spec.name) {
-            if let Err(e) = db.create_collection(spec.name).await {
-                // Another node may have created it in the meantime: NamespaceExists.
-                if !matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == 48) {
-                    return Err(e);
-                }
-            }
+        // Another node may create it in the meantime: NamespaceExists (48) is fine.
+        if !existing.iter().any(|name| name == spec.name)
+            && let Err(e) = db.create_collection(spec.name).await
+            && !matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == 48)
+        {
+            return Err(e);
         }
         if spec.indexes.is_empty() {
             continue;

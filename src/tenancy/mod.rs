@@ -33,8 +33,7 @@ impl Store {
     pub async fn connect(settings: &MongoSettings) -> Result<Self, mongodb::error::Error> {
         let mut options = ClientOptions::parse(&settings.uri).await?;
         options.app_name = Some("confab".into());
-        options.server_selection_timeout =
-            Some(Duration::from_millis(settings.server_selection_timeout_ms));
+        options.server_selection_timeout = Some(Duration::from_millis(settings.server_selection_timeout_ms));
         let client = Client::with_options(options)?;
         let platform = client.database(&format!("{}platform", settings.db_prefix));
         Ok(Self { client, platform, prefix: settings.db_prefix.clone() })

@@ -50,7 +50,13 @@ impl ApiKeysRepo {
         if let Some(after) = after {
             filter.insert("_id", doc! { "$gt": after });
         }
-        self.keys.find(filter).sort(doc! { "tenant_id": 1, "_id": 1 }).limit(i64::from(limit)).await?.try_collect().await
+        self.keys
+            .find(filter)
+            .sort(doc! { "tenant_id": 1, "_id": 1 })
+            .limit(i64::from(limit))
+            .await?
+            .try_collect()
+            .await
     }
 
     pub async fn count_unrevoked(&self, tenant: &TenantId) -> Result<u64, mongodb::error::Error> {
@@ -95,9 +101,15 @@ impl ApiKeysRepo {
     }
 
     /// Records use, at most once per `resolution` so busy keys do not write on every request.
-    pub async fn touch(&self, id: &ApiKeyId, now: DateTime<Utc>, resolution: chrono::Duration) -> Result<(), mongodb::error::Error> {
+    pub async fn touch(
+        &self,
+        id: &ApiKeyId,
+        now: DateTime<Utc>,
+        resolution: chrono::Duration,
+    ) -> Result<(), mongodb::error::Error> {
         let stale = bson_time(now - resolution);
-        let filter = doc! { "_id": id.as_str(), "$or": [ { "last_used_at": null }, { "last_used_at": { "$lt": stale } } ] };
+        let filter =
+            doc! { "_id": id.as_str(), "$or": [ { "last_used_at": null }, { "last_used_at": { "$lt": stale } } ] };
         self.keys.update_one(filter, doc! { "$set": { "last_used_at": bson_time(now) } }).await.map(|_| ())
     }
 

@@ -1,0 +1,196 @@
+//! Starting confab for a test, and talking to it like a client would.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use confab::app::Application;
+use confab::config::Settings;
+use rand::distr::{Alphanumeric, SampleString};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub fn mongo_uri() -> String {
+    std::env::var("CONFAB_TEST_MONGODB_URI")
+        .expect("CONFAB_TEST_MONGODB_URI is not set: run the suite with ./scripts/test, which starts secantusd-rs")
+}
+
+pub fn redis_url() -> String {
+    std::env::var("CONFAB_TEST_REDIS_URL")
+        .expect("CONFAB_TEST_REDIS_URL is not set: run the suite with ./scripts/test, which starts redis-server")
+}
+
+pub fn random_lower(len: usize) -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), len).to_lowercase()
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub operator_token: String,
+    pub db_prefix: String,
+    pub redis_prefix: String,
+    pub settings: Settings,
+    pub client: reqwest::Client,
+}
+
+/// The settings a test app runs with: a fresh database prefix and Redis prefix.
+pub fn test_overrides() -> Vec<(&'static str, String)> {
+    let db_prefix = format!("t{}_", random_lower(10));
+    vec![
+        ("server.port", "0".into()),
+        ("server.workers", "1".into()),
+        ("mongodb.uri", mongo_uri()),
+        ("mongodb.db_prefix", db_prefix.clone()),
+        ("redis.url", redis_url()),
+        ("redis.key_prefix", format!("{db_prefix}:")),
+        ("auth.operator_token", format!("cfo_{}", random_lower(40))),
+        ("log.level", "warn".into()),
+    ]
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Starts confab with extra `("section.key", value)` settings on top of `test_overrides`.
+pub async fn spawn_app_with(extra: &[(&'static str, String)]) -> TestApp {
+    let mut overrides = test_overrides();
+    overrides.extend(extra.iter().cloned());
+    let settings = Settings::load_with_overrides(None, &overrides).expect("test settings load");
+    let app = Application::build(settings.clone()).await.expect("confab starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        operator_token: settings.auth.operator_token.expose().to_string(),
+        db_prefix: settings.mongodb.db_prefix.clone(),
+        redis_prefix: settings.redis.key_prefix.clone(),
+        settings,
+        client: reqwest::Client::new(),
+    }
+}
+
+/// A response reduced to what tests look at.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    /// The stable error code of an error body.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("<no error code>")
+    }
+}
+
+impl TestApp {
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.address))
+    }
+
+    pub async fn send(&self, builder: RequestBuilder) -> Reply {
+        let response = builder.send().await.expect("request reaches confab");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body reads");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply { status, headers, body, text }
+    }
+
+    /// `method path` with a bearer token and an optional JSON body.
+    pub async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Reply {
+        let mut builder = self.request(method, path).bearer_auth(token);
+        if let Some(body) = body {
+            builder = builder.json(&body);
+        }
+        self.send(builder).await
+    }
+
+    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        self.call(method, path, &self.operator_token.clone(), body).await
+    }
+
+    /// Creates a tenant with a random id and returns the id.
+    pub async fn create_tenant(&self) -> String {
+        self.create_tenant_with(json!({})).await
+    }
+
+    /// Creates a tenant with a random id; `extra` fields are merged into the request.
+    pub async fn create_tenant_with(&self, extra: Value) -> String {
+        let id = format!("t-{}", random_lower(8));
+        let mut body = json!({ "id": id, "name": format!("Tenant {id}") });
+        if let (Some(map), Some(more)) = (body.as_object_mut(), extra.as_object()) {
+            map.extend(more.clone());
+        }
+        let reply = self.admin(Method::POST, "/admin/v1/tenants", Some(body)).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+        id
+    }
+
+    /// Issues an API key through the operator API; `None` scopes means all.
+    pub async fn issue_key(&self, tenant: &str, scopes: Option<&[&str]>) -> (String, Value) {
+        let mut body = json!({ "name": "test key" });
+        if let Some(scopes) = scopes {
+            body["scopes"] = json!(scopes);
+        }
+        let reply = self.admin(Method::POST, &format!("/admin/v1/tenants/{tenant}/api-keys"), Some(body)).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+        (reply.body["key"].as_str().unwrap().to_string(), reply.body["api_key"].clone())
+    }
+
+    pub async fn mongo(&self) -> mongodb::Client {
+        mongodb::Client::with_uri_str(mongo_uri()).await.expect("mongo client")
+    }
+
+    pub fn platform_db_name(&self) -> String {
+        format!("{}platform", self.db_prefix)
+    }
+
+    pub fn tenant_db_name(&self, tenant: &str) -> String {
+        format!("{}t_{tenant}", self.db_prefix)
+    }
+}
+
+/// A TCP relay in front of a real server, which a test can cut to simulate an outage.
+pub struct Outage {
+    pub address: String,
+    cut: Arc<AtomicBool>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Outage {
+    pub async fn relay_to(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let cut = Arc::new(AtomicBool::new(false));
+        let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (cut2, tasks2) = (cut.clone(), tasks.clone());
+        let acceptor = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if cut2.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let target = target.clone();
+                let relay = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tasks2.lock().unwrap().push(relay);
+            }
+        });
+        tasks.lock().unwrap().push(acceptor);
+        Self { address, cut, tasks }
+    }
+
+    /// Drops every relayed connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for task in self.tasks.lock().unwrap().iter() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Black-box tests: each test starts confab on port 0 against the real secantusd-rs and
+//! redis-server started by `scripts/test`, with its own database and key prefix.
+
+mod api_keys;
+mod audit;
+mod cli;
+mod errors;
+mod health;
+mod helpers;
+mod isolation;
+mod tenants;
