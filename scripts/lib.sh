@@ -14,6 +14,8 @@ ensure_prerequisites() {
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
   command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} with apt..."
     local sudo=""
