@@ -35,28 +35,13 @@ impl PlanName {
             Err(InvalidId("plan names are 1-32 characters of [a-z0-9-]"))
         }
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
+
+super::ids::validated_string!(PlanName);
 
 impl Default for PlanName {
     fn default() -> Self {
         Self("free".to_string())
-    }
-}
-
-impl TryFrom<String> for PlanName {
-    type Error = InvalidId;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(&value)
-    }
-}
-
-impl From<PlanName> for String {
-    fn from(plan: PlanName) -> Self {
-        plan.0
     }
 }
 

@@ -8,9 +8,10 @@ use utoipa::{IntoParams, ToSchema};
 use crate::app::AppState;
 use crate::auth::{OperatorCaller, TenantCaller};
 use crate::domain::{AuditActor, AuditEntry, AuditTarget, Scope, TenantId};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::ApiError;
 use crate::platform::audit::{self, Verification};
 
+use super::extract::page_limit;
 use super::openapi::ErrorResponses;
 use super::tenants::tenant_path;
 
@@ -94,11 +95,7 @@ pub async fn list_audit_log(
     query: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::AuditRead)?;
-    let max = state.settings.http.max_page_size;
-    let limit = query.limit.unwrap_or(state.settings.http.default_page_size);
-    if limit == 0 || limit > max {
-        return Err(ApiError::new(ErrorCode::InvalidRequest, format!("limit must be between 1 and {max}")));
-    }
+    let limit = page_limit(&state, query.limit)?;
     let page = audit::page(&state.store, caller.tenant_id(), query.before, limit).await?.map(AuditEntryView::from);
     Ok(HttpResponse::Ok().json(AuditPage { items: page.items, next_cursor: page.next_cursor }))
 }

@@ -178,15 +178,20 @@ pub struct PageQuery {
 
 impl PageQuery {
     pub fn into_page_request(self, state: &AppState) -> Result<PageRequest, ApiError> {
-        let http = &state.settings.http;
-        let limit = self.limit.unwrap_or(http.default_page_size);
-        if limit == 0 || limit > http.max_page_size {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!("limit must be between 1 and {}", http.max_page_size),
-            )
-            .with_details(serde_json::json!({ "param": "limit" })));
-        }
-        Ok(PageRequest { limit, after: self.after })
+        Ok(PageRequest { limit: page_limit(state, self.limit)?, after: self.after })
     }
+}
+
+/// A requested page size, defaulted and checked against `http.max_page_size`.
+pub fn page_limit(state: &AppState, requested: Option<u32>) -> Result<u32, ApiError> {
+    let http = &state.settings.http;
+    let limit = requested.unwrap_or(http.default_page_size);
+    if limit == 0 || limit > http.max_page_size {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("limit must be between 1 and {}", http.max_page_size),
+        )
+        .with_details(serde_json::json!({ "param": "limit" })));
+    }
+    Ok(limit)
 }

@@ -221,18 +221,12 @@ async fn keys_are_listed_in_pages() {
     for n in 0..4 {
         app.call(Method::POST, "/v1/api-keys", &key, Some(json!({"name": format!("k{n}")}))).await;
     }
-    let mut seen = Vec::new();
-    let mut path = "/v1/api-keys?limit=2".to_string();
-    loop {
-        let page = app.call(Method::GET, &path, &key, None).await;
-        let items = page.body["items"].as_array().unwrap();
-        assert!(items.len() <= 2);
-        seen.extend(items.iter().map(|k| k["id"].as_str().unwrap().to_string()));
-        match page.body["next_cursor"].as_str() {
-            Some(cursor) => path = format!("/v1/api-keys?limit=2&after={cursor}"),
-            None => break,
-        }
-    }
+    let seen: Vec<String> = app
+        .collect_pages("/v1/api-keys?limit=2", &key, "after", 2)
+        .await
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_string())
+        .collect();
     let mut unique = seen.clone();
     unique.sort();
     unique.dedup();

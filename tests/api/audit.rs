@@ -51,17 +51,12 @@ async fn the_audit_log_pages_newest_first() {
     for n in 0..5 {
         app.call(Method::POST, "/v1/api-keys", &key, Some(json!({"name": format!("k{n}")}))).await;
     }
-    let mut seqs = Vec::new();
-    let mut path = "/v1/audit-log?limit=3".to_string();
-    loop {
-        let page = app.call(Method::GET, &path, &key, None).await;
-        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
-        seqs.extend(page.body["items"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()));
-        match page.body["next_cursor"].as_str() {
-            Some(cursor) => path = format!("/v1/audit-log?limit=3&before={cursor}"),
-            None => break,
-        }
-    }
+    let seqs: Vec<i64> = app
+        .collect_pages("/v1/audit-log?limit=3", &key, "before", 3)
+        .await
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
     assert_eq!(seqs, [7, 6, 5, 4, 3, 2, 1]);
 }
 

@@ -141,6 +141,24 @@ impl TestApp {
         (reply.body["key"].as_str().unwrap().to_string(), reply.body["api_key"].clone())
     }
 
+    /// Follows `next_cursor` from `path` (which has a `?`), passing it as `cursor_param`, and
+    /// returns every item in the order served. Asserts no page is larger than `limit`.
+    pub async fn collect_pages(&self, path: &str, token: &str, cursor_param: &str, limit: usize) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut next = path.to_string();
+        loop {
+            let page = self.call(Method::GET, &next, token, None).await;
+            assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+            let batch = page.body["items"].as_array().expect("items").clone();
+            assert!(batch.len() <= limit, "page larger than {limit}");
+            items.extend(batch);
+            match page.body["next_cursor"].as_str() {
+                Some(cursor) => next = format!("{path}&{cursor_param}={cursor}"),
+                None => return items,
+            }
+        }
+    }
+
     pub async fn mongo(&self) -> mongodb::Client {
         mongodb::Client::with_uri_str(mongo_uri()).await.expect("mongo client")
     }
