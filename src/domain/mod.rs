@@ -2,13 +2,23 @@
 //! audit entries. Nothing here does I/O; parsing happens once, at the edge, into these types.
 
 mod audit;
+mod conversation;
 mod ids;
+mod message;
 mod page;
 mod scope;
 mod tenant;
+mod user;
 
 pub use audit::{AuditActor, AuditEntry, AuditTarget, ChainBreak, GENESIS_HASH, verify_chain};
 pub use ids::{ApiKeyId, InvalidId, TenantId};
 pub use page::{Page, PageRequest};
 pub use scope::{Scope, UnknownScope};
 pub use tenant::{ApiKey, LimitsError, PlanName, SigningKey, Tenant, TenantLimits, TenantLimitsPatch, TenantStatus};
+pub use conversation::{Conversation, ConversationId, ConversationType, LastMessage, Member, MemberRole};
+pub use message::{
+    AiInfo, AiRole, Attachment, EditedText, MAX_TERMS, Message, MessageKind, Reaction, TokenUsage, search_terms,
+};
+pub use user::{
+    NotificationLevel, Relationship, RelationshipKind, User, UserId, UserKind, UserSettings, check_custom_data,
+};

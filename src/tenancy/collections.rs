@@ -33,15 +33,22 @@ pub const PLATFORM_COLLECTIONS: &[CollectionSpec] = &[
 pub const TENANT_COLLECTIONS: &[CollectionSpec] = &[
     CollectionSpec { name: "users", indexes: &[index("name_key_1__id_1", &[("name_key", 1), ("_id", 1)])] },
     CollectionSpec {
-        name: "devices",
-        indexes: &[unique("user_id_1_device_id_1", &[("user_id", 1), ("device_id", 1)])],
+        name: "relationships",
+        indexes: &[index("user_id_1_kind_1_other_id_1", &[("user_id", 1), ("kind", 1), ("other_id", 1)])],
     },
-    CollectionSpec { name: "conversations", indexes: &[index("last_message_at_-1", &[("last_message_at", -1)])] },
+    CollectionSpec { name: "devices", indexes: &[unique("user_id_1_device_id_1", &[("user_id", 1), ("device_id", 1)])] },
+    CollectionSpec {
+        name: "conversations",
+        indexes: &[
+            unique("unique_key_1", &[("unique_key", 1)]),
+            index("last_activity_at_-1__id_-1", &[("last_activity_at", -1), ("_id", -1)]),
+        ],
+    },
     CollectionSpec {
         name: "members",
         indexes: &[
             unique("conversation_id_1_user_id_1", &[("conversation_id", 1), ("user_id", 1)]),
-            index("user_id_1_last_activity_at_-1", &[("user_id", 1), ("last_activity_at", -1)]),
+            index("user_id_1_conversation_id_1", &[("user_id", 1), ("conversation_id", 1)]),
         ],
     },
     CollectionSpec {
@@ -52,22 +59,28 @@ pub const TENANT_COLLECTIONS: &[CollectionSpec] = &[
                 "conversation_id_1_sender_id_1_client_msg_id_1",
                 &[("conversation_id", 1), ("sender_id", 1), ("client_msg_id", 1)],
             ),
+            index("conversation_id_1_reply_to_1_seq_1", &[("conversation_id", 1), ("reply_to", 1), ("seq", 1)]),
+            index("terms_1_conversation_id_1_seq_-1", &[("terms", 1), ("conversation_id", 1), ("seq", -1)]),
         ],
     },
     CollectionSpec {
-        name: "files",
-        indexes: &[index("uploader_id_1_created_at_-1", &[("uploader_id", 1), ("created_at", -1)])],
+        name: "reactions",
+        indexes: &[
+            unique(
+                "conversation_id_1_seq_1_emoji_1_user_id_1",
+                &[("conversation_id", 1), ("seq", 1), ("emoji", 1), ("user_id", 1)],
+            ),
+            index("conversation_id_1_user_id_1_seq_1", &[("conversation_id", 1), ("user_id", 1), ("seq", 1)]),
+        ],
     },
+    CollectionSpec { name: "files", indexes: &[index("uploader_id_1_created_at_-1", &[("uploader_id", 1), ("created_at", -1)])] },
     CollectionSpec { name: "code_sessions", indexes: &[index("owner_id_1", &[("owner_id", 1)])] },
     CollectionSpec {
         name: "workspace_items",
         indexes: &[unique("session_id_1_parent_id_1_name_1", &[("session_id", 1), ("parent_id", 1), ("name", 1)])],
     },
     CollectionSpec { name: "collab_updates", indexes: &[unique("doc_id_1_seq_1", &[("doc_id", 1), ("seq", 1)])] },
-    CollectionSpec {
-        name: "collab_snapshots",
-        indexes: &[index("doc_id_1_epoch_-1", &[("doc_id", 1), ("epoch", -1)])],
-    },
+    CollectionSpec { name: "collab_snapshots", indexes: &[index("doc_id_1_epoch_-1", &[("doc_id", 1), ("epoch", -1)])] },
     CollectionSpec { name: "events", indexes: &[index("topic_1_seq_1", &[("topic", 1), ("seq", 1)])] },
     CollectionSpec { name: "analytics_daily", indexes: &[unique("day_1_metric_1", &[("day", 1), ("metric", 1)])] },
 ];

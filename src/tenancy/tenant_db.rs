@@ -6,6 +6,7 @@ use mongodb::bson::Document;
 use crate::domain::TenantId;
 
 use super::collections::{self, TENANT_COLLECTIONS};
+use super::repos::{ConversationsRepo, MembersRepo, MessagesRepo, ReactionsRepo, RelationshipsRepo, UsersRepo};
 
 pub struct TenantDb {
     tenant: TenantId,
@@ -34,6 +35,30 @@ impl TenantDb {
     /// Creates every tenant collection and index; idempotent.
     pub async fn provision(&self) -> Result<(), mongodb::error::Error> {
         collections::ensure(&self.db, TENANT_COLLECTIONS).await
+    }
+
+    pub fn users(&self) -> UsersRepo {
+        UsersRepo::new(&self.db)
+    }
+
+    pub fn relationships(&self) -> RelationshipsRepo {
+        RelationshipsRepo::new(&self.db)
+    }
+
+    pub fn conversations(&self) -> ConversationsRepo {
+        ConversationsRepo::new(&self.db)
+    }
+
+    pub fn members(&self) -> MembersRepo {
+        MembersRepo::new(&self.db)
+    }
+
+    pub fn messages(&self) -> MessagesRepo {
+        MessagesRepo::new(&self.db)
+    }
+
+    pub fn reactions(&self) -> ReactionsRepo {
+        ReactionsRepo::new(&self.db)
     }
 
     pub async fn drop(&self) -> Result<(), mongodb::error::Error> {

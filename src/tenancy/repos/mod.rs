@@ -2,8 +2,20 @@
 
 mod api_keys;
 mod audit;
+mod conversations;
+mod members;
+mod messages;
+mod reactions;
+mod relationships;
 mod tenants;
+mod users;
 
 pub use api_keys::{ApiKeysRepo, Rotation};
 pub use audit::{AuditHead, AuditRepo};
+pub use conversations::{ConversationChanges, ConversationsRepo};
+pub use members::MembersRepo;
+pub use messages::{Inserted, MessagesRepo};
+pub use reactions::ReactionsRepo;
+pub use relationships::RelationshipsRepo;
 pub use tenants::{TenantUpdate, TenantsRepo};
+pub use users::{UserChanges, UsersRepo};

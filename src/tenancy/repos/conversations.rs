@@ -1,0 +1,182 @@
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use mongodb::bson::{self, Document, doc};
+use mongodb::options::ReturnDocument;
+use mongodb::{Collection, Database};
+
+use crate::domain::{Conversation, ConversationId, LastMessage};
+use crate::tenancy::is_duplicate_key;
+
+pub struct ConversationsRepo {
+    conversations: Collection<Conversation>,
+}
+
+/// Profile fields an update may set; `None` keeps the stored value.
+#[derive(Default)]
+pub struct ConversationChanges {
+    pub name: Option<Option<String>>,
+    pub description: Option<Option<String>>,
+    pub avatar_url: Option<Option<String>>,
+    pub custom: Option<serde_json::Value>,
+    pub private: Option<bool>,
+    pub max_members: Option<u32>,
+}
+
+fn time(t: DateTime<Utc>) -> bson::DateTime {
+    bson::DateTime::from_chrono(t)
+}
+
+impl ConversationsRepo {
+    pub(in crate::tenancy) fn new(db: &Database) -> Self {
+        Self { conversations: db.collection("conversations") }
+    }
+
+    /// Inserts; `Ok(false)` when its `unique_key` exists (a direct conversation of the same pair).
+    pub async fn insert(&self, conversation: &Conversation) -> Result<bool, mongodb::error::Error> {
+        match self.conversations.insert_one(conversation).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn get(&self, id: &ConversationId) -> Result<Option<Conversation>, mongodb::error::Error> {
+        self.conversations.find_one(doc! { "_id": id.as_str() }).await
+    }
+
+    pub async fn get_by_unique_key(&self, key: &str) -> Result<Option<Conversation>, mongodb::error::Error> {
+        self.conversations.find_one(doc! { "unique_key": key }).await
+    }
+
+    /// Of the given conversations, those after the cursor in (last activity, id) descending order.
+    pub async fn page_by_activity(
+        &self,
+        ids: &[ConversationId],
+        before: Option<(DateTime<Utc>, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Conversation>, mongodb::error::Error> {
+        let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+        let mut filter = doc! { "_id": { "$in": ids } };
+        if let Some((at, id)) = before {
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { "last_activity_at": { "$lt": time(at) } },
+                    doc! { "last_activity_at": time(at), "_id": { "$lt": id } },
+                ],
+            );
+        }
+        self.conversations
+            .find(filter)
+            .sort(doc! { "last_activity_at": -1, "_id": -1 })
+            .limit(i64::from(limit))
+            .await?
+            .try_collect()
+            .await
+    }
+
+    pub async fn get_many(&self, ids: &[ConversationId]) -> Result<Vec<Conversation>, mongodb::error::Error> {
+        let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+        self.conversations.find(doc! { "_id": { "$in": ids } }).await?.try_collect().await
+    }
+
+    pub async fn update(
+        &self,
+        id: &ConversationId,
+        changes: ConversationChanges,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Conversation>, mongodb::error::Error> {
+        let mut set = doc! { "updated_at": time(now) };
+        if let Some(name) = changes.name {
+            set.insert("name", name);
+        }
+        if let Some(description) = changes.description {
+            set.insert("description", description);
+        }
+        if let Some(avatar) = changes.avatar_url {
+            set.insert("avatar_url", avatar);
+        }
+        if let Some(custom) = changes.custom {
+            set.insert("custom", bson::to_bson(&custom)?);
+        }
+        if let Some(private) = changes.private {
+            set.insert("private", private);
+        }
+        if let Some(max) = changes.max_members {
+            set.insert("max_members", i64::from(max));
+        }
+        self.find_and_update(id, doc! { "$set": set }).await
+    }
+
+    async fn find_and_update(
+        &self,
+        id: &ConversationId,
+        update: Document,
+    ) -> Result<Option<Conversation>, mongodb::error::Error> {
+        self.conversations
+            .find_one_and_update(doc! { "_id": id.as_str() }, update)
+            .return_document(ReturnDocument::After)
+            .await
+    }
+
+    /// Reserves a member slot: increments `member_count` only while it is below `max_members`.
+    pub async fn reserve_member_slot(&self, id: &ConversationId, max_members: u32) -> Result<bool, mongodb::error::Error> {
+        let result = self
+            .conversations
+            .update_one(
+                doc! { "_id": id.as_str(), "member_count": { "$lt": i64::from(max_members) } },
+                doc! { "$inc": { "member_count": 1 } },
+            )
+            .await?;
+        Ok(result.modified_count == 1)
+    }
+
+    pub async fn release_member_slot(&self, id: &ConversationId) -> Result<(), mongodb::error::Error> {
+        self.conversations
+            .update_one(doc! { "_id": id.as_str(), "member_count": { "$gt": 0 } }, doc! { "$inc": { "member_count": -1 } })
+            .await
+            .map(|_| ())
+    }
+
+    /// Moves the seq counter up to at least `seq`.
+    pub async fn advance_seq(&self, id: &ConversationId, seq: i64) -> Result<(), mongodb::error::Error> {
+        self.conversations.update_one(doc! { "_id": id.as_str() }, doc! { "$max": { "last_seq": seq } }).await.map(|_| ())
+    }
+
+    /// Records `last` as the newest message unless a newer one is already recorded.
+    pub async fn record_last_message(
+        &self,
+        id: &ConversationId,
+        last: &LastMessage,
+    ) -> Result<(), mongodb::error::Error> {
+        let filter = doc! {
+            "_id": id.as_str(),
+            "$or": [ { "last_message": null }, { "last_message.seq": { "$lte": last.seq } } ],
+        };
+        let update = doc! {
+            "$set": { "last_message": bson::to_bson(last)?, "last_activity_at": time(last.created_at) },
+            "$max": { "last_seq": last.seq },
+        };
+        self.conversations.update_one(filter, update).await.map(|_| ())
+    }
+
+    /// Replaces the preview of message `seq` if it is still the newest (after an edit or delete).
+    pub async fn refresh_last_message(
+        &self,
+        id: &ConversationId,
+        last: &LastMessage,
+    ) -> Result<(), mongodb::error::Error> {
+        let filter = doc! { "_id": id.as_str(), "last_message.seq": last.seq };
+        self.conversations.update_one(filter, doc! { "$set": { "last_message": bson::to_bson(last)? } }).await.map(|_| ())
+    }
+
+    /// Adds or removes a pinned seq.
+    pub async fn set_pinned(&self, id: &ConversationId, seq: i64, pinned: bool) -> Result<(), mongodb::error::Error> {
+        let update = if pinned {
+            doc! { "$addToSet": { "pinned_seqs": seq } }
+        } else {
+            doc! { "$pull": { "pinned_seqs": seq } }
+        };
+        self.conversations.update_one(doc! { "_id": id.as_str() }, update).await.map(|_| ())
+    }
+}

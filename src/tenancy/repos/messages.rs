@@ -1,0 +1,223 @@
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use mongodb::bson::{self, doc};
+use mongodb::options::ReturnDocument;
+use mongodb::{Collection, Database};
+
+use crate::domain::{ConversationId, EditedText, Message, UserId};
+use crate::tenancy::is_duplicate_key;
+
+/// Edits kept per message.
+const EDIT_HISTORY_KEPT: i32 = 10;
+
+pub struct MessagesRepo {
+    messages: Collection<Message>,
+}
+
+pub enum Inserted {
+    Stored,
+    /// Another message holds this seq already.
+    SeqTaken,
+    /// The sender already sent this `client_msg_id`: here is the original.
+    Duplicate(Box<Message>),
+}
+
+fn time(t: DateTime<Utc>) -> bson::DateTime {
+    bson::DateTime::from_chrono(t)
+}
+
+impl MessagesRepo {
+    pub(in crate::tenancy) fn new(db: &Database) -> Self {
+        Self { messages: db.collection("messages") }
+    }
+
+    /// Inserts at the message's seq, telling apart a taken seq from a repeated `client_msg_id`.
+    pub async fn insert(&self, message: &Message) -> Result<Inserted, mongodb::error::Error> {
+        match self.messages.insert_one(message).await {
+            Ok(_) => Ok(Inserted::Stored),
+            Err(e) if is_duplicate_key(&e) => {
+                match self.by_client_id(&message.conversation_id, &message.sender_id, &message.client_msg_id).await? {
+                    Some(original) => Ok(Inserted::Duplicate(Box::new(original))),
+                    None => Ok(Inserted::SeqTaken),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn by_client_id(
+        &self,
+        conversation: &ConversationId,
+        sender: &UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>, mongodb::error::Error> {
+        self.messages
+            .find_one(doc! {
+                "conversation_id": conversation.as_str(), "sender_id": sender.as_str(), "client_msg_id": client_msg_id,
+            })
+            .await
+    }
+
+    pub async fn get(&self, conversation: &ConversationId, seq: i64) -> Result<Option<Message>, mongodb::error::Error> {
+        self.messages.find_one(doc! { "conversation_id": conversation.as_str(), "seq": seq }).await
+    }
+
+    /// Messages with `from <= seq <= to`, ascending.
+    pub async fn range(
+        &self,
+        conversation: &ConversationId,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Message>, mongodb::error::Error> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        self.messages
+            .find(doc! { "conversation_id": conversation.as_str(), "seq": { "$gte": from, "$lte": to } })
+            .sort(doc! { "conversation_id": 1, "seq": 1 })
+            .await?
+            .try_collect()
+            .await
+    }
+
+    pub async fn get_seqs(
+        &self,
+        conversation: &ConversationId,
+        seqs: &[i64],
+    ) -> Result<Vec<Message>, mongodb::error::Error> {
+        self.messages
+            .find(doc! { "conversation_id": conversation.as_str(), "seq": { "$in": seqs } })
+            .sort(doc! { "conversation_id": 1, "seq": 1 })
+            .await?
+            .try_collect()
+            .await
+    }
+
+    /// Replies to `parent` with seq above `after`, ascending.
+    pub async fn replies(
+        &self,
+        conversation: &ConversationId,
+        parent: i64,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>, mongodb::error::Error> {
+        self.messages
+            .find(doc! { "conversation_id": conversation.as_str(), "reply_to": parent, "seq": { "$gt": after } })
+            .sort(doc! { "conversation_id": 1, "reply_to": 1, "seq": 1 })
+            .limit(i64::from(limit))
+            .await?
+            .try_collect()
+            .await
+    }
+
+    pub async fn add_reply_count(
+        &self,
+        conversation: &ConversationId,
+        parent: i64,
+        delta: i64,
+    ) -> Result<(), mongodb::error::Error> {
+        self.messages
+            .update_one(
+                doc! { "conversation_id": conversation.as_str(), "seq": parent },
+                doc! { "$inc": { "reply_count": delta } },
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Replaces the text of a live message, keeping the previous text in `edit_history`.
+    pub async fn edit(
+        &self,
+        conversation: &ConversationId,
+        seq: i64,
+        previous: EditedText,
+        text: &str,
+        terms: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<Option<Message>, mongodb::error::Error> {
+        self.messages
+            .find_one_and_update(
+                doc! { "conversation_id": conversation.as_str(), "seq": seq, "deleted_at": null },
+                doc! {
+                    "$set": { "text": text, "terms": terms, "edited_at": time(at) },
+                    "$push": { "edit_history": { "$each": [bson::to_bson(&previous)?], "$slice": -EDIT_HISTORY_KEPT } },
+                },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+    }
+
+    /// Tombstones a message: content removed, seq kept. `None` if it was already deleted.
+    pub async fn soft_delete(
+        &self,
+        conversation: &ConversationId,
+        seq: i64,
+        by: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Message>, mongodb::error::Error> {
+        self.messages
+            .find_one_and_update(
+                doc! { "conversation_id": conversation.as_str(), "seq": seq, "deleted_at": null },
+                doc! { "$set": {
+                    "deleted_at": time(at), "deleted_by": by.as_str(), "text": null, "language": null,
+                    "attachments": [], "mentions": [], "metadata": {}, "ai": null, "terms": [],
+                    "edit_history": [], "reaction_counts": {},
+                } },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+    }
+
+    pub async fn add_reaction_count(
+        &self,
+        conversation: &ConversationId,
+        seq: i64,
+        emoji: &str,
+        delta: i64,
+    ) -> Result<(), mongodb::error::Error> {
+        self.messages
+            .update_one(
+                doc! { "conversation_id": conversation.as_str(), "seq": seq },
+                doc! { "$inc": { format!("reaction_counts.{emoji}"): delta } },
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Unread messages for `user`: after `after`, up to `upto`, not the user's own, not deleted.
+    pub async fn count_unread(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+        after: i64,
+        upto: i64,
+    ) -> Result<u64, mongodb::error::Error> {
+        if after >= upto {
+            return Ok(0);
+        }
+        self.messages
+            .count_documents(doc! {
+                "conversation_id": conversation.as_str(),
+                "seq": { "$gt": after, "$lte": upto },
+                "sender_id": { "$ne": user.as_str() },
+                "deleted_at": null,
+            })
+            .await
+    }
+
+    /// Live messages of the given conversations containing every term, newest first.
+    pub async fn search(
+        &self,
+        terms: &[String],
+        conversations: &[ConversationId],
+        before_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Message>, mongodb::error::Error> {
+        let ids: Vec<&str> = conversations.iter().map(|c| c.as_str()).collect();
+        let mut filter = doc! { "terms": { "$all": terms }, "conversation_id": { "$in": ids }, "deleted_at": null };
+        if let Some(before) = before_id {
+            filter.insert("_id", doc! { "$lt": before });
+        }
+        self.messages.find(filter).sort(doc! { "_id": -1 }).limit(i64::from(limit)).await?.try_collect().await
+    }
+}
