@@ -16,6 +16,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub auth: AuthSettings,
     pub http: HttpSettings,
+    pub chat: ChatSettings,
     pub tenants: TenantSettings,
     pub log: LogSettings,
 }
@@ -59,6 +60,32 @@ pub struct AuthSettings {
     pub max_key_rotation_grace_secs: u64,
     /// `last_used_at` is written at most once per this interval per key.
     pub key_last_used_resolution_secs: u64,
+    /// `iss` of end-user tokens; tokens with another issuer are refused.
+    pub jwt_issuer: String,
+    /// Lifetime of a minted user token when the request names none.
+    pub user_token_default_ttl_secs: u64,
+    /// Longest lifetime a minted user token may have.
+    pub user_token_max_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatSettings {
+    /// Largest `custom` / `metadata` JSON object, encoded.
+    pub max_custom_data_bytes: usize,
+    /// Most user ids in one batch lookup or member add.
+    pub max_batch_ids: usize,
+    /// Most attachments, and most mentions, per message.
+    pub max_attachments: usize,
+    pub max_mentions: usize,
+    /// Most pinned messages per conversation.
+    pub max_pins: usize,
+    /// Longest `client_msg_id`.
+    pub max_client_msg_id_len: usize,
+    /// Most words in a search query.
+    pub max_search_terms: usize,
+    /// Longest name / description of a conversation, display name of a user.
+    pub max_name_chars: usize,
+    pub max_description_chars: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +134,20 @@ api_key_env = "live"
 key_rotation_grace_secs = 86400
 max_key_rotation_grace_secs = 604800
 key_last_used_resolution_secs = 60
+jwt_issuer = "confab"
+user_token_default_ttl_secs = 3600
+user_token_max_ttl_secs = 2592000
+
+[chat]
+max_custom_data_bytes = 4096
+max_batch_ids = 100
+max_attachments = 10
+max_mentions = 50
+max_pins = 50
+max_client_msg_id_len = 64
+max_search_terms = 10
+max_name_chars = 100
+max_description_chars = 1000
 
 [http]
 max_json_body_bytes = 262144

@@ -31,11 +31,15 @@ pub enum ErrorCode {
     Forbidden,
     InsufficientScope,
     TenantSuspended,
+    UserDeactivated,
+    Blocked,
+    NotAMember,
     NotFound,
     RouteNotFound,
     TenantExists,
     LimitReached,
     ApiKeyRevoked,
+    LastOwner,
     PayloadTooLarge,
     UnsupportedMediaType,
     RateLimited,
@@ -53,11 +57,15 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::InsufficientScope => "insufficient_scope",
             ErrorCode::TenantSuspended => "tenant_suspended",
+            ErrorCode::UserDeactivated => "user_deactivated",
+            ErrorCode::Blocked => "blocked",
+            ErrorCode::NotAMember => "not_a_member",
             ErrorCode::NotFound => "not_found",
             ErrorCode::RouteNotFound => "route_not_found",
             ErrorCode::TenantExists => "tenant_exists",
             ErrorCode::LimitReached => "limit_reached",
             ErrorCode::ApiKeyRevoked => "api_key_revoked",
+            ErrorCode::LastOwner => "last_owner",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
@@ -71,9 +79,16 @@ impl ErrorCode {
             ErrorCode::InvalidJson | ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
             ErrorCode::ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::Forbidden | ErrorCode::InsufficientScope | ErrorCode::TenantSuspended => StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden
+            | ErrorCode::InsufficientScope
+            | ErrorCode::TenantSuspended
+            | ErrorCode::UserDeactivated
+            | ErrorCode::Blocked
+            | ErrorCode::NotAMember => StatusCode::FORBIDDEN,
             ErrorCode::NotFound | ErrorCode::RouteNotFound => StatusCode::NOT_FOUND,
-            ErrorCode::TenantExists | ErrorCode::LimitReached | ErrorCode::ApiKeyRevoked => StatusCode::CONFLICT,
+            ErrorCode::TenantExists | ErrorCode::LimitReached | ErrorCode::ApiKeyRevoked | ErrorCode::LastOwner => {
+                StatusCode::CONFLICT
+            }
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,

@@ -18,7 +18,7 @@ use super::api_key;
 /// Proof that the holder may act inside one tenant. Only this module can make one.
 #[derive(Debug, Clone)]
 pub struct TenantScope {
-    tenant: TenantId,
+    pub(super) tenant: TenantId,
 }
 
 impl TenantScope {
@@ -80,13 +80,13 @@ impl TenantCaller {
     }
 }
 
-fn bearer_token(req: &HttpRequest) -> Option<&str> {
+pub(super) fn bearer_token(req: &HttpRequest) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn app_state(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
+pub(super) fn app_state(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
     req.app_data::<web::Data<AppState>>().cloned().ok_or_else(|| ApiError::internal("application state missing"))
 }
 
@@ -108,31 +108,37 @@ impl FromRequest for TenantCaller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = app_state(req);
-        let parsed = bearer_token(req).and_then(api_key::parse);
-        Box::pin(async move {
-            let state = state?;
-            let parsed = parsed.ok_or_else(ApiError::unauthorized)?;
-            let key = state.store.api_keys().find_for_auth(&parsed.id).await?.ok_or_else(ApiError::unauthorized)?;
-            let now = Utc::now();
-            let current = api_key::hashes_match(&key.secret_hash, &parsed.hash);
-            let previous = key.previous_valid_until.is_some_and(|until| now < until)
-                && key.previous_secret_hash.as_deref().is_some_and(|h| api_key::hashes_match(h, &parsed.hash));
-            if !(current || previous) || !key.is_usable_at(now) {
-                return Err(ApiError::unauthorized());
-            }
-            let tenant = state.store.tenants().get(&key.tenant_id).await?.ok_or_else(ApiError::unauthorized)?;
-            match tenant.status {
-                TenantStatus::Active => {}
-                TenantStatus::Suspended => {
-                    return Err(ApiError::new(ErrorCode::TenantSuspended, "this tenant is suspended"));
-                }
-                TenantStatus::Provisioning | TenantStatus::Deleting => return Err(ApiError::unauthorized()),
-            }
-            state.redis.rate_limiter().check(&tenant.id, tenant.limits.requests_per_second).await?;
-            record_use(&state, &key, now);
-            Ok(Self { tenant, key })
-        })
+        let token = bearer_token(req).map(str::to_string);
+        Box::pin(async move { authenticate_key(&state?, token.as_deref().unwrap_or_default()).await })
     }
+}
+
+/// Checks an API key: format and checksum, then hash, revocation, expiry and the tenant's status.
+pub(super) async fn authenticate_key(state: &web::Data<AppState>, token: &str) -> Result<TenantCaller, ApiError> {
+    let parsed = api_key::parse(token).ok_or_else(ApiError::unauthorized)?;
+    let key = state.store.api_keys().find_for_auth(&parsed.id).await?.ok_or_else(ApiError::unauthorized)?;
+    let now = Utc::now();
+    let current = api_key::hashes_match(&key.secret_hash, &parsed.hash);
+    let previous = key.previous_valid_until.is_some_and(|until| now < until)
+        && key.previous_secret_hash.as_deref().is_some_and(|h| api_key::hashes_match(h, &parsed.hash));
+    if !(current || previous) || !key.is_usable_at(now) {
+        return Err(ApiError::unauthorized());
+    }
+    let tenant = active_tenant(state, &key.tenant_id).await?;
+    record_use(state, &key, now);
+    Ok(TenantCaller { tenant, key })
+}
+
+/// Loads a tenant whose credentials may be used, and counts the request against its rate limit.
+pub(super) async fn active_tenant(state: &web::Data<AppState>, id: &TenantId) -> Result<Tenant, ApiError> {
+    let tenant = state.store.tenants().get(id).await?.ok_or_else(ApiError::unauthorized)?;
+    match tenant.status {
+        TenantStatus::Active => {}
+        TenantStatus::Suspended => return Err(ApiError::new(ErrorCode::TenantSuspended, "this tenant is suspended")),
+        TenantStatus::Provisioning | TenantStatus::Deleting => return Err(ApiError::unauthorized()),
+    }
+    state.redis.rate_limiter().check(&tenant.id, tenant.limits.requests_per_second).await?;
+    Ok(tenant)
 }
 
 /// Writes `last_used_at` off the request path, and only when the stored value is stale.

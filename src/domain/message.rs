@@ -64,7 +64,6 @@ pub struct EditedText {
     pub replaced_at: DateTime<Utc>,
 }
 
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Message {
     #[serde(rename = "_id")]

@@ -11,14 +11,14 @@ mod tenant;
 mod user;
 
 pub use audit::{AuditActor, AuditEntry, AuditTarget, ChainBreak, GENESIS_HASH, verify_chain};
-pub use ids::{ApiKeyId, InvalidId, TenantId};
-pub use page::{Page, PageRequest};
-pub use scope::{Scope, UnknownScope};
-pub use tenant::{ApiKey, LimitsError, PlanName, SigningKey, Tenant, TenantLimits, TenantLimitsPatch, TenantStatus};
 pub use conversation::{Conversation, ConversationId, ConversationType, LastMessage, Member, MemberRole};
+pub use ids::{ApiKeyId, InvalidId, TenantId};
 pub use message::{
     AiInfo, AiRole, Attachment, EditedText, MAX_TERMS, Message, MessageKind, Reaction, TokenUsage, search_terms,
 };
+pub use page::{Page, PageRequest};
+pub use scope::{Scope, UnknownScope};
+pub use tenant::{ApiKey, LimitsError, PlanName, SigningKey, Tenant, TenantLimits, TenantLimitsPatch, TenantStatus};
 pub use user::{
     NotificationLevel, Relationship, RelationshipKind, User, UserId, UserKind, UserSettings, check_custom_data,
 };

@@ -20,7 +20,9 @@ impl UserId {
         if (1..=128).contains(&raw.len()) && starts_ok && raw.chars().all(allowed) {
             Ok(Self(raw.to_string()))
         } else {
-            Err(InvalidId("user ids are 1-128 characters of [A-Za-z0-9_.@=:-], starting with a letter, digit, '_' or '@'"))
+            Err(InvalidId(
+                "user ids are 1-128 characters of [A-Za-z0-9_.@=:-], starting with a letter, digit, '_' or '@'",
+            ))
         }
     }
 }

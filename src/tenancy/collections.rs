@@ -36,7 +36,10 @@ pub const TENANT_COLLECTIONS: &[CollectionSpec] = &[
         name: "relationships",
         indexes: &[index("user_id_1_kind_1_other_id_1", &[("user_id", 1), ("kind", 1), ("other_id", 1)])],
     },
-    CollectionSpec { name: "devices", indexes: &[unique("user_id_1_device_id_1", &[("user_id", 1), ("device_id", 1)])] },
+    CollectionSpec {
+        name: "devices",
+        indexes: &[unique("user_id_1_device_id_1", &[("user_id", 1), ("device_id", 1)])],
+    },
     CollectionSpec {
         name: "conversations",
         indexes: &[
@@ -73,14 +76,20 @@ pub const TENANT_COLLECTIONS: &[CollectionSpec] = &[
             index("conversation_id_1_user_id_1_seq_1", &[("conversation_id", 1), ("user_id", 1), ("seq", 1)]),
         ],
     },
-    CollectionSpec { name: "files", indexes: &[index("uploader_id_1_created_at_-1", &[("uploader_id", 1), ("created_at", -1)])] },
+    CollectionSpec {
+        name: "files",
+        indexes: &[index("uploader_id_1_created_at_-1", &[("uploader_id", 1), ("created_at", -1)])],
+    },
     CollectionSpec { name: "code_sessions", indexes: &[index("owner_id_1", &[("owner_id", 1)])] },
     CollectionSpec {
         name: "workspace_items",
         indexes: &[unique("session_id_1_parent_id_1_name_1", &[("session_id", 1), ("parent_id", 1), ("name", 1)])],
     },
     CollectionSpec { name: "collab_updates", indexes: &[unique("doc_id_1_seq_1", &[("doc_id", 1), ("seq", 1)])] },
-    CollectionSpec { name: "collab_snapshots", indexes: &[index("doc_id_1_epoch_-1", &[("doc_id", 1), ("epoch", -1)])] },
+    CollectionSpec {
+        name: "collab_snapshots",
+        indexes: &[index("doc_id_1_epoch_-1", &[("doc_id", 1), ("epoch", -1)])],
+    },
     CollectionSpec { name: "events", indexes: &[index("topic_1_seq_1", &[("topic", 1), ("seq", 1)])] },
     CollectionSpec { name: "analytics_daily", indexes: &[unique("day_1_metric_1", &[("day", 1), ("metric", 1)])] },
 ];

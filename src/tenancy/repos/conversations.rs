@@ -120,7 +120,11 @@ impl ConversationsRepo {
     }
 
     /// Reserves a member slot: increments `member_count` only while it is below `max_members`.
-    pub async fn reserve_member_slot(&self, id: &ConversationId, max_members: u32) -> Result<bool, mongodb::error::Error> {
+    pub async fn reserve_member_slot(
+        &self,
+        id: &ConversationId,
+        max_members: u32,
+    ) -> Result<bool, mongodb::error::Error> {
         let result = self
             .conversations
             .update_one(
@@ -133,14 +137,20 @@ impl ConversationsRepo {
 
     pub async fn release_member_slot(&self, id: &ConversationId) -> Result<(), mongodb::error::Error> {
         self.conversations
-            .update_one(doc! { "_id": id.as_str(), "member_count": { "$gt": 0 } }, doc! { "$inc": { "member_count": -1 } })
+            .update_one(
+                doc! { "_id": id.as_str(), "member_count": { "$gt": 0 } },
+                doc! { "$inc": { "member_count": -1 } },
+            )
             .await
             .map(|_| ())
     }
 
     /// Moves the seq counter up to at least `seq`.
     pub async fn advance_seq(&self, id: &ConversationId, seq: i64) -> Result<(), mongodb::error::Error> {
-        self.conversations.update_one(doc! { "_id": id.as_str() }, doc! { "$max": { "last_seq": seq } }).await.map(|_| ())
+        self.conversations
+            .update_one(doc! { "_id": id.as_str() }, doc! { "$max": { "last_seq": seq } })
+            .await
+            .map(|_| ())
     }
 
     /// Records `last` as the newest message unless a newer one is already recorded.
@@ -167,7 +177,10 @@ impl ConversationsRepo {
         last: &LastMessage,
     ) -> Result<(), mongodb::error::Error> {
         let filter = doc! { "_id": id.as_str(), "last_message.seq": last.seq };
-        self.conversations.update_one(filter, doc! { "$set": { "last_message": bson::to_bson(last)? } }).await.map(|_| ())
+        self.conversations
+            .update_one(filter, doc! { "$set": { "last_message": bson::to_bson(last)? } })
+            .await
+            .map(|_| ())
     }
 
     /// Adds or removes a pinned seq.

@@ -26,7 +26,11 @@ impl MembersRepo {
     }
 
     /// The membership or ban record of `user` in `conversation`.
-    pub async fn get(&self, conversation: &ConversationId, user: &UserId) -> Result<Option<Member>, mongodb::error::Error> {
+    pub async fn get(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+    ) -> Result<Option<Member>, mongodb::error::Error> {
         self.members.find_one(doc! { "_id": Member::key(conversation, user) }).await
     }
 

@@ -53,7 +53,11 @@ impl ReactionsRepo {
         Ok(found.into_iter().map(|r| (r.seq, r.emoji)).collect())
     }
 
-    pub async fn remove_all_for_message(&self, conversation: &ConversationId, seq: i64) -> Result<(), mongodb::error::Error> {
+    pub async fn remove_all_for_message(
+        &self,
+        conversation: &ConversationId,
+        seq: i64,
+    ) -> Result<(), mongodb::error::Error> {
         self.reactions.delete_many(doc! { "conversation_id": conversation.as_str(), "seq": seq }).await.map(|_| ())
     }
 }

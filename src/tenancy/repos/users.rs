@@ -58,12 +58,21 @@ impl UsersRepo {
             range.insert("$lt", format!("{prefix}\u{10ffff}"));
         }
         if let Some((name, id)) = after {
-            filter.insert("$or", vec![doc! { "name_key": { "$gt": name } }, doc! { "name_key": name, "_id": { "$gt": id } }]);
+            filter.insert(
+                "$or",
+                vec![doc! { "name_key": { "$gt": name } }, doc! { "name_key": name, "_id": { "$gt": id } }],
+            );
         }
         if !range.is_empty() {
             filter.insert("name_key", range);
         }
-        self.users.find(filter).sort(doc! { "name_key": 1, "_id": 1 }).limit(i64::from(limit)).await?.try_collect().await
+        self.users
+            .find(filter)
+            .sort(doc! { "name_key": 1, "_id": 1 })
+            .limit(i64::from(limit))
+            .await?
+            .try_collect()
+            .await
     }
 
     pub async fn count(&self) -> Result<u64, mongodb::error::Error> {
