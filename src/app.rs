@@ -9,6 +9,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::chat::Sequencer;
 use crate::config::Settings;
 use crate::events::Redis;
 use crate::http;
@@ -21,6 +22,7 @@ pub struct AppState {
     pub store: Store,
     pub redis: Redis,
     pub metrics: PrometheusHandle,
+    pub sequencer: Sequencer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +40,13 @@ impl AppState {
     pub async fn new(settings: Settings) -> Result<Self, StartupError> {
         let store = Store::connect(&settings.mongodb).await?;
         let redis = Redis::connect(&settings.redis)?;
-        Ok(Self { settings: Arc::new(settings), store, redis, metrics: telemetry::metrics_handle() })
+        Ok(Self {
+            settings: Arc::new(settings),
+            store,
+            redis,
+            metrics: telemetry::metrics_handle(),
+            sequencer: Sequencer::default(),
+        })
     }
 }
 

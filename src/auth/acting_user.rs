@@ -101,3 +101,51 @@ async fn load_active_user(
     }
     Ok(user)
 }
+
+/// Either a tenant's server (no user needed) or an end user; for routes open to both.
+#[derive(Debug)]
+pub enum AnyCaller {
+    Server(super::TenantCaller),
+    User(Box<ActingUser>),
+}
+
+impl AnyCaller {
+    pub fn scope(&self) -> TenantScope {
+        match self {
+            AnyCaller::Server(caller) => caller.scope(),
+            AnyCaller::User(user) => user.scope(),
+        }
+    }
+
+    pub fn tenant(&self) -> &Tenant {
+        match self {
+            AnyCaller::Server(caller) => &caller.tenant,
+            AnyCaller::User(user) => &user.tenant,
+        }
+    }
+
+    /// Server keys need `scope`; users may read what the route serves.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        match self {
+            AnyCaller::Server(caller) => caller.require(scope),
+            AnyCaller::User(_) => Ok(()),
+        }
+    }
+}
+
+impl FromRequest for AnyCaller {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let is_key = bearer_token(req).is_some_and(|t| t.starts_with("cfk_"));
+        if is_key {
+            let state = app_state(req);
+            let token = bearer_token(req).map(str::to_string).unwrap_or_default();
+            Box::pin(async move { Ok(AnyCaller::Server(authenticate_key(&state?, &token).await?)) })
+        } else {
+            let user = ActingUser::from_request(req, payload);
+            Box::pin(async move { Ok(AnyCaller::User(Box::new(user.await?))) })
+        }
+    }
+}

@@ -8,7 +8,7 @@ mod extractors;
 pub mod jwt;
 mod secret;
 
-pub use acting_user::{ActingUser, Via};
+pub use acting_user::{ActingUser, AnyCaller, Via};
 pub use api_key::{GeneratedKey, ParsedKey};
 pub use extractors::{OperatorCaller, TenantCaller, TenantScope};
 pub use secret::SecretString;

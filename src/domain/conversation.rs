@@ -78,7 +78,7 @@ pub struct Conversation {
     pub tenant_id: TenantId,
     #[serde(rename = "type")]
     pub kind: ConversationType,
-    /// `d:<a>:<b>` for direct conversations (sorted pair), the id otherwise: unique per tenant.
+    /// `d␟<a>␟<b>` for direct conversations (sorted pair, unit-separated), the id otherwise.
     pub unique_key: String,
     pub name: Option<String>,
     pub description: Option<String>,
@@ -105,7 +105,15 @@ pub struct Conversation {
 impl Conversation {
     pub fn direct_key(a: &UserId, b: &UserId) -> String {
         let (first, second) = if a <= b { (a, b) } else { (b, a) };
-        format!("d:{first}:{second}")
+        format!("d\u{1f}{first}\u{1f}{second}")
+    }
+
+    /// For a direct conversation, the member who is not `me`.
+    pub fn direct_peer(&self, me: &UserId) -> Option<UserId> {
+        let mut parts = self.unique_key.strip_prefix("d\u{1f}")?.split('\u{1f}');
+        let (a, b) = (parts.next()?, parts.next()?);
+        let other = if a == me.as_str() { b } else { a };
+        UserId::parse(other).ok()
     }
 }
 

@@ -1,0 +1,306 @@
+//! Conversations: create (direct ones are unique per pair), read, change, list the caller's,
+//! and the visibility rule every other chat use case goes through.
+
+use chrono::{DateTime, Utc};
+
+use crate::app::AppState;
+use crate::auth::ActingUser;
+use crate::domain::{
+    Conversation, ConversationId, ConversationType, Member, MemberRole, Page, PageRequest, RelationshipKind, Scope,
+    UserId,
+};
+use crate::error::{ApiError, ErrorCode};
+use crate::tenancy::TenantDb;
+use crate::tenancy::repos::ConversationChanges;
+
+pub struct NewConversation {
+    pub kind: ConversationType,
+    /// Other members (the caller is added as owner, or as the second member of a direct).
+    pub members: Vec<UserId>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub avatar_url: Option<String>,
+    pub custom: Option<serde_json::Value>,
+    pub private: bool,
+    pub max_members: Option<u32>,
+}
+
+#[derive(Default)]
+pub struct ConversationPatch {
+    pub name: Option<Option<String>>,
+    pub description: Option<Option<String>>,
+    pub avatar_url: Option<Option<String>>,
+    pub custom: Option<serde_json::Value>,
+    pub private: Option<bool>,
+    pub max_members: Option<u32>,
+}
+
+/// A conversation as one user sees it, with their membership when they have one.
+pub struct ConversationWithMember {
+    pub conversation: Conversation,
+    pub member: Option<Member>,
+    pub unread: Option<u64>,
+}
+
+/// The conversation if the caller may see it: members always; anyone for a public channel.
+/// Everyone else gets 404, as if it did not exist.
+pub async fn visible(
+    db: &TenantDb,
+    caller: &ActingUser,
+    id: &ConversationId,
+) -> Result<(Conversation, Option<Member>), ApiError> {
+    let not_found = || ApiError::not_found("conversation");
+    let conversation = db.conversations().get(id).await?.ok_or_else(not_found)?;
+    let member = db.members().get(id, caller.user_id()).await?.filter(Member::is_active);
+    let public = conversation.kind == ConversationType::Channel && !conversation.private;
+    if member.is_none() && !public {
+        return Err(not_found());
+    }
+    Ok((conversation, member))
+}
+
+/// The conversation and the caller's active membership; non-members get 404 (or 403
+/// `not_a_member` for a public channel they could join).
+pub async fn as_member(
+    db: &TenantDb,
+    caller: &ActingUser,
+    id: &ConversationId,
+) -> Result<(Conversation, Member), ApiError> {
+    match visible(db, caller, id).await? {
+        (conversation, Some(member)) => Ok((conversation, member)),
+        (_, None) => Err(ApiError::new(ErrorCode::NotAMember, "join this channel first")),
+    }
+}
+
+pub fn require_moderator(member: &Member) -> Result<(), ApiError> {
+    if member.role.can_moderate() {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::Forbidden, "only owners and admins may do this"))
+    }
+}
+
+fn clean_optional(field: &str, value: Option<String>, max: usize) -> Result<Option<String>, ApiError> {
+    value.map(|v| super::clean_text(field, &v, max)).transpose()
+}
+
+fn check_max_members(caller: &ActingUser, requested: Option<u32>) -> Result<u32, ApiError> {
+    let cap = caller.tenant.limits.max_conversation_members;
+    match requested {
+        None => Ok(cap),
+        Some(n) if (2..=cap).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::validation("max_members", format!("must be between 2 and {cap}"))),
+    }
+}
+
+/// Creates a conversation. A direct conversation that already exists is returned instead
+/// (`created == false`).
+pub async fn create(
+    state: &AppState,
+    caller: &ActingUser,
+    new: NewConversation,
+) -> Result<(ConversationWithMember, bool), ApiError> {
+    caller.require(Scope::ChatWrite)?;
+    let chat = &state.settings.chat;
+    let db = state.store.tenant_db(&caller.scope());
+    let mut others: Vec<UserId> = new.members.into_iter().filter(|id| id != caller.user_id()).collect();
+    others.sort();
+    others.dedup();
+    if others.len() > chat.max_batch_ids {
+        return Err(ApiError::validation("members", format!("at most {} members at creation", chat.max_batch_ids)));
+    }
+    let max_members = check_max_members(caller, new.max_members)?;
+    if others.len() + 1 > max_members as usize {
+        return Err(ApiError::validation("members", format!("more than max_members ({max_members})")));
+    }
+    if new.kind == ConversationType::Direct && others.len() != 1 {
+        return Err(ApiError::validation("members", "a direct conversation has exactly one other member"));
+    }
+    let found = db.users().get_many(&others).await?;
+    let missing: Vec<&str> =
+        others.iter().filter(|id| !found.iter().any(|u| &u.id == *id && u.is_active())).map(|id| id.as_str()).collect();
+    if !missing.is_empty() {
+        return Err(ApiError::new(ErrorCode::ValidationFailed, "some members do not exist or are deactivated")
+            .with_details(serde_json::json!({ "fields": [{ "field": "members", "message": "unknown or deactivated users" }], "user_ids": missing })));
+    }
+    let now = Utc::now();
+    let id = ConversationId::new();
+    let unique_key = match new.kind {
+        ConversationType::Direct => {
+            let peer = &others[0];
+            if db.relationships().exists(peer, caller.user_id(), RelationshipKind::Block).await? {
+                return Err(ApiError::new(ErrorCode::Blocked, "this user has blocked you"));
+            }
+            Conversation::direct_key(caller.user_id(), peer)
+        }
+        _ => id.to_string(),
+    };
+    if new.kind == ConversationType::Direct
+        && let Some(existing) = db.conversations().get_by_unique_key(&unique_key).await?
+    {
+        return Ok((with_member(&db, caller, existing).await?, false));
+    }
+    let conversation = Conversation {
+        id: id.clone(),
+        tenant_id: caller.tenant.id.clone(),
+        kind: new.kind,
+        unique_key: unique_key.clone(),
+        name: clean_optional("name", new.name, chat.max_name_chars)?,
+        description: clean_optional("description", new.description, chat.max_description_chars)?,
+        avatar_url: super::clean_url("avatar_url", new.avatar_url)?,
+        custom: super::clean_custom("custom", new.custom, chat.max_custom_data_bytes)?,
+        private: new.kind == ConversationType::Channel && new.private,
+        max_members,
+        member_count: others.len() as u32 + 1,
+        created_by: caller.user_id().clone(),
+        last_seq: 0,
+        last_message: None,
+        last_activity_at: now,
+        pinned_seqs: Vec::new(),
+        created_at: now,
+        updated_at: now,
+    };
+    if !db.conversations().insert(&conversation).await? {
+        // A concurrent request created the same direct conversation first.
+        let existing = db
+            .conversations()
+            .get_by_unique_key(&unique_key)
+            .await?
+            .ok_or_else(|| ApiError::not_found("conversation"))?;
+        return Ok((with_member(&db, caller, existing).await?, false));
+    }
+    let creator_role = if new.kind == ConversationType::Direct { MemberRole::Member } else { MemberRole::Owner };
+    let mut members = vec![new_member(&conversation, caller.user_id(), creator_role, now)];
+    members.extend(others.iter().map(|user| new_member(&conversation, user, MemberRole::Member, now)));
+    for member in &members {
+        db.members().insert(member).await?;
+    }
+    let creator = members.swap_remove(0);
+    Ok((ConversationWithMember { conversation, member: Some(creator), unread: Some(0) }, true))
+}
+
+pub fn new_member(conversation: &Conversation, user: &UserId, role: MemberRole, now: DateTime<Utc>) -> Member {
+    Member {
+        id: Member::key(&conversation.id, user),
+        tenant_id: conversation.tenant_id.clone(),
+        conversation_id: conversation.id.clone(),
+        user_id: user.clone(),
+        role,
+        joined_at: now,
+        muted: false,
+        pinned: false,
+        // A new member has nothing unread from before they joined.
+        last_read_seq: conversation.last_seq,
+        last_delivered_seq: conversation.last_seq,
+        banned_at: None,
+    }
+}
+
+async fn with_member(
+    db: &TenantDb,
+    caller: &ActingUser,
+    conversation: Conversation,
+) -> Result<ConversationWithMember, ApiError> {
+    let member = db.members().get(&conversation.id, caller.user_id()).await?.filter(Member::is_active);
+    let unread = match &member {
+        Some(m) => Some(
+            db.messages()
+                .count_unread(&conversation.id, caller.user_id(), m.last_read_seq, conversation.last_seq)
+                .await?,
+        ),
+        None => None,
+    };
+    Ok(ConversationWithMember { conversation, member, unread })
+}
+
+pub async fn get(
+    state: &AppState,
+    caller: &ActingUser,
+    id: &ConversationId,
+) -> Result<ConversationWithMember, ApiError> {
+    caller.require(Scope::ChatRead)?;
+    let db = state.store.tenant_db(&caller.scope());
+    let (conversation, _) = visible(&db, caller, id).await?;
+    with_member(&db, caller, conversation).await
+}
+
+/// Owners and admins change a group's or channel's profile and settings.
+pub async fn update(
+    state: &AppState,
+    caller: &ActingUser,
+    id: &ConversationId,
+    patch: ConversationPatch,
+) -> Result<ConversationWithMember, ApiError> {
+    caller.require(Scope::ChatWrite)?;
+    let chat = &state.settings.chat;
+    let db = state.store.tenant_db(&caller.scope());
+    let (conversation, member) = as_member(&db, caller, id).await?;
+    if conversation.kind == ConversationType::Direct {
+        return Err(ApiError::new(ErrorCode::Forbidden, "direct conversations cannot be changed"));
+    }
+    require_moderator(&member)?;
+    if let Some(max) = patch.max_members {
+        check_max_members(caller, Some(max))?;
+        if max < conversation.member_count {
+            return Err(ApiError::validation("max_members", "is below the current member count"));
+        }
+    }
+    let changes = ConversationChanges {
+        name: patch.name.map(|n| clean_optional("name", n, chat.max_name_chars)).transpose()?,
+        description: patch
+            .description
+            .map(|d| clean_optional("description", d, chat.max_description_chars))
+            .transpose()?,
+        avatar_url: patch.avatar_url.map(|a| super::clean_url("avatar_url", a)).transpose()?,
+        custom: patch.custom.map(|c| super::clean_custom("custom", Some(c), chat.max_custom_data_bytes)).transpose()?,
+        private: patch.private.filter(|_| conversation.kind == ConversationType::Channel),
+        max_members: patch.max_members,
+    };
+    let updated =
+        db.conversations().update(id, changes, Utc::now()).await?.ok_or_else(|| ApiError::not_found("conversation"))?;
+    with_member(&db, caller, updated).await
+}
+
+/// The caller's conversations, most recently active first, with unread counts.
+pub async fn list_mine(
+    state: &AppState,
+    caller: &ActingUser,
+    page: PageRequest,
+) -> Result<Page<ConversationWithMember>, ApiError> {
+    caller.require(Scope::ChatRead)?;
+    let db = state.store.tenant_db(&caller.scope());
+    let memberships = db.members().of_user(caller.user_id()).await?;
+    let ids: Vec<ConversationId> = memberships.iter().map(|m| m.conversation_id.clone()).collect();
+    let cursor = match page.after.as_deref() {
+        Some(raw) => Some(parse_activity_cursor(raw)?),
+        None => None,
+    };
+    let before = cursor.as_ref().map(|(at, id)| (*at, id.as_str()));
+    let conversations = db.conversations().page_by_activity(&ids, before, page.limit + 1).await?;
+    let page = Page::from_overfetch(conversations, page.limit, |c| {
+        format!("{}_{}", c.last_activity_at.timestamp_millis(), c.id)
+    });
+    let mut items = Vec::with_capacity(page.items.len());
+    for conversation in page.items {
+        let member = memberships.iter().find(|m| m.conversation_id == conversation.id).cloned();
+        let unread = match &member {
+            Some(m) => {
+                db.messages()
+                    .count_unread(&conversation.id, caller.user_id(), m.last_read_seq, conversation.last_seq)
+                    .await?
+            }
+            None => 0,
+        };
+        items.push(ConversationWithMember { conversation, member, unread: Some(unread) });
+    }
+    Ok(Page { items, next_cursor: page.next_cursor })
+}
+
+fn parse_activity_cursor(raw: &str) -> Result<(DateTime<Utc>, String), ApiError> {
+    let invalid = || {
+        ApiError::new(ErrorCode::InvalidRequest, "invalid cursor").with_details(serde_json::json!({ "param": "after" }))
+    };
+    let (millis, id) = raw.split_once('_').ok_or_else(invalid)?;
+    let at = millis.parse::<i64>().ok().and_then(DateTime::from_timestamp_millis).ok_or_else(invalid)?;
+    Ok((at, id.to_string()))
+}

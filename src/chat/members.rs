@@ -1,0 +1,252 @@
+//! Membership: list, add, join, leave, remove, ban, roles and per-member preferences. Every
+//! change is recorded as a `system` message in the conversation.
+
+use chrono::Utc;
+
+use crate::app::AppState;
+use crate::auth::ActingUser;
+use crate::domain::{
+    Conversation, ConversationId, ConversationType, Member, MemberRole, Page, PageRequest, Scope, UserId,
+};
+use crate::error::{ApiError, ErrorCode};
+use crate::tenancy::TenantDb;
+
+use super::conversations::{as_member, new_member, require_moderator, visible};
+use super::messages::post_system;
+
+fn not_in_direct(conversation: &Conversation) -> Result<(), ApiError> {
+    if conversation.kind == ConversationType::Direct {
+        Err(ApiError::new(ErrorCode::Forbidden, "direct conversations have fixed members"))
+    } else {
+        Ok(())
+    }
+}
+
+pub async fn list(
+    state: &AppState,
+    caller: &ActingUser,
+    id: &ConversationId,
+    page: PageRequest,
+) -> Result<Page<Member>, ApiError> {
+    caller.require(Scope::ChatRead)?;
+    let db = state.store.tenant_db(&caller.scope());
+    visible(&db, caller, id).await?;
+    let members = db.members().list(id, page.after.as_deref(), page.limit + 1).await?;
+    Ok(Page::from_overfetch(members, page.limit, |m| m.user_id.to_string()))
+}
+
+/// Adds one user as a member: checks the ban list and reserves a slot under `max_members`.
+/// `Ok(None)` when they already are a member.
+async fn admit(
+    db: &TenantDb,
+    conversation: &Conversation,
+    user: &UserId,
+    role: MemberRole,
+) -> Result<Option<Member>, ApiError> {
+    if let Some(existing) = db.members().get(&conversation.id, user).await? {
+        if existing.is_active() {
+            return Ok(None);
+        }
+        return Err(ApiError::new(ErrorCode::Forbidden, format!("user '{user}' is banned from this conversation"))
+            .with_details(serde_json::json!({ "user_id": user.as_str() })));
+    }
+    if !db.conversations().reserve_member_slot(&conversation.id, conversation.max_members).await? {
+        return Err(ApiError::new(ErrorCode::LimitReached, "the conversation is full")
+            .with_details(serde_json::json!({ "limit": "max_members", "value": conversation.max_members })));
+    }
+    let member = new_member(conversation, user, role, Utc::now());
+    if !db.members().insert(&member).await? {
+        db.conversations().release_member_slot(&conversation.id).await?;
+        return Ok(None);
+    }
+    Ok(Some(member))
+}
+
+/// Owners and admins add users to a group or channel.
+pub async fn add(
+    state: &AppState,
+    caller: &ActingUser,
+    id: &ConversationId,
+    users: Vec<UserId>,
+) -> Result<Vec<Member>, ApiError> {
+    caller.require(Scope::ChatWrite)?;
+    let db = state.store.tenant_db(&caller.scope());
+    let (conversation, member) = as_member(&db, caller, id).await?;
+    not_in_direct(&conversation)?;
+    require_moderator(&member)?;
+    let max = state.settings.chat.max_batch_ids;
+    if users.is_empty() || users.len() > max {
+        return Err(ApiError::validation("user_ids", format!("must list 1 to {max} users")));
+    }
+    let found = db.users().get_many(&users).await?;
+    if let Some(missing) = users.iter().find(|id| !found.iter().any(|u| &u.id == *id && u.is_active())) {
+        return Err(ApiError::validation("user_ids", format!("user '{missing}' does not exist or is deactivated")));
+    }
+    let mut added = Vec::new();
+    for user in &users {
+        if let Some(member) = admit(&db, &conversation, user, MemberRole::Member).await? {
+            let event = serde_json::json!({ "event": "member_added", "user_id": user.as_str(), "by": caller.user_id().as_str() });
+            post_system(
+                state,
+                &db,
+                &conversation,
+                caller.user_id(),
+                format!("{} added {}", caller.user_id(), user),
+                event,
+            )
+            .await?;
+            added.push(member);
+        }
+    }
+    Ok(added)
+}
+
+/// Any user joins a public channel.
+pub async fn join(state: &AppState, caller: &ActingUser, id: &ConversationId) -> Result<Member, ApiError> {
+    caller.require(Scope::ChatWrite)?;
+    let db = state.store.tenant_db(&caller.scope());
+    let (conversation, member) = visible(&db, caller, id).await?;
+    if let Some(member) = member {
+        return Ok(member);
+    }
+    let Some(member) = admit(&db, &conversation, caller.user_id(), MemberRole::Member).await? else {
+        return db.members().get(id, caller.user_id()).await?.ok_or_else(|| ApiError::not_found("member"));
+    };
+    let event = serde_json::json!({ "event": "member_joined", "user_id": caller.user_id().as_str() });
+    post_system(state, &db, &conversation, caller.user_id(), format!("{} joined", caller.user_id()), event).await?;
+    Ok(member)
+}
+
+/// Whether `actor` may remove or ban `target`: owners anyone, admins plain members.
+fn may_remove(actor: &Member, target: &Member) -> Result<(), ApiError> {
+    match (actor.role, target.role) {
+        (MemberRole::Owner, _) | (MemberRole::Admin, MemberRole::Member) => Ok(()),
+        _ => Err(ApiError::new(ErrorCode::Forbidden, "you may not remove this member")),
+    }
+}
+
+/// The last owner may not go while others remain: they must hand over first.
+async fn ensure_not_last_owner(db: &TenantDb, conversation: &Conversation, leaving: &Member) -> Result<(), ApiError> {
+    if leaving.role == MemberRole::Owner
+        && conversation.member_count > 1
+        && db.members().count_owners(&conversation.id).await? <= 1
+    {
+        return Err(ApiError::new(ErrorCode::LastOwner, "the last owner must make someone else owner before leaving"));
+    }
+    Ok(())
+}
+
+/// Removes `user`: leaving when it is the caller, otherwise a moderator's removal.
+pub async fn remove(state: &AppState, caller: &ActingUser, id: &ConversationId, user: &UserId) -> Result<(), ApiError> {
+    caller.require(Scope::ChatWrite)?;
+    let db = state.store.tenant_db(&caller.scope());
+    let (conversation, actor) = as_member(&db, caller, id).await?;
+    not_in_direct(&conversation)?;
+    let target = if user == caller.user_id() {
+        actor.clone()
+    } else {
+        let target =
+            db.members().get(id, user).await?.filter(Member::is_active).ok_or_else(|| ApiError::not_found("member"))?;
+        may_remove(&actor, &target)?;
+        target
+    };
+    ensure_not_last_owner(&db, &conversation, &target).await?;
+    if db.members().remove(id, user).await? {
+        db.conversations().release_member_slot(id).await?;
+        let (text, event) = if user == caller.user_id() {
+            (format!("{user} left"), serde_json::json!({ "event": "member_left", "user_id": user.as_str() }))
+        } else {
+            (
+                format!("{} removed {user}", caller.user_id()),
+                serde_json::json!({ "event": "member_removed", "user_id": user.as_str(), "by": caller.user_id().as_str() }),
+            )
+        };
+        post_system(state, &db, &conversation, caller.user_id(), text, event).await?;
+    }
+    Ok(())
+}
+
+/// Removes `user` and keeps them out until unbanned.
+pub async fn ban(state: &AppState, caller: &ActingUser, id: &ConversationId, user: &UserId) -> Result<(), ApiError> {
+    caller.require(Scope::ChatWrite)?;
+    let db = state.store.tenant_db(&caller.scope());
+    let (conversation, actor) = as_member(&db, caller, id).await?;
+    not_in_direct(&conversation)?;
+    require_moderator(&actor)?;
+    if user == caller.user_id() {
+        return Err(ApiError::validation("user_id", "you cannot ban yourself"));
+    }
+    db.users().get(user).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    let target = db.members().get(id, user).await?;
+    if let Some(target) = target.as_ref().filter(|m| m.is_active()) {
+        may_remove(&actor, target)?;
+    } else if target.is_some() {
+        return Ok(());
+    }
+    let record = new_member(&conversation, user, MemberRole::Member, Utc::now());
+    if db.members().ban(&record, Utc::now()).await? {
+        db.conversations().release_member_slot(id).await?;
+    }
+    let event =
+        serde_json::json!({ "event": "member_banned", "user_id": user.as_str(), "by": caller.user_id().as_str() });
+    post_system(state, &db, &conversation, caller.user_id(), format!("{} banned {user}", caller.user_id()), event)
+        .await?;
+    Ok(())
+}
+
+pub async fn unban(state: &AppState, caller: &ActingUser, id: &ConversationId, user: &UserId) -> Result<(), ApiError> {
+    caller.require(Scope::ChatWrite)?;
+    let db = state.store.tenant_db(&caller.scope());
+    let (_, actor) = as_member(&db, caller, id).await?;
+    require_moderator(&actor)?;
+    db.members().unban(id, user).await?;
+    Ok(())
+}
+
+/// Owners change roles; the last owner cannot demote themselves.
+pub async fn set_role(
+    state: &AppState,
+    caller: &ActingUser,
+    id: &ConversationId,
+    user: &UserId,
+    role: MemberRole,
+) -> Result<Member, ApiError> {
+    caller.require(Scope::ChatWrite)?;
+    let db = state.store.tenant_db(&caller.scope());
+    let (conversation, actor) = as_member(&db, caller, id).await?;
+    not_in_direct(&conversation)?;
+    if actor.role != MemberRole::Owner {
+        return Err(ApiError::new(ErrorCode::Forbidden, "only owners may change roles"));
+    }
+    let target =
+        db.members().get(id, user).await?.filter(Member::is_active).ok_or_else(|| ApiError::not_found("member"))?;
+    if target.role == role {
+        return Ok(target);
+    }
+    if target.role == MemberRole::Owner && db.members().count_owners(id).await? <= 1 {
+        return Err(ApiError::new(ErrorCode::LastOwner, "a conversation needs at least one owner"));
+    }
+    let updated = db.members().set_role(id, user, role).await?.ok_or_else(|| ApiError::not_found("member"))?;
+    let role_name = serde_json::to_value(role).unwrap_or_default();
+    let event = serde_json::json!({ "event": "role_changed", "user_id": user.as_str(), "role": role_name, "by": caller.user_id().as_str() });
+    let text = format!("{} made {user} {}", caller.user_id(), role_name.as_str().unwrap_or(""));
+    post_system(state, &db, &conversation, caller.user_id(), text, event).await?;
+    Ok(updated)
+}
+
+/// A member's own settings for a conversation.
+pub async fn set_preferences(
+    state: &AppState,
+    caller: &ActingUser,
+    id: &ConversationId,
+    muted: Option<bool>,
+    pinned: Option<bool>,
+) -> Result<Member, ApiError> {
+    caller.require(Scope::ChatWrite)?;
+    let db = state.store.tenant_db(&caller.scope());
+    as_member(&db, caller, id).await?;
+    db.members()
+        .set_preferences(id, caller.user_id(), muted, pinned)
+        .await?
+        .ok_or_else(|| ApiError::not_found("member"))
+}

@@ -1,0 +1,376 @@
+//! Sending, reading, editing and deleting messages.
+
+use chrono::Utc;
+
+use crate::app::AppState;
+use crate::auth::ActingUser;
+use crate::domain::{
+    AiInfo, Attachment, Conversation, ConversationId, ConversationType, EditedText, LastMessage, Message, MessageKind,
+    RelationshipKind, Scope, UserId, search_terms,
+};
+use crate::error::{ApiError, ErrorCode};
+use crate::tenancy::TenantDb;
+use crate::tenancy::repos::Inserted;
+
+use super::conversations::{as_member, require_moderator, visible};
+
+/// Most attempts to claim a seq when other nodes keep winning.
+const MAX_SEQ_ATTEMPTS: usize = 64;
+/// Characters of text kept in a conversation's `last_message.preview`.
+const PREVIEW_CHARS: usize = 100;
+/// Default and largest page of history.
+pub const DEFAULT_HISTORY: u32 = 50;
+pub const MAX_HISTORY: u32 = 200;
+
+pub struct NewMessage {
+    pub client_msg_id: String,
+    pub kind: MessageKind,
+    pub text: Option<String>,
+    pub language: Option<String>,
+    pub attachments: Vec<Attachment>,
+    pub reply_to: Option<i64>,
+    pub mentions: Vec<UserId>,
+    pub metadata: Option<serde_json::Value>,
+    pub ai: Option<AiInfo>,
+}
+
+/// Which part of the history to read.
+pub enum HistoryWindow {
+    Latest,
+    Before(i64),
+    After(i64),
+    Around(i64),
+}
+
+pub struct History {
+    pub messages: Vec<Message>,
+    pub last_seq: i64,
+    pub has_more_before: bool,
+    pub has_more_after: bool,
+    pub my_reactions: Vec<(i64, String)>,
+    pub pinned_seqs: Vec<i64>,
+}
+
+fn too_large(limit: u32) -> ApiError {
+    ApiError::new(ErrorCode::PayloadTooLarge, format!("message text exceeds {limit} bytes"))
+        .with_details(serde_json::json!({ "limit_bytes": limit }))
+}
+
+/// Checks text against the kind and the tenant's size limit; returns it trimmed of nothing.
+fn check_text(kind: MessageKind, text: Option<String>, limit: u32) -> Result<Option<String>, ApiError> {
+    let needs_text = matches!(kind, MessageKind::Text | MessageKind::CodeSnippet | MessageKind::System);
+    match text {
+        Some(t) if t.len() > limit as usize => Err(too_large(limit)),
+        Some(t) if t.trim().is_empty() && needs_text => Err(ApiError::validation("text", "must not be blank")),
+        None if needs_text => Err(ApiError::validation("text", "is required for this kind")),
+        other => Ok(other.filter(|t| !t.trim().is_empty())),
+    }
+}
+
+fn check_new_message(state: &AppState, caller: &ActingUser, new: &NewMessage) -> Result<(), ApiError> {
+    let chat = &state.settings.chat;
+    let id = &new.client_msg_id;
+    if id.is_empty() || id.len() > chat.max_client_msg_id_len || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::validation(
+            "client_msg_id",
+            format!("must be 1-{} printable characters without spaces", chat.max_client_msg_id_len),
+        ));
+    }
+    if new.kind == MessageKind::System && !caller.is_server() {
+        return Err(ApiError::new(ErrorCode::Forbidden, "only a server key may send system messages"));
+    }
+    let needs_attachments =
+        matches!(new.kind, MessageKind::File | MessageKind::Image | MessageKind::Video | MessageKind::Audio);
+    if needs_attachments && new.attachments.is_empty() {
+        return Err(ApiError::validation("attachments", "is required for this kind"));
+    }
+    if new.attachments.len() > chat.max_attachments {
+        return Err(ApiError::validation("attachments", format!("at most {}", chat.max_attachments)));
+    }
+    for attachment in &new.attachments {
+        super::clean_url("attachments.url", Some(attachment.url.clone()))?;
+    }
+    if new.mentions.len() > chat.max_mentions {
+        return Err(ApiError::validation("mentions", format!("at most {}", chat.max_mentions)));
+    }
+    if new.language.as_ref().is_some_and(|l| l.is_empty() || l.len() > 32) {
+        return Err(ApiError::validation("language", "must be 1-32 characters"));
+    }
+    if let Some(ai) = &new.ai {
+        let too_long = |v: &Option<String>| v.as_ref().is_some_and(|s| s.len() > 100);
+        if too_long(&ai.model) || too_long(&ai.provider) {
+            return Err(ApiError::validation("ai", "model and provider are at most 100 characters"));
+        }
+    }
+    Ok(())
+}
+
+/// Stores a message at the next seq, or returns the original when `client_msg_id` repeats
+/// (`created == false`). Membership, blocks and limits are checked first.
+pub async fn send(
+    state: &AppState,
+    caller: &ActingUser,
+    id: &ConversationId,
+    new: NewMessage,
+) -> Result<(Message, bool), ApiError> {
+    caller.require(Scope::ChatWrite)?;
+    check_new_message(state, caller, &new)?;
+    let db = state.store.tenant_db(&caller.scope());
+    let (conversation, _member) = as_member(&db, caller, id).await?;
+    if let Some(original) = db.messages().by_client_id(id, caller.user_id(), &new.client_msg_id).await? {
+        return Ok((original, false));
+    }
+    if conversation.kind == ConversationType::Direct
+        && let Some(peer) = conversation.direct_peer(caller.user_id())
+        && db.relationships().exists(&peer, caller.user_id(), RelationshipKind::Block).await?
+    {
+        return Err(ApiError::new(ErrorCode::Blocked, "this user has blocked you"));
+    }
+    let text = check_text(new.kind, new.text, caller.tenant.limits.max_message_bytes)?;
+    let metadata = super::clean_custom("metadata", new.metadata, state.settings.chat.max_custom_data_bytes)?;
+    if let Some(parent) = new.reply_to {
+        let found = db.messages().get(id, parent).await?;
+        if found.is_none_or(|m| m.is_deleted()) {
+            return Err(ApiError::validation("reply_to", "no such message in this conversation"));
+        }
+    }
+    let mut mentions = new.mentions;
+    mentions.sort();
+    mentions.dedup();
+    let message = Message {
+        id: uuid::Uuid::now_v7().to_string(),
+        tenant_id: caller.tenant.id.clone(),
+        conversation_id: id.clone(),
+        seq: 0,
+        client_msg_id: new.client_msg_id,
+        sender_id: caller.user_id().clone(),
+        kind: new.kind,
+        terms: text.as_deref().map(search_terms).unwrap_or_default(),
+        text,
+        language: new.language,
+        attachments: new.attachments,
+        reply_to: new.reply_to,
+        reply_count: 0,
+        mentions,
+        metadata,
+        ai: new.ai,
+        reaction_counts: Default::default(),
+        edit_history: Vec::new(),
+        created_at: Utc::now(),
+        edited_at: None,
+        deleted_at: None,
+        deleted_by: None,
+    };
+    store(state, &db, message).await
+}
+
+/// Claims the next seq for `message` and stores it (see `Sequencer` for why this is gapless).
+pub(super) async fn store(state: &AppState, db: &TenantDb, mut message: Message) -> Result<(Message, bool), ApiError> {
+    let id = message.conversation_id.clone();
+    let _turn = state.sequencer.lock(&id).await;
+    for _ in 0..MAX_SEQ_ATTEMPTS {
+        let head = db.conversations().get(&id).await?.ok_or_else(|| ApiError::not_found("conversation"))?;
+        message.seq = head.last_seq + 1;
+        match db.messages().insert(&message).await? {
+            Inserted::Stored => {
+                db.conversations().record_last_message(&id, &last_message_of(&message)).await?;
+                if let Some(parent) = message.reply_to {
+                    db.messages().add_reply_count(&id, parent, 1).await?;
+                }
+                return Ok((message, true));
+            }
+            Inserted::Duplicate(original) => return Ok((*original, false)),
+            Inserted::SeqTaken => db.conversations().advance_seq(&id, message.seq).await?,
+        }
+    }
+    Err(ApiError::unavailable("could not claim a message seq: too much contention"))
+}
+
+pub fn last_message_of(message: &Message) -> LastMessage {
+    LastMessage {
+        seq: message.seq,
+        sender_id: message.sender_id.clone(),
+        kind: message.kind,
+        preview: message.text.as_deref().unwrap_or("").chars().take(PREVIEW_CHARS).collect(),
+        created_at: message.created_at,
+    }
+}
+
+/// Posts a `system` message recording a membership change, authored by `actor`.
+pub async fn post_system(
+    state: &AppState,
+    db: &TenantDb,
+    conversation: &Conversation,
+    actor: &UserId,
+    text: String,
+    event: serde_json::Value,
+) -> Result<Message, ApiError> {
+    let message = Message {
+        id: uuid::Uuid::now_v7().to_string(),
+        tenant_id: conversation.tenant_id.clone(),
+        conversation_id: conversation.id.clone(),
+        seq: 0,
+        client_msg_id: format!("system-{}", uuid::Uuid::now_v7()),
+        sender_id: actor.clone(),
+        kind: MessageKind::System,
+        terms: Vec::new(),
+        text: Some(text),
+        language: None,
+        attachments: Vec::new(),
+        reply_to: None,
+        reply_count: 0,
+        mentions: Vec::new(),
+        metadata: event,
+        ai: None,
+        reaction_counts: Default::default(),
+        edit_history: Vec::new(),
+        created_at: Utc::now(),
+        edited_at: None,
+        deleted_at: None,
+        deleted_by: None,
+    };
+    Ok(store(state, db, message).await?.0)
+}
+
+/// A window of history by exact seq range, ascending, tombstones included.
+pub async fn history(
+    state: &AppState,
+    caller: &ActingUser,
+    id: &ConversationId,
+    window: HistoryWindow,
+    limit: u32,
+) -> Result<History, ApiError> {
+    caller.require(Scope::ChatRead)?;
+    if limit == 0 || limit > MAX_HISTORY {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, format!("limit must be between 1 and {MAX_HISTORY}"))
+            .with_details(serde_json::json!({ "param": "limit" })));
+    }
+    let db = state.store.tenant_db(&caller.scope());
+    let (conversation, _) = visible(&db, caller, id).await?;
+    let last = conversation.last_seq;
+    let n = i64::from(limit);
+    let (from, to) = match window {
+        HistoryWindow::Latest => (last - n + 1, last),
+        HistoryWindow::Before(seq) => (seq - n, seq - 1),
+        HistoryWindow::After(seq) => (seq + 1, seq + n),
+        HistoryWindow::Around(seq) => (seq - n / 2, seq - n / 2 + n - 1),
+    };
+    let (from, to) = (from.max(1), to.min(last));
+    let messages = db.messages().range(id, from, to).await?;
+    let my_reactions = if from <= to { db.reactions().mine(id, caller.user_id(), from, to).await? } else { Vec::new() };
+    Ok(History {
+        has_more_before: from > 1 && last > 0,
+        has_more_after: to < last,
+        last_seq: last,
+        messages,
+        my_reactions,
+        pinned_seqs: conversation.pinned_seqs,
+    })
+}
+
+pub async fn get_one(
+    state: &AppState,
+    caller: &ActingUser,
+    id: &ConversationId,
+    seq: i64,
+) -> Result<History, ApiError> {
+    caller.require(Scope::ChatRead)?;
+    let db = state.store.tenant_db(&caller.scope());
+    let (conversation, _) = visible(&db, caller, id).await?;
+    let message = db.messages().get(id, seq).await?.ok_or_else(|| ApiError::not_found("message"))?;
+    let my_reactions = db.reactions().mine(id, caller.user_id(), seq, seq).await?;
+    Ok(History {
+        messages: vec![message],
+        last_seq: conversation.last_seq,
+        has_more_before: false,
+        has_more_after: false,
+        my_reactions,
+        pinned_seqs: conversation.pinned_seqs,
+    })
+}
+
+/// Replies to message `parent`, ascending, after seq `after`.
+pub async fn replies(
+    state: &AppState,
+    caller: &ActingUser,
+    id: &ConversationId,
+    parent: i64,
+    after: i64,
+    limit: u32,
+) -> Result<History, ApiError> {
+    caller.require(Scope::ChatRead)?;
+    let db = state.store.tenant_db(&caller.scope());
+    let (conversation, _) = visible(&db, caller, id).await?;
+    db.messages().get(id, parent).await?.ok_or_else(|| ApiError::not_found("message"))?;
+    let mut messages = db.messages().replies(id, parent, after, limit + 1).await?;
+    let has_more_after = messages.len() > limit as usize;
+    messages.truncate(limit as usize);
+    let my_reactions = match (messages.first(), messages.last()) {
+        (Some(first), Some(last)) => db.reactions().mine(id, caller.user_id(), first.seq, last.seq).await?,
+        _ => Vec::new(),
+    };
+    Ok(History {
+        messages,
+        last_seq: conversation.last_seq,
+        has_more_before: false,
+        has_more_after,
+        my_reactions,
+        pinned_seqs: conversation.pinned_seqs,
+    })
+}
+
+async fn live_message(db: &TenantDb, id: &ConversationId, seq: i64) -> Result<Message, ApiError> {
+    db.messages().get(id, seq).await?.filter(|m| !m.is_deleted()).ok_or_else(|| ApiError::not_found("message"))
+}
+
+/// The author replaces the text of a text or code message; the old text goes to the history.
+pub async fn edit(
+    state: &AppState,
+    caller: &ActingUser,
+    id: &ConversationId,
+    seq: i64,
+    text: String,
+) -> Result<Message, ApiError> {
+    caller.require(Scope::ChatWrite)?;
+    let db = state.store.tenant_db(&caller.scope());
+    as_member(&db, caller, id).await?;
+    let message = live_message(&db, id, seq).await?;
+    if &message.sender_id != caller.user_id() {
+        return Err(ApiError::new(ErrorCode::Forbidden, "only the author may edit a message"));
+    }
+    if !matches!(message.kind, MessageKind::Text | MessageKind::CodeSnippet) {
+        return Err(ApiError::validation("kind", "only text and code messages can be edited"));
+    }
+    let text = check_text(message.kind, Some(text), caller.tenant.limits.max_message_bytes)?.unwrap_or_default();
+    let now = Utc::now();
+    let previous = EditedText { text: message.text, replaced_at: now };
+    let edited = db
+        .messages()
+        .edit(id, seq, previous, &text, &search_terms(&text), now)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
+    db.conversations().refresh_last_message(id, &last_message_of(&edited)).await?;
+    Ok(edited)
+}
+
+/// The author, or an owner/admin, deletes a message: its content goes, its seq stays.
+/// Deleting a deleted message changes nothing.
+pub async fn delete(state: &AppState, caller: &ActingUser, id: &ConversationId, seq: i64) -> Result<(), ApiError> {
+    caller.require(Scope::ChatWrite)?;
+    let db = state.store.tenant_db(&caller.scope());
+    let (_, member) = as_member(&db, caller, id).await?;
+    let message = db.messages().get(id, seq).await?.ok_or_else(|| ApiError::not_found("message"))?;
+    if &message.sender_id != caller.user_id() {
+        require_moderator(&member)?;
+    }
+    let Some(deleted) = db.messages().soft_delete(id, seq, caller.user_id(), Utc::now()).await? else {
+        return Ok(());
+    };
+    db.reactions().remove_all_for_message(id, seq).await?;
+    if let Some(parent) = message.reply_to {
+        db.messages().add_reply_count(id, parent, -1).await?;
+    }
+    db.conversations().set_pinned(id, seq, false).await?;
+    db.conversations().refresh_last_message(id, &last_message_of(&deleted)).await?;
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Reactions (one per user per emoji) and pins (owners and admins).
+
+use chrono::Utc;
+
+use crate::app::AppState;
+use crate::auth::ActingUser;
+use crate::domain::{ConversationId, Message, Reaction, Scope};
+use crate::error::{ApiError, ErrorCode};
+
+use super::conversations::{as_member, require_moderator, visible};
+
+/// Longest emoji (or short code such as `:thumbsup:`) in bytes.
+const MAX_EMOJI_BYTES: usize = 64;
+
+/// Emoji become field names of the per-message counts, so they may not hold `.`, `$` or spaces.
+fn check_emoji(emoji: &str) -> Result<(), ApiError> {
+    let ok = !emoji.is_empty()
+        && emoji.len() <= MAX_EMOJI_BYTES
+        && !emoji.chars().any(|c| c.is_whitespace() || c.is_control() || c == '.' || c == '$');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::validation("emoji", format!("must be 1-{MAX_EMOJI_BYTES} bytes without spaces, '.' or '$'")))
+    }
+}
+
+async fn live(db: &crate::tenancy::TenantDb, id: &ConversationId, seq: i64) -> Result<Message, ApiError> {
+    db.messages().get(id, seq).await?.filter(|m| !m.is_deleted()).ok_or_else(|| ApiError::not_found("message"))
+}
+
+/// Adds the caller's reaction; adding it again changes nothing.
+pub async fn add(
+    state: &AppState,
+    caller: &ActingUser,
+    id: &ConversationId,
+    seq: i64,
+    emoji: &str,
+) -> Result<(), ApiError> {
+    caller.require(Scope::ChatWrite)?;
+    check_emoji(emoji)?;
+    let db = state.store.tenant_db(&caller.scope());
+    as_member(&db, caller, id).await?;
+    live(&db, id, seq).await?;
+    let reaction = Reaction {
+        tenant_id: caller.tenant.id.clone(),
+        conversation_id: id.clone(),
+        seq,
+        emoji: emoji.to_string(),
+        user_id: caller.user_id().clone(),
+        created_at: Utc::now(),
+    };
+    if db.reactions().add(&reaction).await? {
+        db.messages().add_reaction_count(id, seq, emoji, 1).await?;
+    }
+    Ok(())
+}
+
+/// Removes the caller's reaction; removing a missing one changes nothing.
+pub async fn remove(
+    state: &AppState,
+    caller: &ActingUser,
+    id: &ConversationId,
+    seq: i64,
+    emoji: &str,
+) -> Result<(), ApiError> {
+    caller.require(Scope::ChatWrite)?;
+    check_emoji(emoji)?;
+    let db = state.store.tenant_db(&caller.scope());
+    as_member(&db, caller, id).await?;
+    live(&db, id, seq).await?;
+    if db.reactions().remove(id, seq, emoji, caller.user_id()).await? {
+        db.messages().add_reaction_count(id, seq, emoji, -1).await?;
+    }
+    Ok(())
+}
+
+/// Pins or unpins a message (owners and admins), up to `chat.max_pins` per conversation.
+pub async fn set_pinned(
+    state: &AppState,
+    caller: &ActingUser,
+    id: &ConversationId,
+    seq: i64,
+    pinned: bool,
+) -> Result<(), ApiError> {
+    caller.require(Scope::ChatWrite)?;
+    let db = state.store.tenant_db(&caller.scope());
+    let (conversation, member) = as_member(&db, caller, id).await?;
+    require_moderator(&member)?;
+    if pinned {
+        live(&db, id, seq).await?;
+        let max = state.settings.chat.max_pins;
+        if !conversation.pinned_seqs.contains(&seq) && conversation.pinned_seqs.len() >= max {
+            return Err(ApiError::new(ErrorCode::LimitReached, format!("at most {max} pinned messages"))
+                .with_details(serde_json::json!({ "limit": "max_pins", "value": max })));
+        }
+    }
+    db.conversations().set_pinned(id, seq, pinned).await?;
+    Ok(())
+}
+
+/// The pinned messages, in seq order.
+pub async fn pinned(state: &AppState, caller: &ActingUser, id: &ConversationId) -> Result<Vec<Message>, ApiError> {
+    caller.require(Scope::ChatRead)?;
+    let db = state.store.tenant_db(&caller.scope());
+    let (conversation, _) = visible(&db, caller, id).await?;
+    Ok(db.messages().get_seqs(id, &conversation.pinned_seqs).await?)
+}
