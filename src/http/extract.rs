@@ -195,3 +195,13 @@ pub fn page_limit(state: &AppState, requested: Option<u32>) -> Result<u32, ApiEr
     }
     Ok(limit)
 }
+
+/// For PATCH fields where `null` means "clear" and absence means "keep":
+/// absent -> `None`, `null` -> `Some(None)`, value -> `Some(Some(v))`.
+pub fn double_option<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}

@@ -3,11 +3,16 @@
 
 mod api_keys;
 mod audit_log;
+mod conversations;
 mod extract;
 mod health;
+mod me;
+mod messages;
 mod middleware;
 pub mod openapi;
+mod signing_keys;
 mod tenants;
+mod users;
 
 use actix_web::web;
 
@@ -32,7 +37,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/tenants/{tenant_id}", web::patch().to(tenants::update_tenant))
                 .route("/tenants/{tenant_id}", web::delete().to(tenants::delete_tenant))
                 .route("/tenants/{tenant_id}/api-keys", web::post().to(api_keys::create_api_key_as_operator))
-                .route("/tenants/{tenant_id}/audit-log/verify", web::get().to(audit_log::verify_as_operator)),
+                .route("/tenants/{tenant_id}/audit-log/verify", web::get().to(audit_log::verify_as_operator))
+                .route("/tenants/{tenant_id}/signing-keys/rotate", web::post().to(signing_keys::rotate_signing_key)),
         )
         .service(
             web::scope("/v1")
@@ -41,11 +47,55 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/api-keys/{key_id}/rotate", web::post().to(api_keys::rotate_api_key))
                 .route("/api-keys/{key_id}", web::delete().to(api_keys::revoke_api_key))
                 .route("/audit-log", web::get().to(audit_log::list_audit_log))
-                .route("/audit-log/verify", web::get().to(audit_log::verify_audit_log)),
+                .route("/audit-log/verify", web::get().to(audit_log::verify_audit_log))
+                .route("/signing-keys", web::get().to(signing_keys::list_signing_keys))
+                .configure(chat_routes),
         );
 }
 
 /// The answer for any path no route matches.
 pub async fn route_not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::new(ErrorCode::RouteNotFound, "no such route"))
+}
+
+fn chat_routes(cfg: &mut web::ServiceConfig) {
+    const CONVERSATION: &str = "/conversations/{conversation_id}";
+    let at = |suffix: &str| format!("{CONVERSATION}{suffix}");
+    cfg.route("/users", web::get().to(users::list_users))
+        .route("/users/{user_id}", web::put().to(users::put_user))
+        .route("/users/{user_id}", web::get().to(users::get_user))
+        .route("/users/{user_id}", web::patch().to(users::patch_user))
+        .route("/users/{user_id}", web::delete().to(users::deactivate_user))
+        .route("/users/{user_id}/reactivate", web::post().to(users::reactivate_user))
+        .route("/users/{user_id}/tokens", web::post().to(users::mint_token))
+        .route("/me", web::get().to(me::get_me))
+        .route("/me/conversations", web::get().to(me::my_conversations))
+        .route("/me/unread", web::get().to(me::my_unread))
+        .route("/me/relationships", web::get().to(me::list_relationships))
+        .route("/me/relationships/{user_id}", web::put().to(me::put_relationship))
+        .route("/me/relationships/{user_id}", web::delete().to(me::delete_relationship))
+        .route("/search/messages", web::get().to(me::search_messages))
+        .route("/conversations", web::post().to(conversations::create_conversation))
+        .route(CONVERSATION, web::get().to(conversations::get_conversation))
+        .route(CONVERSATION, web::patch().to(conversations::update_conversation))
+        .route(&at("/join"), web::post().to(conversations::join))
+        .route(&at("/members"), web::get().to(conversations::list_members))
+        .route(&at("/members"), web::post().to(conversations::add_members))
+        .route(&at("/members/{user_id}"), web::patch().to(conversations::update_member))
+        .route(&at("/members/{user_id}"), web::delete().to(conversations::remove_member))
+        .route(&at("/bans/{user_id}"), web::put().to(conversations::ban_member))
+        .route(&at("/bans/{user_id}"), web::delete().to(conversations::unban_member))
+        .route(&at("/read"), web::post().to(conversations::mark_read))
+        .route(&at("/delivered"), web::post().to(conversations::mark_delivered))
+        .route(&at("/messages"), web::post().to(messages::send_message))
+        .route(&at("/messages"), web::get().to(messages::list_messages))
+        .route(&at("/messages/{seq}"), web::get().to(messages::get_message))
+        .route(&at("/messages/{seq}"), web::patch().to(messages::edit_message))
+        .route(&at("/messages/{seq}"), web::delete().to(messages::delete_message))
+        .route(&at("/messages/{seq}/replies"), web::get().to(messages::list_replies))
+        .route(&at("/messages/{seq}/reactions/{emoji}"), web::put().to(messages::add_reaction))
+        .route(&at("/messages/{seq}/reactions/{emoji}"), web::delete().to(messages::remove_reaction))
+        .route(&at("/pins"), web::get().to(messages::list_pins))
+        .route(&at("/pins/{seq}"), web::put().to(messages::pin_message))
+        .route(&at("/pins/{seq}"), web::delete().to(messages::unpin_message));
 }

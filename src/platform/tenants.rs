@@ -158,3 +158,24 @@ pub async fn delete_tenant(state: &AppState, caller: &OperatorCaller, id: &Tenan
     tenants.delete(id).await?;
     Ok(())
 }
+
+/// Adds a new JWT signing key; new tokens use it, tokens signed with older keys stay valid
+/// until they expire.
+pub async fn rotate_signing_key(
+    state: &AppState,
+    caller: &OperatorCaller,
+    id: &TenantId,
+) -> Result<SigningKey, ApiError> {
+    let tenant = get_tenant(state, caller, id).await?;
+    if matches!(tenant.status, TenantStatus::Provisioning | TenantStatus::Deleting) {
+        return Err(ApiError::not_found("tenant"));
+    }
+    let key = new_signing_key();
+    if !state.store.tenants().add_signing_key(id, &key).await? {
+        return Err(ApiError::not_found("tenant"));
+    }
+    let record = AuditRecord::new(caller.actor(), "tenant.signing_key.rotate", "tenant", id.as_str())
+        .with_details(serde_json::json!({ "kid": &key.kid }));
+    audit::append(&state.store, id, record).await?;
+    Ok(key)
+}

@@ -212,3 +212,41 @@ impl Outage {
         }
     }
 }
+
+/// A tenant with a server key holding every scope, for chat tests.
+pub struct ChatTenant {
+    pub id: String,
+    pub key: String,
+}
+
+impl TestApp {
+    pub async fn chat_tenant(&self) -> ChatTenant {
+        let id = self.create_tenant().await;
+        let (key, _) = self.issue_key(&id, None).await;
+        ChatTenant { id, key }
+    }
+
+    /// Creates (or replaces) user `id` and returns a fresh token for them.
+    pub async fn user(&self, tenant: &ChatTenant, id: &str) -> String {
+        let put =
+            self.call(Method::PUT, &format!("/v1/users/{id}"), &tenant.key, Some(json!({"display_name": id}))).await;
+        assert!(put.status.is_success(), "{}", put.text);
+        let token = self.call(Method::POST, &format!("/v1/users/{id}/tokens"), &tenant.key, None).await;
+        assert_eq!(token.status, StatusCode::CREATED, "{}", token.text);
+        token.body["token"].as_str().unwrap().to_string()
+    }
+
+    /// Creates a conversation as the holder of `token` and returns its id.
+    pub async fn conversation(&self, token: &str, kind: &str, members: &[&str]) -> String {
+        let body = json!({"type": kind, "members": members, "name": format!("{kind} chat")});
+        let reply = self.call(Method::POST, "/v1/conversations", token, Some(body)).await;
+        assert!(reply.status.is_success(), "{}", reply.text);
+        reply.body["id"].as_str().unwrap().to_string()
+    }
+
+    /// Sends a text message and returns the reply.
+    pub async fn say(&self, token: &str, conversation: &str, text: &str) -> Reply {
+        let body = json!({"client_msg_id": format!("c-{}", random_lower(12)), "text": text});
+        self.call(Method::POST, &format!("/v1/conversations/{conversation}/messages"), token, Some(body)).await
+    }
+}

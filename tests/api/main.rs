@@ -3,6 +3,7 @@
 
 mod api_keys;
 mod audit;
+mod chat_smoke;
 mod cli;
 mod errors;
 mod health;
