@@ -3,7 +3,10 @@
 
 mod api_keys;
 mod audit;
+mod chat_conversations;
+mod chat_messages;
 mod chat_smoke;
+mod chat_users;
 mod cli;
 mod errors;
 mod health;
