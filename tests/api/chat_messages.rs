@@ -1,1 +1,499 @@
-//! (tests to come)
+//! Messages: gapless seqs, idempotency, history windows, threads, edits, deletes, reactions,
+//! pins, receipts and unread arithmetic, search, and tenant isolation of message routes.
+
+use std::collections::BTreeSet;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{ChatTenant, TestApp, spawn_app, spawn_app_with};
+
+fn messages(conversation: &str) -> String {
+    format!("/v1/conversations/{conversation}/messages")
+}
+
+async fn send(app: &TestApp, token: &str, conversation: &str, body: Value) -> crate::helpers::Reply {
+    app.call(Method::POST, &messages(conversation), token, Some(body)).await
+}
+
+/// Every seq of the conversation's history, read back page by page, with senders.
+async fn all_seqs(app: &TestApp, token: &str, conversation: &str) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = app
+            .call(Method::GET, &format!("{}?after_seq={after}&limit=200", messages(conversation)), token, None)
+            .await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        let items = page.body["items"].as_array().unwrap();
+        out.extend(items.iter().map(|m| (m["seq"].as_i64().unwrap(), m["sender_id"].as_str().unwrap().to_string())));
+        if !page.body["has_more_after"].as_bool().unwrap() {
+            return out;
+        }
+        after = out.last().unwrap().0;
+    }
+}
+
+async fn group_of(app: &TestApp, tenant: &ChatTenant, n: usize) -> (Vec<String>, Vec<String>, String) {
+    let mut names = Vec::new();
+    let mut tokens = Vec::new();
+    for i in 0..n {
+        let name = format!("user{i:02}");
+        tokens.push(app.user(tenant, &name).await);
+        names.push(name);
+    }
+    let others: Vec<&str> = names[1..].iter().map(String::as_str).collect();
+    let conversation = app.conversation(&tokens[0], "group", &others).await;
+    (names, tokens, conversation)
+}
+
+#[tokio::test]
+async fn concurrent_senders_get_exactly_the_seqs_one_to_n() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let (names, tokens, conversation) = group_of(&app, &tenant, 20).await;
+    let senders = tokens.iter().enumerate().map(|(i, token)| {
+        let (app, conversation) = (&app, conversation.clone());
+        async move {
+            for n in 0..50 {
+                let body = json!({"client_msg_id": format!("s{i}-{n}"), "text": format!("message {n} from {i}")});
+                let reply = send(app, token, &conversation, body).await;
+                assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+            }
+        }
+    });
+    futures_util::future::join_all(senders).await;
+    let seqs = all_seqs(&app, &tokens[0], &conversation).await;
+    let numbers: Vec<i64> = seqs.iter().map(|(s, _)| *s).collect();
+    assert_eq!(numbers, (1..=1000).collect::<Vec<_>>());
+    for name in &names {
+        assert_eq!(seqs.iter().filter(|(_, sender)| sender == name).count(), 50, "{name}");
+    }
+    let conversation_view = app.call(Method::GET, &format!("/v1/conversations/{conversation}"), &tokens[1], None).await;
+    assert_eq!(conversation_view.body["last_seq"], 1000);
+}
+
+#[tokio::test]
+async fn two_nodes_sending_to_one_conversation_stay_gapless() {
+    let first = spawn_app().await;
+    let shared = [
+        ("mongodb.db_prefix", first.db_prefix.clone()),
+        ("redis.key_prefix", first.redis_prefix.clone()),
+        ("auth.operator_token", first.operator_token.clone()),
+    ];
+    let second = spawn_app_with(&shared).await;
+    let tenant = first.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(&first, &tenant, 4).await;
+    let senders = tokens.iter().enumerate().map(|(i, token)| {
+        let node = if i % 2 == 0 { &first } else { &second };
+        let conversation = conversation.clone();
+        async move {
+            for n in 0..25 {
+                let body = json!({"client_msg_id": format!("n{i}-{n}"), "text": "x"});
+                let reply = send(node, token, &conversation, body).await;
+                assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+            }
+        }
+    });
+    futures_util::future::join_all(senders).await;
+    let numbers: Vec<i64> = all_seqs(&second, &tokens[0], &conversation).await.iter().map(|(s, _)| *s).collect();
+    assert_eq!(numbers, (1..=100).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn concurrent_retries_store_one_message_and_burn_no_seq() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(&app, &tenant, 2).await;
+    let body = json!({"client_msg_id": "retry-me", "text": "only once"});
+    let replies =
+        futures_util::future::join_all((0..10).map(|_| send(&app, &tokens[0], &conversation, body.clone()))).await;
+    let created = replies.iter().filter(|r| r.status == StatusCode::CREATED).count();
+    let repeated = replies.iter().filter(|r| r.status == StatusCode::OK).count();
+    assert_eq!((created, repeated), (1, 9));
+    let ids: BTreeSet<&str> = replies.iter().map(|r| r.body["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1, "every retry returns the original");
+    assert!(replies.iter().all(|r| r.body["seq"] == 1));
+    let next = app.say(&tokens[0], &conversation, "next").await;
+    assert_eq!(next.body["seq"], 2, "no seq was burned by the retries");
+    let other_sender = send(&app, &tokens[1], &conversation, body).await;
+    assert_eq!(other_sender.status, StatusCode::CREATED, "client_msg_id is per sender");
+    assert_eq!(other_sender.body["seq"], 3);
+}
+
+#[tokio::test]
+async fn history_windows_are_exact_seq_ranges() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(&app, &tenant, 2).await;
+    for n in 1..=30 {
+        app.say(&tokens[0], &conversation, &format!("m{n}")).await;
+    }
+    let window = |query: &'static str| {
+        let (app, token, path) = (&app, tokens[1].clone(), messages(&conversation));
+        async move {
+            let reply = app.call(Method::GET, &format!("{path}?{query}"), &token, None).await;
+            assert_eq!(reply.status, StatusCode::OK, "{query}: {}", reply.text);
+            let seqs: Vec<i64> =
+                reply.body["items"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+            (seqs, reply.body["has_more_before"].as_bool().unwrap(), reply.body["has_more_after"].as_bool().unwrap())
+        }
+    };
+    assert_eq!(window("limit=10").await, ((21..=30).collect(), true, false));
+    assert_eq!(window("before_seq=21&limit=10").await, ((11..=20).collect(), true, true));
+    assert_eq!(window("after_seq=25&limit=10").await, ((26..=30).collect(), true, false));
+    assert_eq!(window("around_seq=15&limit=10").await, ((10..=19).collect(), true, true));
+    assert_eq!(window("before_seq=3").await, ((1..=2).collect(), false, true));
+    assert_eq!(window("after_seq=30").await.0, Vec::<i64>::new());
+    let (default_page, _, _) = window("").await;
+    assert_eq!(default_page, (1..=30).collect::<Vec<_>>());
+
+    for bad in ["limit=0", "limit=201", "before_seq=5&after_seq=1", "limit=x"] {
+        let reply = app.call(Method::GET, &format!("{}?{bad}", messages(&conversation)), &tokens[0], None).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let one = app.call(Method::GET, &format!("{}/7", messages(&conversation)), &tokens[1], None).await;
+    assert_eq!(one.body["text"], "m7");
+    let missing = app.call(Method::GET, &format!("{}/31", messages(&conversation)), &tokens[1], None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let invalid = app.call(Method::GET, &format!("{}/zero", messages(&conversation)), &tokens[1], None).await;
+    assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn message_kinds_and_limits_are_checked() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(&app, &tenant, 2).await;
+    let code = json!({"client_msg_id": "c1", "kind": "code_snippet", "text": "fn main() {}", "language": "rust",
+        "metadata": {"editor": "monaco"},
+        "ai": {"role": "assistant", "model": "m-1", "provider": "p", "tokens": {"prompt": 3, "completion": 5, "total": 8}}});
+    let stored = send(&app, &tokens[0], &conversation, code).await;
+    assert_eq!(stored.status, StatusCode::CREATED, "{}", stored.text);
+    assert_eq!(stored.body["language"], "rust");
+    assert_eq!(stored.body["ai"]["tokens"]["total"], 8);
+    assert_eq!(stored.body["metadata"]["editor"], "monaco");
+
+    let image = json!({"client_msg_id": "c2", "kind": "image", "attachments": [{"url": "https://cdn.example/x.png", "mime": "image/png"}]});
+    assert_eq!(send(&app, &tokens[0], &conversation, image).await.status, StatusCode::CREATED);
+    let cases = [
+        (json!({"text": "no id"}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"client_msg_id": "c3"}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"client_msg_id": "c4", "text": "   "}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"client_msg_id": "c5", "kind": "image"}), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({"client_msg_id": "c6", "kind": "video", "attachments": [{"url": "ftp://x"}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (json!({"client_msg_id": "c7", "kind": "system", "text": "fake"}), StatusCode::FORBIDDEN),
+        (json!({"client_msg_id": "has space", "text": "x"}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"client_msg_id": "c8", "text": "x".repeat(16_385)}), StatusCode::PAYLOAD_TOO_LARGE),
+        (json!({"client_msg_id": "c9", "text": "x", "metadata": {"$bad": 1}}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"client_msg_id": "c10", "text": "x", "kind": "poll"}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"client_msg_id": "c11", "text": "x", "reply_to": 99}), StatusCode::UNPROCESSABLE_ENTITY),
+    ];
+    for (body, status) in cases {
+        let reply = send(&app, &tokens[0], &conversation, body.clone()).await;
+        assert_eq!(reply.status, status, "{body}: {}", reply.text);
+    }
+    let last = app.call(Method::GET, &format!("/v1/conversations/{conversation}"), &tokens[0], None).await;
+    assert_eq!(last.body["last_seq"], 2, "refused messages stored nothing and took no seq");
+
+    let as_server = app
+        .call(
+            Method::POST,
+            &format!("{}?user_id=user00", messages(&conversation)),
+            &tenant.key,
+            Some(json!({"client_msg_id": "sys-1", "kind": "system", "text": "Maintenance at noon"})),
+        )
+        .await;
+    assert_eq!(as_server.status, StatusCode::CREATED, "{}", as_server.text);
+    assert_eq!(as_server.body["kind"], "system");
+}
+
+#[tokio::test]
+async fn threads_count_their_live_replies() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(&app, &tenant, 2).await;
+    app.say(&tokens[0], &conversation, "parent").await;
+    for n in 0..3 {
+        let body = json!({"client_msg_id": format!("r{n}"), "text": format!("reply {n}"), "reply_to": 1});
+        assert_eq!(send(&app, &tokens[1], &conversation, body).await.status, StatusCode::CREATED);
+    }
+    app.say(&tokens[0], &conversation, "unrelated").await;
+    let parent = app.call(Method::GET, &format!("{}/1", messages(&conversation)), &tokens[0], None).await;
+    assert_eq!(parent.body["reply_count"], 3);
+    let replies =
+        app.call(Method::GET, &format!("{}/1/replies?limit=2", messages(&conversation)), &tokens[0], None).await;
+    let seqs: Vec<i64> = replies.body["items"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, [2, 3]);
+    assert_eq!(replies.body["has_more_after"], true);
+    let rest =
+        app.call(Method::GET, &format!("{}/1/replies?after_seq=3", messages(&conversation)), &tokens[0], None).await;
+    assert_eq!(rest.body["items"][0]["seq"], 4);
+
+    assert_eq!(
+        app.call(Method::DELETE, &format!("{}/3", messages(&conversation)), &tokens[1], None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let parent = app.call(Method::GET, &format!("{}/1", messages(&conversation)), &tokens[0], None).await;
+    assert_eq!(parent.body["reply_count"], 2);
+    let no_thread = app.call(Method::GET, &format!("{}/99/replies", messages(&conversation)), &tokens[0], None).await;
+    assert_eq!(no_thread.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn edits_belong_to_the_author_and_keep_history() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(&app, &tenant, 2).await;
+    app.say(&tokens[0], &conversation, "first draft").await;
+    let path = format!("{}/1", messages(&conversation));
+    let not_author = app.call(Method::PATCH, &path, &tokens[1], Some(json!({"text": "hijack"}))).await;
+    assert_eq!(not_author.status, StatusCode::FORBIDDEN);
+    let edited = app.call(Method::PATCH, &path, &tokens[0], Some(json!({"text": "final words"}))).await;
+    assert_eq!(edited.status, StatusCode::OK, "{}", edited.text);
+    assert_eq!(edited.body["text"], "final words");
+    assert!(edited.body["edited_at"].is_string());
+    assert_eq!(edited.body["edit_history"][0]["text"], "first draft");
+    assert_eq!(edited.body["seq"], 1);
+
+    let conversation_view = app.call(Method::GET, &format!("/v1/conversations/{conversation}"), &tokens[1], None).await;
+    assert_eq!(conversation_view.body["last_message"]["preview"], "final words");
+    let old = app.call(Method::GET, "/v1/search/messages?q=draft", &tokens[1], None).await;
+    assert_eq!(old.body["items"].as_array().unwrap().len(), 0);
+    let new = app.call(Method::GET, "/v1/search/messages?q=FINAL", &tokens[1], None).await;
+    assert_eq!(new.body["items"].as_array().unwrap().len(), 1);
+
+    let blank = app.call(Method::PATCH, &path, &tokens[0], Some(json!({"text": " "}))).await;
+    assert_eq!(blank.status, StatusCode::UNPROCESSABLE_ENTITY);
+    app.call(Method::DELETE, &path, &tokens[0], None).await;
+    let after_delete = app.call(Method::PATCH, &path, &tokens[0], Some(json!({"text": "again"}))).await;
+    assert_eq!(after_delete.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn deletes_leave_tombstones_and_follow_roles() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(&app, &tenant, 3).await;
+    app.say(&tokens[1], &conversation, "from member one").await;
+    app.say(&tokens[2], &conversation, "from member two").await;
+    let path = |seq: i64| format!("{}/{seq}", messages(&conversation));
+    let by_peer = app.call(Method::DELETE, &path(1), &tokens[2], None).await;
+    assert_eq!(by_peer.status, StatusCode::FORBIDDEN, "a plain member cannot delete another's message");
+    assert_eq!(app.call(Method::DELETE, &path(2), &tokens[2], None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.call(Method::DELETE, &path(1), &tokens[0], None).await.status,
+        StatusCode::NO_CONTENT,
+        "the owner may"
+    );
+    assert_eq!(
+        app.call(Method::DELETE, &path(1), &tokens[0], None).await.status,
+        StatusCode::NO_CONTENT,
+        "twice is fine"
+    );
+
+    let history = app.call(Method::GET, &messages(&conversation), &tokens[1], None).await;
+    let items = history.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "tombstones keep their seq");
+    for item in items {
+        assert_eq!(item["deleted"], true);
+        assert!(item["text"].is_null());
+    }
+    let conversation_view = app.call(Method::GET, &format!("/v1/conversations/{conversation}"), &tokens[1], None).await;
+    assert_eq!(conversation_view.body["last_message"]["preview"], "");
+    let next = app.say(&tokens[1], &conversation, "after the deletes").await;
+    assert_eq!(next.body["seq"], 3);
+}
+
+#[tokio::test]
+async fn reactions_count_once_per_user_and_emoji() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(&app, &tenant, 2).await;
+    app.say(&tokens[0], &conversation, "react to me").await;
+    let reaction = |emoji: &str| format!("{}/1/reactions/{emoji}", messages(&conversation));
+    for token in [&tokens[0], &tokens[0], &tokens[1]] {
+        assert_eq!(app.call(Method::PUT, &reaction("👍"), token, None).await.status, StatusCode::NO_CONTENT);
+    }
+    app.call(Method::PUT, &reaction(":tada:"), &tokens[1], None).await;
+    let view = app.call(Method::GET, &format!("{}/1", messages(&conversation)), &tokens[0], None).await;
+    let reactions = view.body["reactions"].as_array().unwrap();
+    let thumbs = reactions.iter().find(|r| r["emoji"] == "👍").unwrap();
+    assert_eq!((thumbs["count"].as_i64(), thumbs["mine"].as_bool()), (Some(2), Some(true)));
+    let tada = reactions.iter().find(|r| r["emoji"] == ":tada:").unwrap();
+    assert_eq!((tada["count"].as_i64(), tada["mine"].as_bool()), (Some(1), Some(false)));
+
+    assert_eq!(app.call(Method::DELETE, &reaction("👍"), &tokens[0], None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(app.call(Method::DELETE, &reaction("👍"), &tokens[0], None).await.status, StatusCode::NO_CONTENT);
+    let history = app.call(Method::GET, &messages(&conversation), &tokens[1], None).await;
+    let thumbs =
+        history.body["items"][0]["reactions"].as_array().unwrap().iter().find(|r| r["emoji"] == "👍").unwrap().clone();
+    assert_eq!((thumbs["count"].as_i64(), thumbs["mine"].as_bool()), (Some(1), Some(true)));
+    for bad in ["a.b", "%24x", "%20"] {
+        let reply = app.call(Method::PUT, &reaction(bad), &tokens[0], None).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+    let missing = app.call(Method::PUT, &format!("{}/9/reactions/x", messages(&conversation)), &tokens[0], None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn admins_pin_messages() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(&app, &tenant, 2).await;
+    app.say(&tokens[1], &conversation, "pin me").await;
+    let pin = format!("/v1/conversations/{conversation}/pins/1");
+    assert_eq!(app.call(Method::PUT, &pin, &tokens[1], None).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.call(Method::PUT, &pin, &tokens[0], None).await.status, StatusCode::NO_CONTENT);
+    let pins = app.call(Method::GET, &format!("/v1/conversations/{conversation}/pins"), &tokens[1], None).await;
+    assert_eq!(pins.body["items"][0]["seq"], 1);
+    assert_eq!(pins.body["items"][0]["pinned"], true);
+    let one = app.call(Method::GET, &format!("{}/1", messages(&conversation)), &tokens[1], None).await;
+    assert_eq!(one.body["pinned"], true);
+    assert_eq!(app.call(Method::DELETE, &pin, &tokens[0], None).await.status, StatusCode::NO_CONTENT);
+    let pins = app.call(Method::GET, &format!("/v1/conversations/{conversation}/pins"), &tokens[1], None).await;
+    assert!(pins.body["items"].as_array().unwrap().is_empty());
+    let missing = app.call(Method::PUT, &format!("/v1/conversations/{conversation}/pins/9"), &tokens[0], None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
+async fn unread_of(app: &TestApp, token: &str) -> Value {
+    let reply = app.call(Method::GET, "/v1/me/unread", token, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    reply.body
+}
+
+#[tokio::test]
+async fn unread_counts_follow_reads_deletes_and_own_messages() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(&app, &tenant, 2).await;
+    let (alice, bob) = (&tokens[0], &tokens[1]);
+    for text in ["a1", "a2", "a3"] {
+        app.say(alice, &conversation, text).await;
+    }
+    app.say(bob, &conversation, "b4").await;
+    app.say(alice, &conversation, "a5").await;
+    assert_eq!(unread_of(&app, bob).await["total_unread_count"], 4, "bob's own message is not unread");
+    assert_eq!(unread_of(&app, alice).await["total_unread_count"], 1);
+
+    let read = format!("/v1/conversations/{conversation}/read");
+    let marked = app.call(Method::POST, &read, bob, Some(json!({"seq": 2}))).await;
+    assert_eq!(marked.status, StatusCode::OK, "{}", marked.text);
+    assert_eq!((marked.body["last_read_seq"].as_i64(), marked.body["unread_count"].as_i64()), (Some(2), Some(2)));
+    let lower = app.call(Method::POST, &read, bob, Some(json!({"seq": 1}))).await;
+    assert_eq!(lower.body["last_read_seq"], 2, "read marks never move back");
+
+    app.call(Method::DELETE, &format!("{}/5", messages(&conversation)), alice, None).await;
+    let summary = unread_of(&app, bob).await;
+    assert_eq!(summary["total_unread_count"], 1, "a deleted message is not unread: {summary}");
+    assert_eq!(summary["conversations"][0]["conversation_id"], conversation.as_str());
+
+    let beyond = app.call(Method::POST, &read, bob, Some(json!({"seq": 1000}))).await;
+    assert_eq!(beyond.body["last_read_seq"], 5, "a mark past the newest message stops at it");
+    assert_eq!(unread_of(&app, bob).await["total_unread_count"], 0);
+    assert!(unread_of(&app, bob).await["conversations"].as_array().unwrap().is_empty());
+
+    let delivered = format!("/v1/conversations/{conversation}/delivered");
+    let d = app.call(Method::POST, &delivered, alice, Some(json!({"seq": 3}))).await;
+    assert_eq!((d.body["last_delivered_seq"].as_i64(), d.body["last_read_seq"].as_i64()), (Some(3), Some(0)));
+    let d = app.call(Method::POST, &delivered, alice, Some(json!({"seq": 2}))).await;
+    assert_eq!(d.body["last_delivered_seq"], 3);
+    let negative = app.call(Method::POST, &read, alice, Some(json!({"seq": -1}))).await;
+    assert_eq!(negative.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let second = app.conversation(bob, "group", &["user00"]).await;
+    app.say(bob, &second, "x").await;
+    app.say(bob, &second, "y").await;
+    let summary = unread_of(&app, alice).await;
+    assert_eq!(summary["total_unread_count"], 3, "1 in the first conversation + 2 in the second: {summary}");
+    let me = app.call(Method::GET, "/v1/me/conversations", alice, None).await;
+    let counts: Vec<(String, i64)> = me.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["id"].as_str().unwrap().to_string(), c["membership"]["unread_count"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(counts, [(second.clone(), 2), (conversation.clone(), 1)], "newest activity first");
+}
+
+#[tokio::test]
+async fn search_finds_words_in_the_callers_conversations_only() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(&app, &tenant, 2).await;
+    let outsider = app.user(&tenant, "outsider").await;
+    let secret = app.conversation(&outsider, "group", &[]).await;
+    app.say(&outsider, &secret, "Deploy the rocket tonight").await;
+    app.say(&tokens[0], &conversation, "The Rocket launch is at noon").await;
+    app.say(&tokens[1], &conversation, "rocket science, again").await;
+    app.say(&tokens[1], &conversation, "nothing to see").await;
+    app.say(&tokens[0], &conversation, "ROCKET LAUNCH delayed").await;
+
+    let hits = |q: &str| {
+        let (app, token) = (&app, tokens[1].clone());
+        let q = q.to_string();
+        async move {
+            let reply = app.call(Method::GET, &format!("/v1/search/messages?q={q}"), &token, None).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+            reply.body["items"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(hits("rocket").await, [4, 2, 1], "newest first, other people's conversations excluded");
+    assert_eq!(hits("Rocket%20Launch").await, [4, 1], "all words must occur");
+    assert_eq!(hits("launch%20tonight").await, Vec::<i64>::new());
+    app.call(Method::DELETE, &format!("{}/4", messages(&conversation)), &tokens[0], None).await;
+    assert_eq!(hits("rocket").await, [2, 1], "deleted messages are not found");
+
+    let paged = app.collect_pages("/v1/search/messages?q=rocket&limit=1", &tokens[1], "after", 1).await;
+    assert_eq!(paged.len(), 2);
+    let scoped = app
+        .call(Method::GET, &format!("/v1/search/messages?q=rocket&conversation_id={secret}"), &tokens[1], None)
+        .await;
+    assert_eq!(scoped.status, StatusCode::NOT_FOUND, "a conversation the caller cannot see");
+    let empty = app.call(Method::GET, "/v1/search/messages?q=%20!!", &tokens[1], None).await;
+    assert_eq!(empty.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn another_tenants_users_cannot_reach_messages() {
+    let app = spawn_app().await;
+    let a = app.chat_tenant().await;
+    let b = app.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(&app, &a, 2).await;
+    app.say(&tokens[0], &conversation, "tenant A only").await;
+    app.call(Method::PUT, &format!("{}/1/reactions/x", messages(&conversation)), &tokens[0], None).await;
+    let intruder = app.user(&b, "user00").await;
+    let base = messages(&conversation);
+    let attempts = [
+        (Method::GET, base.clone(), None),
+        (Method::POST, base.clone(), Some(json!({"client_msg_id": "x", "text": "hi"}))),
+        (Method::GET, format!("{base}/1"), None),
+        (Method::PATCH, format!("{base}/1"), Some(json!({"text": "changed"}))),
+        (Method::DELETE, format!("{base}/1"), None),
+        (Method::GET, format!("{base}/1/replies"), None),
+        (Method::PUT, format!("{base}/1/reactions/y"), None),
+        (Method::DELETE, format!("{base}/1/reactions/x"), None),
+        (Method::GET, format!("/v1/conversations/{conversation}/pins"), None),
+        (Method::PUT, format!("/v1/conversations/{conversation}/pins/1"), None),
+        (Method::POST, format!("/v1/conversations/{conversation}/read"), Some(json!({"seq": 1}))),
+    ];
+    for (method, path, body) in attempts {
+        for token in [&intruder, &b.key] {
+            let path = if token == &b.key { format!("{path}?user_id=user00") } else { path.clone() };
+            let reply = app.call(method.clone(), &path, token, body.clone()).await;
+            assert_eq!(reply.status, StatusCode::NOT_FOUND, "{method} {path}: {}", reply.text);
+        }
+    }
+    let search = app.call(Method::GET, "/v1/search/messages?q=tenant", &intruder, None).await;
+    assert!(search.body["items"].as_array().unwrap().is_empty());
+    let intact = app.call(Method::GET, &format!("{base}/1"), &tokens[1], None).await;
+    assert_eq!(intact.body["text"], "tenant A only");
+    assert_eq!(intact.body["reactions"][0]["count"], 1);
+    let conversation_view = app.call(Method::GET, &format!("/v1/conversations/{conversation}"), &tokens[1], None).await;
+    assert_eq!(conversation_view.body["last_seq"], 1);
+}
