@@ -18,13 +18,13 @@ pub enum ErrorResponses {
     /// `unauthorized`: missing, malformed, unknown, expired or revoked credentials.
     #[response(status = 401)]
     Unauthorized(ErrorBody),
-    /// `insufficient_scope`, `tenant_suspended`.
+    /// `forbidden`, `insufficient_scope`, `tenant_suspended`, `user_deactivated`, `blocked`, `not_a_member`.
     #[response(status = 403)]
     Forbidden(ErrorBody),
     /// `not_found`: also for ids that belong to another tenant.
     #[response(status = 404)]
     NotFound(ErrorBody),
-    /// `tenant_exists`, `limit_reached`, `api_key_revoked`.
+    /// `tenant_exists`, `limit_reached`, `api_key_revoked`, `last_owner`.
     #[response(status = 409)]
     Conflict(ErrorBody),
     /// `payload_too_large`.
