@@ -131,6 +131,9 @@ pub struct Tenant {
     pub limits: TenantLimits,
     pub status: TenantStatus,
     pub signing_keys: Vec<SigningKey>,
+    /// Users ever created (deactivated ones included), counted against `limits.max_users`.
+    #[serde(default)]
+    pub user_count: u64,
     #[serde(with = "chrono_datetime_as_bson_datetime")]
     pub created_at: DateTime<Utc>,
     #[serde(with = "chrono_datetime_as_bson_datetime")]
