@@ -67,6 +67,7 @@ pub fn verify(tenant: &Tenant, token: &str, issuer: &str) -> Option<UserClaims> 
     validation.set_issuer(&[issuer]);
     validation.set_required_spec_claims(&["exp", "iat", "sub", "aud", "iss"]);
     validation.leeway = 5;
+    validation.validate_nbf = true;
     let data = jsonwebtoken::decode::<UserClaims>(token, &DecodingKey::from_secret(key.secret.as_bytes()), &validation)
         .ok()?;
     (data.claims.iat <= Utc::now().timestamp() + validation.leeway as i64).then_some(data.claims)
