@@ -36,6 +36,7 @@ pub enum ErrorCode {
     NotAMember,
     NotFound,
     RouteNotFound,
+    Conflict,
     TenantExists,
     LimitReached,
     ApiKeyRevoked,
@@ -62,6 +63,7 @@ impl ErrorCode {
             ErrorCode::NotAMember => "not_a_member",
             ErrorCode::NotFound => "not_found",
             ErrorCode::RouteNotFound => "route_not_found",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::TenantExists => "tenant_exists",
             ErrorCode::LimitReached => "limit_reached",
             ErrorCode::ApiKeyRevoked => "api_key_revoked",
@@ -86,9 +88,11 @@ impl ErrorCode {
             | ErrorCode::Blocked
             | ErrorCode::NotAMember => StatusCode::FORBIDDEN,
             ErrorCode::NotFound | ErrorCode::RouteNotFound => StatusCode::NOT_FOUND,
-            ErrorCode::TenantExists | ErrorCode::LimitReached | ErrorCode::ApiKeyRevoked | ErrorCode::LastOwner => {
-                StatusCode::CONFLICT
-            }
+            ErrorCode::Conflict
+            | ErrorCode::TenantExists
+            | ErrorCode::LimitReached
+            | ErrorCode::ApiKeyRevoked
+            | ErrorCode::LastOwner => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
