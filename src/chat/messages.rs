@@ -317,7 +317,7 @@ pub async fn replies(
     })
 }
 
-async fn live_message(db: &TenantDb, id: &ConversationId, seq: i64) -> Result<Message, ApiError> {
+pub(super) async fn live_message(db: &TenantDb, id: &ConversationId, seq: i64) -> Result<Message, ApiError> {
     db.messages().get(id, seq).await?.filter(|m| !m.is_deleted()).ok_or_else(|| ApiError::not_found("message"))
 }
 

@@ -6,6 +6,8 @@ use crate::domain::{ConversationId, Message, Reaction, Scope};
 use crate::error::{ApiError, ErrorCode};
 
 use super::conversations::{as_member, require_moderator, visible};
+use super::messages::live_message;
+use crate::tenancy::TenantDb;
 
 /// Longest emoji (or short code such as `:thumbsup:`) in bytes.
 const MAX_EMOJI_BYTES: usize = 64;
@@ -22,8 +24,20 @@ fn check_emoji(emoji: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn live(db: &crate::tenancy::TenantDb, id: &ConversationId, seq: i64) -> Result<Message, ApiError> {
-    db.messages().get(id, seq).await?.filter(|m| !m.is_deleted()).ok_or_else(|| ApiError::not_found("message"))
+/// The caller's tenant database once they may react to message `seq` with `emoji`.
+async fn reaction_target(
+    state: &AppState,
+    caller: &ActingUser,
+    id: &ConversationId,
+    seq: i64,
+    emoji: &str,
+) -> Result<TenantDb, ApiError> {
+    caller.require(Scope::ChatWrite)?;
+    check_emoji(emoji)?;
+    let db = state.store.tenant_db(&caller.scope());
+    as_member(&db, caller, id).await?;
+    live_message(&db, id, seq).await?;
+    Ok(db)
 }
 
 /// Adds the caller's reaction; adding it again changes nothing.
@@ -34,11 +48,7 @@ pub async fn add(
     seq: i64,
     emoji: &str,
 ) -> Result<(), ApiError> {
-    caller.require(Scope::ChatWrite)?;
-    check_emoji(emoji)?;
-    let db = state.store.tenant_db(&caller.scope());
-    as_member(&db, caller, id).await?;
-    live(&db, id, seq).await?;
+    let db = reaction_target(state, caller, id, seq, emoji).await?;
     let reaction = Reaction {
         tenant_id: caller.tenant.id.clone(),
         conversation_id: id.clone(),
@@ -61,11 +71,7 @@ pub async fn remove(
     seq: i64,
     emoji: &str,
 ) -> Result<(), ApiError> {
-    caller.require(Scope::ChatWrite)?;
-    check_emoji(emoji)?;
-    let db = state.store.tenant_db(&caller.scope());
-    as_member(&db, caller, id).await?;
-    live(&db, id, seq).await?;
+    let db = reaction_target(state, caller, id, seq, emoji).await?;
     if db.reactions().remove(id, seq, emoji, caller.user_id()).await? {
         db.messages().add_reaction_count(id, seq, emoji, -1).await?;
     }
@@ -85,7 +91,7 @@ pub async fn set_pinned(
     let (conversation, member) = as_member(&db, caller, id).await?;
     require_moderator(&member)?;
     if pinned {
-        live(&db, id, seq).await?;
+        live_message(&db, id, seq).await?;
         let max = state.settings.chat.max_pins;
         if !conversation.pinned_seqs.contains(&seq) && conversation.pinned_seqs.len() >= max {
             return Err(ApiError::new(ErrorCode::LimitReached, format!("at most {max} pinned messages"))
