@@ -4,10 +4,10 @@ use crate::app::AppState;
 use crate::auth::ActingUser;
 use crate::domain::{ConversationId, Message, Reaction, Scope};
 use crate::error::{ApiError, ErrorCode};
+use crate::tenancy::TenantDb;
 
 use super::conversations::{as_member, require_moderator, visible};
 use super::messages::live_message;
-use crate::tenancy::TenantDb;
 
 /// Longest emoji (or short code such as `:thumbsup:`) in bytes.
 const MAX_EMOJI_BYTES: usize = 64;
