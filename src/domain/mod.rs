@@ -3,6 +3,7 @@
 
 mod audit;
 mod conversation;
+mod file;
 mod ids;
 mod message;
 mod page;
@@ -22,3 +23,4 @@ pub use tenant::{ApiKey, LimitsError, PlanName, SigningKey, Tenant, TenantLimits
 pub use user::{
     NotificationLevel, Relationship, RelationshipKind, User, UserId, UserKind, UserSettings, check_custom_data,
 };
+pub use file::{FileEncryption, FileId, SharingMode, Sharing, StoredFile, mime_allowed, sanitize_filename};

@@ -131,6 +131,9 @@ pub struct Tenant {
     pub limits: TenantLimits,
     pub status: TenantStatus,
     pub signing_keys: Vec<SigningKey>,
+    /// MIME types (or `type/*`) the tenant's users may upload; empty means the platform default.
+    #[serde(default)]
+    pub allowed_mime_types: Vec<String>,
     #[serde(with = "chrono_datetime_as_bson_datetime")]
     pub created_at: DateTime<Utc>,
     #[serde(with = "chrono_datetime_as_bson_datetime")]
