@@ -105,7 +105,7 @@ async fn load_active_user(
 /// Either a tenant's server (no user needed) or an end user; for routes open to both.
 #[derive(Debug)]
 pub enum AnyCaller {
-    Server(super::TenantCaller),
+    Server(Box<super::TenantCaller>),
     User(Box<ActingUser>),
 }
 
@@ -142,7 +142,7 @@ impl FromRequest for AnyCaller {
         if is_key {
             let state = app_state(req);
             let token = bearer_token(req).map(str::to_string).unwrap_or_default();
-            Box::pin(async move { Ok(AnyCaller::Server(authenticate_key(&state?, &token).await?)) })
+            Box::pin(async move { Ok(AnyCaller::Server(Box::new(authenticate_key(&state?, &token).await?))) })
         } else {
             let user = ActingUser::from_request(req, payload);
             Box::pin(async move { Ok(AnyCaller::User(Box::new(user.await?))) })

@@ -67,6 +67,7 @@ pub fn verify(tenant: &Tenant, token: &str, issuer: &str) -> Option<UserClaims> 
     validation.set_issuer(&[issuer]);
     validation.set_required_spec_claims(&["exp", "iat", "sub", "aud", "iss"]);
     validation.leeway = 5;
+    validation.validate_nbf = true;
     let data = jsonwebtoken::decode::<UserClaims>(token, &DecodingKey::from_secret(key.secret.as_bytes()), &validation)
         .ok()?;
     (data.claims.iat <= Utc::now().timestamp() + validation.leeway as i64).then_some(data.claims)
@@ -93,6 +94,7 @@ mod tests {
             status: TenantStatus::Active,
             signing_keys: vec![SigningKey { kid: "k1".into(), secret: secret.into(), created_at: Utc::now() }],
             allowed_mime_types: Vec::new(),
+            user_count: 0,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }

@@ -123,7 +123,7 @@ pub async fn create(
         return Err(ApiError::new(ErrorCode::ValidationFailed, "some members do not exist or are deactivated")
             .with_details(serde_json::json!({ "fields": [{ "field": "members", "message": "unknown or deactivated users" }], "user_ids": missing })));
     }
-    let now = Utc::now();
+    let now = crate::domain::now();
     let id = ConversationId::new();
     let unique_key = match new.kind {
         ConversationType::Direct => {
@@ -256,8 +256,11 @@ pub async fn update(
         private: patch.private.filter(|_| conversation.kind == ConversationType::Channel),
         max_members: patch.max_members,
     };
-    let updated =
-        db.conversations().update(id, changes, Utc::now()).await?.ok_or_else(|| ApiError::not_found("conversation"))?;
+    let updated = db
+        .conversations()
+        .update(id, changes, crate::domain::now())
+        .await?
+        .ok_or_else(|| ApiError::not_found("conversation"))?;
     with_member(&db, caller, updated).await
 }
 

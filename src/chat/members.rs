@@ -1,8 +1,6 @@
 //! Membership: list, add, join, leave, remove, ban, roles and per-member preferences. Every
 //! change is recorded as a `system` message in the conversation.
 
-use chrono::Utc;
-
 use crate::app::AppState;
 use crate::auth::ActingUser;
 use crate::domain::{
@@ -54,7 +52,7 @@ async fn admit(
         return Err(ApiError::new(ErrorCode::LimitReached, "the conversation is full")
             .with_details(serde_json::json!({ "limit": "max_members", "value": conversation.max_members })));
     }
-    let member = new_member(conversation, user, role, Utc::now());
+    let member = new_member(conversation, user, role, crate::domain::now());
     if !db.members().insert(&member).await? {
         db.conversations().release_member_slot(&conversation.id).await?;
         return Ok(None);
@@ -183,8 +181,8 @@ pub async fn ban(state: &AppState, caller: &ActingUser, id: &ConversationId, use
     } else if target.is_some() {
         return Ok(());
     }
-    let record = new_member(&conversation, user, MemberRole::Member, Utc::now());
-    if db.members().ban(&record, Utc::now()).await? {
+    let record = new_member(&conversation, user, MemberRole::Member, crate::domain::now());
+    if db.members().ban(&record, crate::domain::now()).await? {
         db.conversations().release_member_slot(id).await?;
     }
     let event =

@@ -1,7 +1,5 @@
 //! Sending, reading, editing and deleting messages.
 
-use chrono::Utc;
-
 use crate::app::AppState;
 use crate::auth::ActingUser;
 use crate::domain::{
@@ -156,7 +154,7 @@ pub async fn send(
         ai: new.ai,
         reaction_counts: Default::default(),
         edit_history: Vec::new(),
-        created_at: Utc::now(),
+        created_at: crate::domain::now(),
         edited_at: None,
         deleted_at: None,
         deleted_by: None,
@@ -224,7 +222,7 @@ pub async fn post_system(
         ai: None,
         reaction_counts: Default::default(),
         edit_history: Vec::new(),
-        created_at: Utc::now(),
+        created_at: crate::domain::now(),
         edited_at: None,
         deleted_at: None,
         deleted_by: None,
@@ -342,7 +340,7 @@ pub async fn edit(
         return Err(ApiError::validation("kind", "only text and code messages can be edited"));
     }
     let text = check_text(message.kind, Some(text), caller.tenant.limits.max_message_bytes)?.unwrap_or_default();
-    let now = Utc::now();
+    let now = crate::domain::now();
     let previous = EditedText { text: message.text, replaced_at: now };
     let edited = db
         .messages()
@@ -363,7 +361,7 @@ pub async fn delete(state: &AppState, caller: &ActingUser, id: &ConversationId, 
     if &message.sender_id != caller.user_id() {
         require_moderator(&member)?;
     }
-    let Some(deleted) = db.messages().soft_delete(id, seq, caller.user_id(), Utc::now()).await? else {
+    let Some(deleted) = db.messages().soft_delete(id, seq, caller.user_id(), crate::domain::now()).await? else {
         return Ok(());
     };
     db.reactions().remove_all_for_message(id, seq).await?;

@@ -1,7 +1,5 @@
 //! Reactions (one per user per emoji) and pins (owners and admins).
 
-use chrono::Utc;
-
 use crate::app::AppState;
 use crate::auth::ActingUser;
 use crate::domain::{ConversationId, Message, Reaction, Scope};
@@ -47,7 +45,7 @@ pub async fn add(
         seq,
         emoji: emoji.to_string(),
         user_id: caller.user_id().clone(),
-        created_at: Utc::now(),
+        created_at: crate::domain::now(),
     };
     if db.reactions().add(&reaction).await? {
         db.messages().add_reaction_count(id, seq, emoji, 1).await?;

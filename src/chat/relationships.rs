@@ -1,7 +1,5 @@
 //! Block, mute and friend: one-sided relationships from the acting user to another user.
 
-use chrono::Utc;
-
 use crate::app::AppState;
 use crate::auth::ActingUser;
 use crate::domain::{Page, PageRequest, Relationship, RelationshipKind, Scope, UserId};
@@ -25,7 +23,7 @@ pub async fn put_relationship(
         user_id: caller.user_id().clone(),
         other_id: other.clone(),
         kind,
-        created_at: Utc::now(),
+        created_at: crate::domain::now(),
     };
     Ok(db.relationships().put(&relationship).await?)
 }

@@ -27,8 +27,13 @@ pub struct UserPatch {
     pub settings: Option<UserSettings>,
 }
 
+/// The given display name, checked; or the user id, cut to fit, when none is given.
 fn display_name(state: &AppState, raw: Option<&str>, id: &UserId) -> Result<String, ApiError> {
-    super::clean_text("display_name", raw.unwrap_or(id.as_str()), state.settings.chat.max_name_chars)
+    let max = state.settings.chat.max_name_chars;
+    match raw {
+        Some(name) => super::clean_text("display_name", name, max),
+        None => Ok(id.as_str().chars().take(max).collect()),
+    }
 }
 
 /// Creates or replaces a user's profile. Returns the user and whether it was created.
@@ -43,9 +48,11 @@ pub async fn upsert_user(
     let avatar = super::clean_url("avatar_url", profile.avatar_url)?;
     let custom = super::clean_custom("custom", profile.custom, state.settings.chat.max_custom_data_bytes)?;
     let users = state.store.tenant_db(&caller.scope()).users();
-    let now = Utc::now();
+    let now = crate::domain::now();
     if users.get(&id).await?.is_none() {
-        if users.count().await? >= caller.tenant.limits.max_users {
+        // The count is reserved before the insert, so concurrent creations cannot pass the limit.
+        let tenants = state.store.tenants();
+        if !tenants.reserve_user(&caller.tenant.id, caller.tenant.limits.max_users).await? {
             return Err(ApiError::new(ErrorCode::LimitReached, "the tenant has reached its user limit")
                 .with_details(serde_json::json!({ "limit": "max_users", "value": caller.tenant.limits.max_users })));
         }
@@ -65,6 +72,7 @@ pub async fn upsert_user(
         if users.insert(&user).await? {
             return Ok((user, true));
         }
+        tenants.release_user(&caller.tenant.id).await?;
     }
     let changes = UserChanges {
         display_name: Some(name),
@@ -127,7 +135,7 @@ pub async fn update_user(
         settings: patch.settings,
     };
     let users = state.store.tenant_db(&caller.scope()).users();
-    users.update(id, changes, Utc::now()).await?.ok_or_else(|| ApiError::not_found("user"))
+    users.update(id, changes, crate::domain::now()).await?.ok_or_else(|| ApiError::not_found("user"))
 }
 
 /// Deactivates (`active = false`) or reactivates a user. Deactivated users keep their data and
@@ -139,7 +147,7 @@ pub async fn set_active(state: &AppState, caller: &TenantCaller, id: &UserId, ac
     if current.is_active() == active {
         return Ok(current);
     }
-    let at = (!active).then(Utc::now);
+    let at = (!active).then(crate::domain::now);
     users.set_deactivated(id, at).await?.ok_or_else(|| ApiError::not_found("user"))
 }
 

@@ -2,6 +2,7 @@
 //! audit entries. Nothing here does I/O; parsing happens once, at the edge, into these types.
 
 mod audit;
+mod clock;
 mod conversation;
 mod file;
 mod ids;
@@ -12,6 +13,7 @@ mod tenant;
 mod user;
 
 pub use audit::{AuditActor, AuditEntry, AuditTarget, ChainBreak, GENESIS_HASH, verify_chain};
+pub use clock::now;
 pub use conversation::{Conversation, ConversationId, ConversationType, LastMessage, Member, MemberRole};
 pub use ids::{ApiKeyId, InvalidId, TenantId};
 pub use message::{

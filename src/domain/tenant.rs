@@ -134,6 +134,9 @@ pub struct Tenant {
     /// MIME types (or `type/*`) the tenant's users may upload; empty means the platform default.
     #[serde(default)]
     pub allowed_mime_types: Vec<String>,
+    /// Users ever created (deactivated ones included), counted against `limits.max_users`.
+    #[serde(default)]
+    pub user_count: u64,
     #[serde(with = "chrono_datetime_as_bson_datetime")]
     pub created_at: DateTime<Utc>,
     #[serde(with = "chrono_datetime_as_bson_datetime")]

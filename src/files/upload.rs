@@ -166,7 +166,7 @@ where
         storage_key: id.to_string(),
         encryption: request.encryption,
         sharing: Sharing { mode: request.sharing, conversation_ids, expires_at: request.expires_at },
-        created_at: Utc::now(),
+        created_at: crate::domain::now(),
     };
     if let Err(e) = db.files().insert(&file).await {
         let _ = blobs.delete(id.as_str()).await;

@@ -93,6 +93,7 @@ impl From<Relationship> for RelationshipView {
 #[utoipa::path(get, path = "/v1/me", tag = "me", security(("user_jwt" = []), ("api_key" = [])),
     responses((status = 200, body = UserView), ErrorResponses))]
 pub async fn get_me(caller: ActingUser) -> Result<HttpResponse, ApiError> {
+    caller.require(crate::domain::Scope::ChatRead)?;
     Ok(HttpResponse::Ok().json(UserView::from(caller.user)))
 }
 

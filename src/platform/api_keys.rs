@@ -59,7 +59,7 @@ async fn create(
     new: NewApiKey,
     mut scopes: Vec<Scope>,
 ) -> Result<IssuedKey, ApiError> {
-    let now = Utc::now();
+    let now = crate::domain::now();
     if new.expires_at.is_some_and(|at| at <= now) {
         return Err(ApiError::validation("expires_at", "must be in the future"));
     }
@@ -126,7 +126,7 @@ pub async fn rotate(
     if current.revoked_at.is_some() {
         return Err(ApiError::new(ErrorCode::ApiKeyRevoked, "a revoked API key cannot be rotated"));
     }
-    let now = Utc::now();
+    let now = crate::domain::now();
     let generated = api_key::generate(&settings.api_key_env, id);
     let rotation = Rotation {
         secret_hash: generated.hash,
@@ -152,7 +152,7 @@ pub async fn revoke(state: &AppState, caller: &TenantCaller, id: &ApiKeyId) -> R
     if existing.revoked_at.is_some() {
         return Ok(());
     }
-    repo.revoke(caller.tenant_id(), id, Utc::now()).await?;
+    repo.revoke(caller.tenant_id(), id, crate::domain::now()).await?;
     let record = AuditRecord::new(caller.actor(), "api_key.revoke", "api_key", id.as_str());
     audit::append(&state.store, caller.tenant_id(), record).await?;
     Ok(())

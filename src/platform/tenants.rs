@@ -3,7 +3,6 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::Utc;
 use rand::RngCore;
 
 use crate::app::AppState;
@@ -64,7 +63,7 @@ pub fn new_signing_key() -> SigningKey {
     rand::rng().fill_bytes(&mut secret);
     let mut kid = [0u8; 6];
     rand::rng().fill_bytes(&mut kid);
-    SigningKey { kid: hex::encode(kid), secret: URL_SAFE_NO_PAD.encode(secret), created_at: Utc::now() }
+    SigningKey { kid: hex::encode(kid), secret: URL_SAFE_NO_PAD.encode(secret), created_at: crate::domain::now() }
 }
 
 /// Creates the tenant record, then its database and indexes. If provisioning fails, the record
@@ -72,7 +71,7 @@ pub fn new_signing_key() -> SigningKey {
 pub async fn create_tenant(state: &AppState, caller: &OperatorCaller, new: NewTenant) -> Result<Tenant, ApiError> {
     let limits = state.settings.tenants.default_limits.patched(&new.limits).map_err(limits_error)?;
     check_mime_patterns(&new.allowed_mime_types)?;
-    let now = Utc::now();
+    let now = crate::domain::now();
     let mut tenant = Tenant {
         id: new.id,
         name: new.name,
@@ -81,6 +80,7 @@ pub async fn create_tenant(state: &AppState, caller: &OperatorCaller, new: NewTe
         status: TenantStatus::Provisioning,
         signing_keys: vec![new_signing_key()],
         allowed_mime_types: new.allowed_mime_types,
+        user_count: 0,
         created_at: now,
         updated_at: now,
     };
@@ -96,7 +96,10 @@ pub async fn create_tenant(state: &AppState, caller: &OperatorCaller, new: NewTe
         return Err(e.into());
     }
     let activate = TenantUpdate { status: Some(TenantStatus::Active), ..Default::default() };
-    tenant = tenants.update(&tenant.id, activate, Utc::now()).await?.ok_or_else(|| ApiError::not_found("tenant"))?;
+    tenant = tenants
+        .update(&tenant.id, activate, crate::domain::now())
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
     let record = AuditRecord::new(caller.actor(), "tenant.create", "tenant", tenant.id.as_str())
         .with_details(serde_json::json!({ "name": &tenant.name, "plan": tenant.plan.as_str() }));
     audit::append(&state.store, &tenant.id, record).await?;
@@ -165,8 +168,12 @@ pub async fn update_tenant(
         status: changes.status,
         allowed_mime_types: changes.allowed_mime_types,
     };
-    let tenant =
-        state.store.tenants().update(id, update, Utc::now()).await?.ok_or_else(|| ApiError::not_found("tenant"))?;
+    let tenant = state
+        .store
+        .tenants()
+        .update(id, update, crate::domain::now())
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
     let action = match changes.status {
         Some(TenantStatus::Suspended) if current.status != TenantStatus::Suspended => "tenant.suspend",
         Some(TenantStatus::Active) if current.status != TenantStatus::Active => "tenant.reactivate",
@@ -183,7 +190,7 @@ pub async fn delete_tenant(state: &AppState, caller: &OperatorCaller, id: &Tenan
     let tenants = state.store.tenants();
     get_tenant(state, caller, id).await?;
     let deleting = TenantUpdate { status: Some(TenantStatus::Deleting), ..Default::default() };
-    tenants.update(id, deleting, Utc::now()).await?;
+    tenants.update(id, deleting, crate::domain::now()).await?;
     let record = AuditRecord::new(caller.actor(), "tenant.delete", "tenant", id.as_str());
     audit::append(&state.store, id, record).await?;
     state.store.api_keys().delete_for_tenant(id).await?;

@@ -84,6 +84,24 @@ impl TenantsRepo {
         Ok(pushed.matched_count == 1)
     }
 
+    /// Counts one more user if the tenant is below `max`; `Ok(false)` at the limit.
+    pub async fn reserve_user(&self, id: &TenantId, max: u64) -> Result<bool, mongodb::error::Error> {
+        let filter = doc! {
+            "_id": id.as_str(),
+            "$or": [ { "user_count": { "$lt": max as i64 } }, { "user_count": { "$exists": false } } ],
+        };
+        let result = self.tenants.update_one(filter, doc! { "$inc": { "user_count": 1_i64 } }).await?;
+        Ok(result.modified_count == 1)
+    }
+
+    /// Returns a reservation that did not turn into a user.
+    pub async fn release_user(&self, id: &TenantId) -> Result<(), mongodb::error::Error> {
+        self.tenants
+            .update_one(doc! { "_id": id.as_str() }, doc! { "$inc": { "user_count": -1_i64 } })
+            .await
+            .map(|_| ())
+    }
+
     pub async fn delete(&self, id: &TenantId) -> Result<(), mongodb::error::Error> {
         self.tenants.delete_one(doc! { "_id": id.as_str() }).await.map(|_| ())
     }

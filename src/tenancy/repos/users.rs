@@ -75,10 +75,6 @@ impl UsersRepo {
             .await
     }
 
-    pub async fn count(&self) -> Result<u64, mongodb::error::Error> {
-        self.users.estimated_document_count().await
-    }
-
     pub async fn update(
         &self,
         id: &UserId,
