@@ -34,13 +34,16 @@ pub enum ErrorCode {
     UserDeactivated,
     Blocked,
     NotAMember,
+    InvalidSignature,
     NotFound,
     RouteNotFound,
     TenantExists,
     LimitReached,
     ApiKeyRevoked,
     LastOwner,
+    UrlExpired,
     PayloadTooLarge,
+    RangeNotSatisfiable,
     UnsupportedMediaType,
     RateLimited,
     Internal,
@@ -60,12 +63,15 @@ impl ErrorCode {
             ErrorCode::UserDeactivated => "user_deactivated",
             ErrorCode::Blocked => "blocked",
             ErrorCode::NotAMember => "not_a_member",
+            ErrorCode::InvalidSignature => "invalid_signature",
             ErrorCode::NotFound => "not_found",
             ErrorCode::RouteNotFound => "route_not_found",
             ErrorCode::TenantExists => "tenant_exists",
             ErrorCode::LimitReached => "limit_reached",
             ErrorCode::ApiKeyRevoked => "api_key_revoked",
             ErrorCode::LastOwner => "last_owner",
+            ErrorCode::UrlExpired => "url_expired",
+            ErrorCode::RangeNotSatisfiable => "range_not_satisfiable",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
@@ -84,7 +90,10 @@ impl ErrorCode {
             | ErrorCode::TenantSuspended
             | ErrorCode::UserDeactivated
             | ErrorCode::Blocked
-            | ErrorCode::NotAMember => StatusCode::FORBIDDEN,
+            | ErrorCode::NotAMember
+            | ErrorCode::InvalidSignature => StatusCode::FORBIDDEN,
+            ErrorCode::UrlExpired => StatusCode::GONE,
+            ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorCode::NotFound | ErrorCode::RouteNotFound => StatusCode::NOT_FOUND,
             ErrorCode::TenantExists | ErrorCode::LimitReached | ErrorCode::ApiKeyRevoked | ErrorCode::LastOwner => {
                 StatusCode::CONFLICT
