@@ -37,6 +37,7 @@ pub enum ErrorCode {
     InvalidSignature,
     NotFound,
     RouteNotFound,
+    Conflict,
     TenantExists,
     LimitReached,
     ApiKeyRevoked,
@@ -66,6 +67,7 @@ impl ErrorCode {
             ErrorCode::InvalidSignature => "invalid_signature",
             ErrorCode::NotFound => "not_found",
             ErrorCode::RouteNotFound => "route_not_found",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::TenantExists => "tenant_exists",
             ErrorCode::LimitReached => "limit_reached",
             ErrorCode::ApiKeyRevoked => "api_key_revoked",
@@ -95,9 +97,11 @@ impl ErrorCode {
             ErrorCode::UrlExpired => StatusCode::GONE,
             ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorCode::NotFound | ErrorCode::RouteNotFound => StatusCode::NOT_FOUND,
-            ErrorCode::TenantExists | ErrorCode::LimitReached | ErrorCode::ApiKeyRevoked | ErrorCode::LastOwner => {
-                StatusCode::CONFLICT
-            }
+            ErrorCode::Conflict
+            | ErrorCode::TenantExists
+            | ErrorCode::LimitReached
+            | ErrorCode::ApiKeyRevoked
+            | ErrorCode::LastOwner => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,

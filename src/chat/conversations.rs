@@ -152,6 +152,7 @@ pub async fn create(
         private: new.kind == ConversationType::Channel && new.private,
         max_members,
         member_count: others.len() as u32 + 1,
+        owner_count: u32::from(new.kind != ConversationType::Direct),
         created_by: caller.user_id().clone(),
         last_seq: 0,
         last_message: None,
@@ -160,20 +161,24 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
+    // Members first: once the conversation is visible, its members are complete.
+    let creator_role = if new.kind == ConversationType::Direct { MemberRole::Member } else { MemberRole::Owner };
+    let mut members = vec![new_member(&conversation, caller.user_id(), creator_role, now)];
+    members.extend(others.iter().map(|user| new_member(&conversation, user, MemberRole::Member, now)));
+    for member in &members {
+        db.members().insert(member).await?;
+    }
     if !db.conversations().insert(&conversation).await? {
-        // A concurrent request created the same direct conversation first.
+        // A concurrent request created the same direct conversation first: drop our members.
+        for member in &members {
+            db.members().remove(&conversation.id, &member.user_id, None).await?;
+        }
         let existing = db
             .conversations()
             .get_by_unique_key(&unique_key)
             .await?
             .ok_or_else(|| ApiError::not_found("conversation"))?;
         return Ok((with_member(&db, caller, existing).await?, false));
-    }
-    let creator_role = if new.kind == ConversationType::Direct { MemberRole::Member } else { MemberRole::Owner };
-    let mut members = vec![new_member(&conversation, caller.user_id(), creator_role, now)];
-    members.extend(others.iter().map(|user| new_member(&conversation, user, MemberRole::Member, now)));
-    for member in &members {
-        db.members().insert(member).await?;
     }
     let creator = members.swap_remove(0);
     Ok((ConversationWithMember { conversation, member: Some(creator), unread: Some(0) }, true))

@@ -123,18 +123,13 @@ fn may_remove(actor: &Member, target: &Member) -> Result<(), ApiError> {
     }
 }
 
-/// The last owner may not go while others remain: they must hand over first.
-async fn ensure_not_last_owner(db: &TenantDb, conversation: &Conversation, leaving: &Member) -> Result<(), ApiError> {
-    if leaving.role == MemberRole::Owner
-        && conversation.member_count > 1
-        && db.members().count_owners(&conversation.id).await? <= 1
-    {
-        return Err(ApiError::new(ErrorCode::LastOwner, "the last owner must make someone else owner before leaving"));
-    }
-    Ok(())
+fn last_owner(message: &str) -> ApiError {
+    ApiError::new(ErrorCode::LastOwner, message.to_string())
 }
 
-/// Removes `user`: leaving when it is the caller, otherwise a moderator's removal.
+/// Removes `user`: leaving when it is the caller, otherwise a moderator's removal. An owner's
+/// departure first claims one of the other owners in the conversation's owner count, so the
+/// last owner cannot go while others remain, however many owners leave at once.
 pub async fn remove(state: &AppState, caller: &ActingUser, id: &ConversationId, user: &UserId) -> Result<(), ApiError> {
     caller.require(Scope::ChatWrite)?;
     let db = state.store.tenant_db(&caller.scope());
@@ -148,19 +143,30 @@ pub async fn remove(state: &AppState, caller: &ActingUser, id: &ConversationId, 
         may_remove(&actor, &target)?;
         target
     };
-    ensure_not_last_owner(&db, &conversation, &target).await?;
-    if db.members().remove(id, user).await? {
-        db.conversations().release_member_slot(id).await?;
-        let (text, event) = if user == caller.user_id() {
-            (format!("{user} left"), serde_json::json!({ "event": "member_left", "user_id": user.as_str() }))
-        } else {
-            (
-                format!("{} removed {user}", caller.user_id()),
-                serde_json::json!({ "event": "member_removed", "user_id": user.as_str(), "by": caller.user_id().as_str() }),
-            )
-        };
-        post_system(state, &db, &conversation, caller.user_id(), text, event).await?;
+    let owner = target.role == MemberRole::Owner;
+    let alone = conversation.member_count <= 1;
+    if owner && !alone && !db.conversations().release_owner(id).await? {
+        return Err(last_owner("the last owner must make someone else owner before leaving"));
     }
+    if !db.members().remove(id, user, Some(target.role)).await? {
+        if owner && !alone {
+            db.conversations().add_owners(id, 1).await?;
+        }
+        return Ok(());
+    }
+    if owner && alone {
+        db.conversations().add_owners(id, -1).await?;
+    }
+    db.conversations().release_member_slot(id).await?;
+    let (text, event) = if user == caller.user_id() {
+        (format!("{user} left"), serde_json::json!({ "event": "member_left", "user_id": user.as_str() }))
+    } else {
+        (
+            format!("{} removed {user}", caller.user_id()),
+            serde_json::json!({ "event": "member_removed", "user_id": user.as_str(), "by": caller.user_id().as_str() }),
+        )
+    };
+    post_system(state, &db, &conversation, caller.user_id(), text, event).await?;
     Ok(())
 }
 
@@ -181,8 +187,16 @@ pub async fn ban(state: &AppState, caller: &ActingUser, id: &ConversationId, use
     } else if target.is_some() {
         return Ok(());
     }
+    let was_owner = target.as_ref().is_some_and(|t| t.role == MemberRole::Owner);
+    if was_owner && !db.conversations().release_owner(id).await? {
+        return Err(last_owner("a conversation needs at least one owner"));
+    }
     let record = new_member(&conversation, user, MemberRole::Member, crate::domain::now());
-    if db.members().ban(&record, crate::domain::now()).await? {
+    let ended = db.members().ban(&record, crate::domain::now()).await?;
+    if was_owner && ended.as_ref().is_none_or(|m| m.role != MemberRole::Owner) {
+        db.conversations().add_owners(id, 1).await?;
+    }
+    if ended.is_some() {
         db.conversations().release_member_slot(id).await?;
     }
     let event =
@@ -221,15 +235,37 @@ pub async fn set_role(
     if target.role == role {
         return Ok(target);
     }
-    if target.role == MemberRole::Owner && db.members().count_owners(id).await? <= 1 {
-        return Err(ApiError::new(ErrorCode::LastOwner, "a conversation needs at least one owner"));
+    let demoting_owner = target.role == MemberRole::Owner;
+    if demoting_owner && !db.conversations().release_owner(id).await? {
+        return Err(last_owner("a conversation needs at least one owner"));
     }
-    let updated = db.members().set_role(id, user, role).await?.ok_or_else(|| ApiError::not_found("member"))?;
+    let Some(updated) = db.members().set_role(id, user, target.role, role).await? else {
+        if demoting_owner {
+            db.conversations().add_owners(id, 1).await?;
+        }
+        return Err(ApiError::new(ErrorCode::Conflict, "the member changed meanwhile; retry"));
+    };
+    if role == MemberRole::Owner {
+        db.conversations().add_owners(id, 1).await?;
+    }
     let role_name = serde_json::to_value(role).unwrap_or_default();
     let event = serde_json::json!({ "event": "role_changed", "user_id": user.as_str(), "role": role_name, "by": caller.user_id().as_str() });
     let text = format!("{} made {user} {}", caller.user_id(), role_name.as_str().unwrap_or(""));
     post_system(state, &db, &conversation, caller.user_id(), text, event).await?;
     Ok(updated)
+}
+
+/// One member of a conversation the caller can see.
+pub async fn get(
+    state: &AppState,
+    caller: &ActingUser,
+    id: &ConversationId,
+    user: &UserId,
+) -> Result<Member, ApiError> {
+    caller.require(Scope::ChatRead)?;
+    let db = state.store.tenant_db(&caller.scope());
+    visible(&db, caller, id).await?;
+    db.members().get(id, user).await?.filter(Member::is_active).ok_or_else(|| ApiError::not_found("member"))
 }
 
 /// A member's own settings for a conversation.

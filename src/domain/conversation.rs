@@ -88,6 +88,8 @@ pub struct Conversation {
     pub private: bool,
     pub max_members: u32,
     pub member_count: u32,
+    /// Kept with the members so "the last owner may not go" holds under concurrent requests.
+    pub owner_count: u32,
     pub created_by: UserId,
     /// The highest seq assigned; messages are 1..=last_seq without gaps.
     pub last_seq: i64,

@@ -324,7 +324,7 @@ pub async fn update_member(
     }
     let member = match member {
         Some(member) => member,
-        None => members::set_preferences(&state, &caller, &id, None, None).await?,
+        None => members::get(&state, &caller, &id, &user).await?,
     };
     Ok(HttpResponse::Ok().json(MemberView::from(member)))
 }

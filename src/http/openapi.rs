@@ -24,7 +24,7 @@ pub enum ErrorResponses {
     /// `not_found`: also for ids that belong to another tenant.
     #[response(status = 404)]
     NotFound(ErrorBody),
-    /// `tenant_exists`, `limit_reached`, `api_key_revoked`, `last_owner`.
+    /// `conflict`, `tenant_exists`, `limit_reached`, `api_key_revoked`, `last_owner`.
     #[response(status = 409)]
     Conflict(ErrorBody),
     /// `payload_too_large`.

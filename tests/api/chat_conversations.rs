@@ -14,6 +14,10 @@ fn at(id: &str, rest: &str) -> String {
     format!("/v1/conversations/{id}{rest}")
 }
 
+fn assert_status(reply: &Reply, status: StatusCode) {
+    assert_eq!(reply.status, status, "{}", reply.text);
+}
+
 fn assert_error(reply: &Reply, status: StatusCode, code: &str) {
     assert_eq!(reply.status, status, "{}", reply.text);
     assert_eq!(reply.code(), code, "{}", reply.text);
@@ -85,10 +89,6 @@ async fn unban(app: &TestApp, token: &str, id: &str, user: &str) -> Reply {
 
 async fn join(app: &TestApp, token: &str, id: &str) -> Reply {
     app.call(Method::POST, &at(id, "/join"), token, None).await
-}
-
-fn assert_status(reply: &Reply, status: StatusCode) {
-    assert_eq!(reply.status, status, "{}", reply.text);
 }
 
 /// Members as `"user role"`, in the order served (asserting a single page).
@@ -1144,6 +1144,7 @@ async fn another_tenant_cannot_reach_a_conversation_by_id() {
     let a = app.chat_tenant().await;
     let a_alice = app.user(&a, "alice").await;
     app.user(&a, "bob").await;
+    app.user(&a, "carol").await;
     let group = app.conversation(&a_alice, "group", &["bob"]).await;
     let channel = app.conversation(&a_alice, "channel", &["bob"]).await;
     for id in [&group, &channel] {
@@ -1166,6 +1167,10 @@ async fn another_tenant_cannot_reach_a_conversation_by_id() {
     let b_alice = app.user(&b, "alice").await;
     app.user(&b, "bob").await;
     let b_own = app.conversation(&b_alice, "channel", &["bob"]).await;
+    let foreign = create(&app, &b_alice, json!({"type": "group", "members": ["carol"]})).await;
+    assert_invalid(&foreign, "members");
+    assert_eq!(foreign.body["error"]["details"]["user_ids"], json!(["carol"]), "carol exists only in tenant A");
+    assert_invalid(&add(&app, &b_alice, &b_own, &["carol"]).await, "user_ids");
     let callers = [(b_alice.clone(), String::new()), (b.key.clone(), "?user_id=alice".to_string())];
 
     for id in [&group, &channel] {
@@ -1209,6 +1214,7 @@ async fn another_tenant_cannot_reach_a_conversation_by_id() {
     assert_eq!(my_conversation_ids(&app, &b_alice).await, [b_own]);
 }
 
+/// `PATCH .../members/{user}` answers with the member at that path, never the caller's own.
 #[tokio::test]
 async fn patching_another_member_without_changes_describes_that_member() {
     let app = spawn_app().await;
@@ -1225,6 +1231,8 @@ async fn patching_another_member_without_changes_describes_that_member() {
     assert_error(&ghost, StatusCode::NOT_FOUND, "not_found");
 }
 
+/// A request that loses the race to create a direct conversation gets the winner's, and still
+/// sees itself as a member of it.
 #[tokio::test]
 async fn racing_direct_creations_each_report_the_callers_membership() {
     let app = spawn_app().await;
@@ -1257,6 +1265,8 @@ async fn owner_count(app: &TestApp, token: &str, id: &str) -> usize {
     roster(app, token, id).await.iter().filter(|m| m.ends_with(" owner")).count()
 }
 
+/// "The last owner cannot leave or step down while others remain" must hold when several owners
+/// act at the same time.
 #[tokio::test]
 async fn owners_stepping_down_at_once_cannot_leave_a_conversation_without_owner() {
     let app = spawn_app().await;
@@ -1266,26 +1276,27 @@ async fn owners_stepping_down_at_once_cannot_leave_a_conversation_without_owner(
         owners.push(app.user(&tenant, &format!("o{i}")).await);
     }
     let carol = app.user(&tenant, "carol").await;
+    let app = &app;
     for round in 0..5 {
-        let group = group_of_four_owners(&app, &owners).await;
+        let group = group_of_four_owners(app, &owners).await;
         let leaving = owners.iter().enumerate().map(|(i, token)| {
             let path = at(&group, &format!("/members/o{i}"));
             async move { app.call(Method::DELETE, &path, token, None).await }
         });
         let replies = futures_util::future::join_all(leaving).await;
         let statuses: Vec<u16> = replies.iter().map(|r| r.status.as_u16()).collect();
-        assert_eq!(owner_count(&app, &carol, &group).await, 1, "round {round}: simultaneous leaves {statuses:?}");
+        assert_eq!(owner_count(app, &carol, &group).await, 1, "round {round}: simultaneous leaves {statuses:?}");
         let refused: Vec<&Reply> = replies.iter().filter(|r| r.status != StatusCode::NO_CONTENT).collect();
         assert_eq!(refused.len(), 1, "round {round}: {statuses:?}");
         assert_error(refused[0], StatusCode::CONFLICT, "last_owner");
 
-        let group = group_of_four_owners(&app, &owners).await;
+        let group = group_of_four_owners(app, &owners).await;
         let demotions = owners.iter().enumerate().map(|(i, token)| {
             let path = at(&group, &format!("/members/o{i}"));
             async move { app.call(Method::PATCH, &path, token, Some(json!({"role": "member"}))).await }
         });
         let replies = futures_util::future::join_all(demotions).await;
         let statuses: Vec<u16> = replies.iter().map(|r| r.status.as_u16()).collect();
-        assert_eq!(owner_count(&app, &carol, &group).await, 1, "round {round}: simultaneous demotions {statuses:?}");
+        assert_eq!(owner_count(app, &carol, &group).await, 1, "round {round}: simultaneous demotions {statuses:?}");
     }
 }

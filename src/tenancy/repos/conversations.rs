@@ -145,6 +145,26 @@ impl ConversationsRepo {
             .map(|_| ())
     }
 
+    /// Counts one owner fewer, unless that would leave none: `Ok(false)` then.
+    pub async fn release_owner(&self, id: &ConversationId) -> Result<bool, mongodb::error::Error> {
+        let result = self
+            .conversations
+            .update_one(
+                doc! { "_id": id.as_str(), "owner_count": { "$gt": 1 } },
+                doc! { "$inc": { "owner_count": -1 } },
+            )
+            .await?;
+        Ok(result.modified_count == 1)
+    }
+
+    /// Changes the owner count by `delta` unconditionally.
+    pub async fn add_owners(&self, id: &ConversationId, delta: i64) -> Result<(), mongodb::error::Error> {
+        self.conversations
+            .update_one(doc! { "_id": id.as_str() }, doc! { "$inc": { "owner_count": delta } })
+            .await
+            .map(|_| ())
+    }
+
     /// Moves the seq counter up to at least `seq`.
     pub async fn advance_seq(&self, id: &ConversationId, seq: i64) -> Result<(), mongodb::error::Error> {
         self.conversations

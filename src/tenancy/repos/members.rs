@@ -64,19 +64,21 @@ impl MembersRepo {
             .await
     }
 
-    pub async fn count_owners(&self, conversation: &ConversationId) -> Result<u64, mongodb::error::Error> {
-        self.members
-            .count_documents(doc! { "conversation_id": conversation.as_str(), "role": "owner", "banned_at": null })
-            .await
-    }
-
+    /// Changes the role if it still is `from`; `None` if it is not (or the member is gone).
     pub async fn set_role(
         &self,
         conversation: &ConversationId,
         user: &UserId,
-        role: MemberRole,
+        from: MemberRole,
+        to: MemberRole,
     ) -> Result<Option<Member>, mongodb::error::Error> {
-        self.update(conversation, user, doc! { "$set": { "role": bson::to_bson(&role)? } }).await
+        self.members
+            .find_one_and_update(
+                doc! { "_id": Member::key(conversation, user), "banned_at": null, "role": bson::to_bson(&from)? },
+                doc! { "$set": { "role": bson::to_bson(&to)? } },
+            )
+            .return_document(ReturnDocument::After)
+            .await
     }
 
     pub async fn set_preferences(
@@ -130,16 +132,24 @@ impl MembersRepo {
             .await
     }
 
-    /// Removes an active membership; `Ok(false)` if there was none.
-    pub async fn remove(&self, conversation: &ConversationId, user: &UserId) -> Result<bool, mongodb::error::Error> {
-        let deleted =
-            self.members.delete_one(doc! { "_id": Member::key(conversation, user), "banned_at": null }).await?;
-        Ok(deleted.deleted_count == 1)
+    /// Removes an active membership (only while its role is `role`, when given); `Ok(false)` if
+    /// there was none.
+    pub async fn remove(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+        role: Option<MemberRole>,
+    ) -> Result<bool, mongodb::error::Error> {
+        let mut filter = doc! { "_id": Member::key(conversation, user), "banned_at": null };
+        if let Some(role) = role {
+            filter.insert("role", bson::to_bson(&role)?);
+        }
+        Ok(self.members.delete_one(filter).await?.deleted_count == 1)
     }
 
     /// Turns the user's record into a ban (creating one if they were not a member).
-    /// Returns whether they were an active member.
-    pub async fn ban(&self, member: &Member, at: DateTime<Utc>) -> Result<bool, mongodb::error::Error> {
+    /// Returns the active membership it ended, if any.
+    pub async fn ban(&self, member: &Member, at: DateTime<Utc>) -> Result<Option<Member>, mongodb::error::Error> {
         let before = self
             .members
             .find_one_and_update(
@@ -158,7 +168,7 @@ impl MembersRepo {
             .upsert(true)
             .return_document(ReturnDocument::Before)
             .await?;
-        Ok(before.is_some_and(|m| m.is_active()))
+        Ok(before.filter(|m| m.is_active()))
     }
 
     /// Lifts a ban; `Ok(false)` if there was none.
