@@ -215,11 +215,11 @@ impl Settings {
         }
         builder = builder.add_source(
             config::Environment::with_prefix("CONFAB")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true)
-                    .list_separator(",")
-                    .with_list_parse_key("files.default_allowed_mime_types"),
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("files.default_allowed_mime_types"),
         );
         for (key, value) in overrides {
             builder = builder.set_override(*key, value.as_str())?;

@@ -140,12 +140,20 @@ struct ErrorParts {
     message: String,
     details: Option<serde_json::Value>,
     retry_after_secs: Option<u64>,
+    header: Option<(&'static str, String)>,
     cause: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self(Box::new(ErrorParts { code, message: message.into(), details: None, retry_after_secs: None, cause: None }))
+        Self(Box::new(ErrorParts {
+            code,
+            message: message.into(),
+            details: None,
+            retry_after_secs: None,
+            header: None,
+            cause: None,
+        }))
     }
 
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
@@ -155,6 +163,12 @@ impl ApiError {
 
     pub fn with_retry_after(mut self, secs: u64) -> Self {
         self.0.retry_after_secs = Some(secs);
+        self
+    }
+
+    /// An extra response header (e.g. `Content-Range` on a 416).
+    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.0.header = Some((name, value));
         self
     }
 
@@ -222,6 +236,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if parts.code == ErrorCode::Unauthorized {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        if let Some((name, value)) = &parts.header {
+            response.insert_header((*name, value.as_str()));
         }
         if let Some(secs) = parts.retry_after_secs {
             response.insert_header((header::RETRY_AFTER, secs.to_string()));

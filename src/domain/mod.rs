@@ -15,6 +15,7 @@ mod user;
 pub use audit::{AuditActor, AuditEntry, AuditTarget, ChainBreak, GENESIS_HASH, verify_chain};
 pub use clock::now;
 pub use conversation::{Conversation, ConversationId, ConversationType, LastMessage, Member, MemberRole};
+pub use file::{FileEncryption, FileId, Sharing, SharingMode, StoredFile, mime_allowed, sanitize_filename};
 pub use ids::{ApiKeyId, InvalidId, TenantId};
 pub use message::{
     AiInfo, AiRole, Attachment, EditedText, MAX_TERMS, Message, MessageKind, Reaction, TokenUsage, search_terms,
@@ -25,4 +26,3 @@ pub use tenant::{ApiKey, LimitsError, PlanName, SigningKey, Tenant, TenantLimits
 pub use user::{
     NotificationLevel, Relationship, RelationshipKind, User, UserId, UserKind, UserSettings, check_custom_data,
 };
-pub use file::{FileEncryption, FileId, SharingMode, Sharing, StoredFile, mime_allowed, sanitize_filename};

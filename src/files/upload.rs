@@ -57,8 +57,9 @@ impl Reservation<'_> {
             self.reserved += exact;
             return Ok(());
         }
-        Err(ApiError::new(ErrorCode::LimitReached, "the tenant's storage quota is used up")
-            .with_details(serde_json::json!({ "limit": "storage_quota_bytes", "value": self.tenant.limits.storage_quota_bytes })))
+        Err(ApiError::new(ErrorCode::LimitReached, "the tenant's storage quota is used up").with_details(
+            serde_json::json!({ "limit": "storage_quota_bytes", "value": self.tenant.limits.storage_quota_bytes }),
+        ))
     }
 
     /// Keeps `kept` bytes (and counts `files` more files), returning the rest.
@@ -73,7 +74,8 @@ impl Reservation<'_> {
 
 /// The stored type: what the bytes say when they say anything, else what the client declared.
 fn decide_mime(sniffed: Option<&str>, declared: Option<&str>, encryption: FileEncryption) -> String {
-    let declared = declared.map(|d| d.split(';').next().unwrap_or("").trim().to_ascii_lowercase()).filter(|d| d.contains('/'));
+    let declared =
+        declared.map(|d| d.split(';').next().unwrap_or("").trim().to_ascii_lowercase()).filter(|d| d.contains('/'));
     match encryption {
         FileEncryption::E2e => OCTET_STREAM.to_string(),
         FileEncryption::None => sniffed.map(str::to_string).or(declared).unwrap_or_else(|| OCTET_STREAM.to_string()),
@@ -81,15 +83,25 @@ fn decide_mime(sniffed: Option<&str>, declared: Option<&str>, encryption: FileEn
 }
 
 fn allowed_types<'a>(state: &'a AppState, tenant: &'a crate::domain::Tenant) -> &'a [String] {
-    if tenant.allowed_mime_types.is_empty() { &state.settings.files.default_allowed_mime_types } else { &tenant.allowed_mime_types }
+    if tenant.allowed_mime_types.is_empty() {
+        &state.settings.files.default_allowed_mime_types
+    } else {
+        &tenant.allowed_mime_types
+    }
 }
 
-async fn check_sharing(db: &TenantDb, caller: &ActingUser, request: &UploadRequest) -> Result<Vec<ConversationId>, ApiError> {
+async fn check_sharing(
+    db: &TenantDb,
+    caller: &ActingUser,
+    request: &UploadRequest,
+) -> Result<Vec<ConversationId>, ApiError> {
     if request.expires_at.is_some_and(|at| at <= Utc::now()) {
         return Err(ApiError::validation("expires_at", "must be in the future"));
     }
     match (request.sharing, &request.conversation_id) {
-        (SharingMode::Conversation, None) => Err(ApiError::validation("conversation_id", "is required for conversation sharing")),
+        (SharingMode::Conversation, None) => {
+            Err(ApiError::validation("conversation_id", "is required for conversation sharing"))
+        }
         (_, Some(id)) => {
             crate::chat::conversations::as_member(db, caller, id).await?;
             Ok(vec![id.clone()])
@@ -99,7 +111,12 @@ async fn check_sharing(db: &TenantDb, caller: &ActingUser, request: &UploadReque
 }
 
 /// Streams `body` into storage and records the file.
-pub async fn upload<S, E>(state: &AppState, caller: &ActingUser, request: UploadRequest, body: S) -> Result<StoredFile, ApiError>
+pub async fn upload<S, E>(
+    state: &AppState,
+    caller: &ActingUser,
+    request: UploadRequest,
+    body: S,
+) -> Result<StoredFile, ApiError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,

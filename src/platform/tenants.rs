@@ -45,11 +45,16 @@ impl TenantChanges {
 fn check_mime_patterns(patterns: &[String]) -> Result<(), ApiError> {
     let valid = |p: &String| {
         let Some((kind, sub)) = p.split_once('/') else { return false };
-        let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+        let token = |s: &str| {
+            !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+        };
         (token(kind) || kind == "*") && (token(sub) || sub == "*") && p.len() <= 100
     };
     if patterns.len() > 100 || !patterns.iter().all(valid) {
-        return Err(ApiError::validation("allowed_mime_types", "must be at most 100 patterns like 'image/png' or 'image/*'"));
+        return Err(ApiError::validation(
+            "allowed_mime_types",
+            "must be at most 100 patterns like 'image/png' or 'image/*'",
+        ));
     }
     Ok(())
 }

@@ -64,7 +64,8 @@ impl BlobStore for GridFsBlobs {
     fn read(&self, key: &str, start: u64, end: u64) -> BoxStream<'static, StorageResult<Bytes>> {
         let (files, chunks, key) = (self.files.clone(), self.chunks.clone(), key.to_string());
         let opened = async move {
-            let file = files.find_one(doc! { "_id": &key }).await.map_err(backend_error)?.ok_or(StorageError::NotFound)?;
+            let file =
+                files.find_one(doc! { "_id": &key }).await.map_err(backend_error)?.ok_or(StorageError::NotFound)?;
             let chunk_size = file.get_i32("chunkSize").map_err(backend_error)? as u64;
             let (first, last) = ((start / chunk_size) as i64, (end / chunk_size) as i64);
             let cursor = chunks
@@ -75,7 +76,8 @@ impl BlobStore for GridFsBlobs {
                 .map_err(backend_error)?;
             Ok::<_, StorageError>(cursor.map(move |chunk| {
                 let chunk = chunk.map_err(backend_error)?;
-                let n = chunk.get_i32("n").map(i64::from).or_else(|_| chunk.get_i64("n")).map_err(backend_error)? as u64;
+                let n =
+                    chunk.get_i32("n").map(i64::from).or_else(|_| chunk.get_i64("n")).map_err(backend_error)? as u64;
                 let data = chunk.get_binary_generic("data").map_err(backend_error)?;
                 let chunk_start = n * chunk_size;
                 let from = start.saturating_sub(chunk_start) as usize;
@@ -91,7 +93,14 @@ impl BlobStore for GridFsBlobs {
         Box::pin(async move {
             match bucket.delete(Bson::String(key)).await {
                 Ok(()) => Ok(()),
-                Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::GridFs(mongodb::error::GridFsErrorKind::FileNotFound { .. })) => Ok(()),
+                Err(e)
+                    if matches!(
+                        *e.kind,
+                        mongodb::error::ErrorKind::GridFs(mongodb::error::GridFsErrorKind::FileNotFound { .. })
+                    ) =>
+                {
+                    Ok(())
+                }
                 Err(e) => Err(backend_error(e)),
             }
         })

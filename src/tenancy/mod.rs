@@ -17,8 +17,8 @@ use crate::auth::TenantScope;
 use crate::config::MongoSettings;
 use crate::domain::TenantId;
 
-pub use collections::{PLATFORM_COLLECTIONS, TENANT_COLLECTIONS};
 pub use blobs::GridFsBlobs;
+pub use collections::{PLATFORM_COLLECTIONS, TENANT_COLLECTIONS};
 pub use repos::{ApiKeysRepo, AuditRepo, TenantsRepo, UsageRepo};
 pub use tenant_db::TenantDb;
 

@@ -5,9 +5,11 @@ use mongodb::bson::Document;
 
 use crate::domain::TenantId;
 
-use super::collections::{self, TENANT_COLLECTIONS};
 use super::blobs::GridFsBlobs;
-use super::repos::{ConversationsRepo, FilesRepo, MembersRepo, MessagesRepo, ReactionsRepo, RelationshipsRepo, UsersRepo};
+use super::collections::{self, TENANT_COLLECTIONS};
+use super::repos::{
+    ConversationsRepo, FilesRepo, MembersRepo, MessagesRepo, ReactionsRepo, RelationshipsRepo, UsersRepo,
+};
 
 pub struct TenantDb {
     tenant: TenantId,

@@ -50,7 +50,10 @@ impl UsageRepo {
     /// Gives back reserved or freed bytes and counts files in or out.
     pub async fn adjust(&self, tenant: &TenantId, bytes: i64, files: i64) -> Result<(), mongodb::error::Error> {
         self.usage
-            .update_one(doc! { "_id": tenant.as_str() }, doc! { "$inc": { "storage_bytes": bytes, "file_count": files } })
+            .update_one(
+                doc! { "_id": tenant.as_str() },
+                doc! { "$inc": { "storage_bytes": bytes, "file_count": files } },
+            )
             .await
             .map(|_| ())
     }
