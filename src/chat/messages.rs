@@ -81,13 +81,19 @@ fn check_new_message(state: &AppState, caller: &ActingUser, new: &NewMessage) ->
     }
     let needs_attachments =
         matches!(new.kind, MessageKind::File | MessageKind::Image | MessageKind::Video | MessageKind::Audio);
-    if needs_attachments && new.attachments.is_empty() {
-        return Err(ApiError::validation("attachments", "is required for this kind"));
+    if needs_attachments && new.attachments.is_empty() && new.file_ids.is_empty() {
+        return Err(ApiError::validation("attachments", "attachments or file_ids are required for this kind"));
     }
-    if new.attachments.len() > chat.max_attachments {
-        return Err(ApiError::validation("attachments", format!("at most {}", chat.max_attachments)));
+    if new.attachments.len() + new.file_ids.len() > chat.max_attachments {
+        return Err(ApiError::validation(
+            "attachments",
+            format!("at most {} attachments and files", chat.max_attachments),
+        ));
     }
     for attachment in &new.attachments {
+        if attachment.file_id.is_some() {
+            return Err(ApiError::validation("attachments.file_id", "refer to uploads with file_ids"));
+        }
         super::clean_url("attachments.url", Some(attachment.url.clone()))?;
     }
     if new.mentions.len() > chat.max_mentions {
@@ -137,8 +143,12 @@ pub async fn send(
     let mut mentions = new.mentions;
     mentions.sort();
     mentions.dedup();
-    let mut file_ids = new.file_ids;
-    file_ids.dedup();
+    let mut file_ids: Vec<FileId> = Vec::with_capacity(new.file_ids.len());
+    for id in new.file_ids {
+        if !file_ids.contains(&id) {
+            file_ids.push(id);
+        }
+    }
     let files = crate::files::manage::for_message(state, caller, &file_ids).await?;
     let mut attachments = new.attachments;
     attachments.extend(files.iter().map(|f| Attachment {

@@ -68,17 +68,22 @@ pub async fn readable(state: &AppState, caller: &AnyCaller, id: &FileId) -> Resu
 /// The file, if the caller may change or delete it: its uploader, or a server key with
 /// `files:write`.
 pub async fn writable(state: &AppState, caller: &AnyCaller, id: &FileId) -> Result<(TenantDb, StoredFile), ApiError> {
-    let (db, file) = readable(state, caller, id).await?;
     match caller {
-        AnyCaller::Server(key) => key.require(Scope::FilesWrite)?,
+        AnyCaller::Server(key) => {
+            key.require(Scope::FilesWrite)?;
+            let db = state.store.tenant_db(&caller.scope());
+            let file = db.files().get(id).await?.ok_or_else(not_found)?;
+            Ok((db, file))
+        }
         AnyCaller::User(user) => {
             user.require(Scope::FilesWrite)?;
+            let (db, file) = readable(state, caller, id).await?;
             if &file.uploader_id != user.user_id() {
                 return Err(ApiError::new(ErrorCode::Forbidden, "only the uploader may change or delete this file"));
             }
+            Ok((db, file))
         }
     }
-    Ok((db, file))
 }
 
 /// The scope a valid signed URL grants; 410 once expired, 403 for a bad signature.

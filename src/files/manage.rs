@@ -87,8 +87,7 @@ pub async fn usage(state: &AppState, caller: &TenantCaller) -> Result<Usage, Api
     Ok(state.store.usage().get(&caller.tenant.id).await?)
 }
 
-/// Files a message refers to: each must exist, be the sender's own upload and not be
-/// end-to-end encrypted unless the message is.
+/// Files a message refers to: each must exist and be the sender's own upload.
 pub async fn for_message(state: &AppState, caller: &ActingUser, ids: &[FileId]) -> Result<Vec<StoredFile>, ApiError> {
     let db = state.store.tenant_db(&caller.scope());
     let found = db.files().get_many(ids).await?;

@@ -127,7 +127,7 @@ fn file_path(raw: &str) -> Result<FileId, ApiError> {
     path_id(raw, "file_id", FileId::parse)
 }
 
-fn header_str<'a>(req: &'a HttpRequest, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -54,6 +54,7 @@ impl UsageRepo {
                 doc! { "_id": tenant.as_str() },
                 doc! { "$inc": { "storage_bytes": bytes, "file_count": files } },
             )
+            .upsert(true)
             .await
             .map(|_| ())
     }
