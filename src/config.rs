@@ -17,6 +17,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub http: HttpSettings,
     pub chat: ChatSettings,
+    pub files: FileSettings,
     pub tenants: TenantSettings,
     pub log: LogSettings,
 }
@@ -89,6 +90,22 @@ pub struct ChatSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+pub struct FileSettings {
+    /// Largest file accepted (413 above it; nothing is kept).
+    pub max_file_bytes: u64,
+    /// Types a tenant may upload unless its own `allowed_mime_types` says otherwise;
+    /// `type/*` patterns allowed.
+    pub default_allowed_mime_types: Vec<String>,
+    /// Quota is reserved ahead of the bytes in steps of this size when the length is unknown.
+    pub reserve_step_bytes: u64,
+    /// Lifetime of a signed download URL unless the request names one, and the longest allowed.
+    pub signed_url_default_ttl_secs: u64,
+    pub signed_url_max_ttl_secs: u64,
+    /// HMAC key for signed URLs; derived from the operator token when empty.
+    pub url_signing_secret: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
     /// Largest accepted JSON request body (413 above it).
     pub max_json_body_bytes: usize,
@@ -149,6 +166,14 @@ max_search_terms = 10
 max_name_chars = 100
 max_description_chars = 1000
 
+[files]
+max_file_bytes = 104857600
+default_allowed_mime_types = ["image/*", "video/*", "audio/*", "text/plain", "text/markdown", "text/csv", "application/pdf", "application/zip", "application/json", "application/octet-stream"]
+reserve_step_bytes = 8388608
+signed_url_default_ttl_secs = 3600
+signed_url_max_ttl_secs = 604800
+url_signing_secret = ""
+
 [http]
 max_json_body_bytes = 262144
 default_page_size = 50
@@ -189,7 +214,12 @@ impl Settings {
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
         builder = builder.add_source(
-            config::Environment::with_prefix("CONFAB").prefix_separator("__").separator("__").try_parsing(true),
+            config::Environment::with_prefix("CONFAB")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("files.default_allowed_mime_types"),
         );
         for (key, value) in overrides {
             builder = builder.set_override(*key, value.as_str())?;

@@ -34,6 +34,7 @@ pub enum ErrorCode {
     UserDeactivated,
     Blocked,
     NotAMember,
+    InvalidSignature,
     NotFound,
     RouteNotFound,
     Conflict,
@@ -41,7 +42,9 @@ pub enum ErrorCode {
     LimitReached,
     ApiKeyRevoked,
     LastOwner,
+    UrlExpired,
     PayloadTooLarge,
+    RangeNotSatisfiable,
     UnsupportedMediaType,
     RateLimited,
     Internal,
@@ -61,6 +64,7 @@ impl ErrorCode {
             ErrorCode::UserDeactivated => "user_deactivated",
             ErrorCode::Blocked => "blocked",
             ErrorCode::NotAMember => "not_a_member",
+            ErrorCode::InvalidSignature => "invalid_signature",
             ErrorCode::NotFound => "not_found",
             ErrorCode::RouteNotFound => "route_not_found",
             ErrorCode::Conflict => "conflict",
@@ -68,6 +72,8 @@ impl ErrorCode {
             ErrorCode::LimitReached => "limit_reached",
             ErrorCode::ApiKeyRevoked => "api_key_revoked",
             ErrorCode::LastOwner => "last_owner",
+            ErrorCode::UrlExpired => "url_expired",
+            ErrorCode::RangeNotSatisfiable => "range_not_satisfiable",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
@@ -86,7 +92,10 @@ impl ErrorCode {
             | ErrorCode::TenantSuspended
             | ErrorCode::UserDeactivated
             | ErrorCode::Blocked
-            | ErrorCode::NotAMember => StatusCode::FORBIDDEN,
+            | ErrorCode::NotAMember
+            | ErrorCode::InvalidSignature => StatusCode::FORBIDDEN,
+            ErrorCode::UrlExpired => StatusCode::GONE,
+            ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorCode::NotFound | ErrorCode::RouteNotFound => StatusCode::NOT_FOUND,
             ErrorCode::Conflict
             | ErrorCode::TenantExists
@@ -131,12 +140,20 @@ struct ErrorParts {
     message: String,
     details: Option<serde_json::Value>,
     retry_after_secs: Option<u64>,
+    header: Option<(&'static str, String)>,
     cause: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self(Box::new(ErrorParts { code, message: message.into(), details: None, retry_after_secs: None, cause: None }))
+        Self(Box::new(ErrorParts {
+            code,
+            message: message.into(),
+            details: None,
+            retry_after_secs: None,
+            header: None,
+            cause: None,
+        }))
     }
 
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
@@ -146,6 +163,12 @@ impl ApiError {
 
     pub fn with_retry_after(mut self, secs: u64) -> Self {
         self.0.retry_after_secs = Some(secs);
+        self
+    }
+
+    /// An extra response header (e.g. `Content-Range` on a 416).
+    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.0.header = Some((name, value));
         self
     }
 
@@ -213,6 +236,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if parts.code == ErrorCode::Unauthorized {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        if let Some((name, value)) = &parts.header {
+            response.insert_header((*name, value.as_str()));
         }
         if let Some(secs) = parts.retry_after_secs {
             response.insert_header((header::RETRY_AFTER, secs.to_string()));

@@ -93,6 +93,7 @@ mod tests {
             },
             status: TenantStatus::Active,
             signing_keys: vec![SigningKey { kid: "k1".into(), secret: secret.into(), created_at: Utc::now() }],
+            allowed_mime_types: Vec::new(),
             user_count: 0,
             created_at: Utc::now(),
             updated_at: Utc::now(),

@@ -7,6 +7,7 @@ pub mod api_key;
 mod extractors;
 pub mod jwt;
 mod secret;
+pub mod signed_url;
 
 pub use acting_user::{ActingUser, AnyCaller, Via};
 pub use api_key::{GeneratedKey, ParsedKey};

@@ -3,8 +3,8 @@
 use crate::app::AppState;
 use crate::auth::ActingUser;
 use crate::domain::{
-    AiInfo, Attachment, Conversation, ConversationId, ConversationType, EditedText, LastMessage, Message, MessageKind,
-    RelationshipKind, Scope, UserId, search_terms,
+    AiInfo, Attachment, Conversation, ConversationId, ConversationType, EditedText, FileId, LastMessage, Message,
+    MessageKind, RelationshipKind, Scope, UserId, search_terms,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::tenancy::TenantDb;
@@ -26,6 +26,8 @@ pub struct NewMessage {
     pub text: Option<String>,
     pub language: Option<String>,
     pub attachments: Vec<Attachment>,
+    /// Uploaded files (the sender's own); sending shares them with the conversation.
+    pub file_ids: Vec<FileId>,
     pub reply_to: Option<i64>,
     pub mentions: Vec<UserId>,
     pub metadata: Option<serde_json::Value>,
@@ -79,13 +81,19 @@ fn check_new_message(state: &AppState, caller: &ActingUser, new: &NewMessage) ->
     }
     let needs_attachments =
         matches!(new.kind, MessageKind::File | MessageKind::Image | MessageKind::Video | MessageKind::Audio);
-    if needs_attachments && new.attachments.is_empty() {
-        return Err(ApiError::validation("attachments", "is required for this kind"));
+    if needs_attachments && new.attachments.is_empty() && new.file_ids.is_empty() {
+        return Err(ApiError::validation("attachments", "attachments or file_ids are required for this kind"));
     }
-    if new.attachments.len() > chat.max_attachments {
-        return Err(ApiError::validation("attachments", format!("at most {}", chat.max_attachments)));
+    if new.attachments.len() + new.file_ids.len() > chat.max_attachments {
+        return Err(ApiError::validation(
+            "attachments",
+            format!("at most {} attachments and files", chat.max_attachments),
+        ));
     }
     for attachment in &new.attachments {
+        if attachment.file_id.is_some() {
+            return Err(ApiError::validation("attachments.file_id", "refer to uploads with file_ids"));
+        }
         super::clean_url("attachments.url", Some(attachment.url.clone()))?;
     }
     if new.mentions.len() > chat.max_mentions {
@@ -135,6 +143,21 @@ pub async fn send(
     let mut mentions = new.mentions;
     mentions.sort();
     mentions.dedup();
+    let mut file_ids: Vec<FileId> = Vec::with_capacity(new.file_ids.len());
+    for id in new.file_ids {
+        if !file_ids.contains(&id) {
+            file_ids.push(id);
+        }
+    }
+    let files = crate::files::manage::for_message(state, caller, &file_ids).await?;
+    let mut attachments = new.attachments;
+    attachments.extend(files.iter().map(|f| Attachment {
+        file_id: Some(f.id.to_string()),
+        url: format!("/v1/files/{}", f.id),
+        name: Some(f.filename.clone()),
+        mime: Some(f.mime.clone()),
+        size: Some(f.size as u64),
+    }));
     let message = Message {
         id: uuid::Uuid::now_v7().to_string(),
         tenant_id: caller.tenant.id.clone(),
@@ -146,7 +169,7 @@ pub async fn send(
         terms: text.as_deref().map(search_terms).unwrap_or_default(),
         text,
         language: new.language,
-        attachments: new.attachments,
+        attachments,
         reply_to: new.reply_to,
         reply_count: 0,
         mentions,
@@ -159,7 +182,11 @@ pub async fn send(
         deleted_at: None,
         deleted_by: None,
     };
-    store(state, &db, message).await
+    let (message, created) = store(state, &db, message).await?;
+    if created && !file_ids.is_empty() {
+        db.files().share_with(&file_ids, id).await?;
+    }
+    Ok((message, created))
 }
 
 /// Claims the next seq for `message` and stores it (see `Sequencer` for why this is gapless).

@@ -47,10 +47,13 @@ pub struct AiInfo {
     pub tokens: Option<TokenUsage>,
 }
 
-/// A link to content stored elsewhere (file uploads arrive with confab's file service).
+/// A file of confab's (`file_id`, URL `/v1/files/{id}`) or a link to content elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Attachment {
+    /// Set for uploaded files; the file may since have been deleted (it then answers 404).
+    #[serde(default)]
+    pub file_id: Option<String>,
     pub url: String,
     pub name: Option<String>,
     pub mime: Option<String>,

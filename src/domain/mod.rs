@@ -4,6 +4,7 @@
 mod audit;
 mod clock;
 mod conversation;
+mod file;
 mod ids;
 mod message;
 mod page;
@@ -14,6 +15,7 @@ mod user;
 pub use audit::{AuditActor, AuditEntry, AuditTarget, ChainBreak, GENESIS_HASH, verify_chain};
 pub use clock::now;
 pub use conversation::{Conversation, ConversationId, ConversationType, LastMessage, Member, MemberRole};
+pub use file::{FileEncryption, FileId, Sharing, SharingMode, StoredFile, mime_allowed, sanitize_filename};
 pub use ids::{ApiKeyId, InvalidId, TenantId};
 pub use message::{
     AiInfo, AiRole, Attachment, EditedText, MAX_TERMS, Message, MessageKind, Reaction, TokenUsage, search_terms,

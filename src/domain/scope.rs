@@ -15,6 +15,8 @@ pub enum Scope {
     UsersWrite,
     ChatRead,
     ChatWrite,
+    FilesRead,
+    FilesWrite,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -22,7 +24,7 @@ pub enum Scope {
 pub struct UnknownScope(pub String);
 
 impl Scope {
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 9] = [
         Scope::KeysRead,
         Scope::KeysWrite,
         Scope::AuditRead,
@@ -30,6 +32,8 @@ impl Scope {
         Scope::UsersWrite,
         Scope::ChatRead,
         Scope::ChatWrite,
+        Scope::FilesRead,
+        Scope::FilesWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +45,8 @@ impl Scope {
             Scope::UsersWrite => "users:write",
             Scope::ChatRead => "chat:read",
             Scope::ChatWrite => "chat:write",
+            Scope::FilesRead => "files:read",
+            Scope::FilesWrite => "files:write",
         }
     }
 }

@@ -131,6 +131,9 @@ pub struct Tenant {
     pub limits: TenantLimits,
     pub status: TenantStatus,
     pub signing_keys: Vec<SigningKey>,
+    /// MIME types (or `type/*`) the tenant's users may upload; empty means the platform default.
+    #[serde(default)]
+    pub allowed_mime_types: Vec<String>,
     /// Users ever created (deactivated ones included), counted against `limits.max_users`.
     #[serde(default)]
     pub user_count: u64,

@@ -10,7 +10,7 @@ use crate::app::AppState;
 use crate::auth::ActingUser;
 use crate::chat::messages::{self as use_cases, DEFAULT_HISTORY, History, HistoryWindow, NewMessage};
 use crate::chat::reactions;
-use crate::domain::{AiInfo, Attachment, EditedText, Message, MessageKind, UserId};
+use crate::domain::{AiInfo, Attachment, EditedText, FileId, Message, MessageKind, UserId};
 use crate::error::{ApiError, ErrorCode};
 
 use super::conversations::conversation_path;
@@ -29,9 +29,12 @@ pub struct SendMessageRequest {
     pub text: Option<String>,
     /// Programming language of a `code_snippet`.
     pub language: Option<String>,
-    /// Required for `file`, `image`, `video` and `audio`.
+    /// Links to content elsewhere; `file`, `image`, `video` and `audio` need these or `file_ids`.
     #[serde(default)]
     pub attachments: Vec<Attachment>,
+    /// Files the sender uploaded with `POST /v1/files`; sending shares them with the conversation.
+    #[serde(default)]
+    pub file_ids: Vec<String>,
     /// Seq of the message this one replies to (thread parent).
     pub reply_to: Option<i64>,
     #[serde(default)]
@@ -204,7 +207,13 @@ pub async fn send_message(
         .iter()
         .map(|id| UserId::parse(id).map_err(|e| ApiError::validation("mentions", e.0)))
         .collect::<Result<Vec<_>, _>>()?;
+    let file_ids = body
+        .file_ids
+        .iter()
+        .map(|id| FileId::parse(id).map_err(|e| ApiError::validation("file_ids", e.0)))
+        .collect::<Result<Vec<_>, _>>()?;
     let new = NewMessage {
+        file_ids,
         client_msg_id: body.client_msg_id,
         kind: body.kind,
         text: body.text,

@@ -5,6 +5,7 @@ mod api_keys;
 mod audit_log;
 mod conversations;
 mod extract;
+mod files;
 mod health;
 mod me;
 mod messages;
@@ -75,6 +76,15 @@ fn chat_routes(cfg: &mut web::ServiceConfig) {
         .route("/me/relationships/{user_id}", web::put().to(me::put_relationship))
         .route("/me/relationships/{user_id}", web::delete().to(me::delete_relationship))
         .route("/search/messages", web::get().to(me::search_messages))
+        .route("/files", web::post().to(files::upload_file))
+        .route("/files", web::get().to(files::list_files))
+        .route("/files/{file_id}", web::get().to(files::download_file))
+        .route("/files/{file_id}", web::patch().to(files::share_file))
+        .route("/files/{file_id}", web::delete().to(files::delete_file))
+        .route("/files/{file_id}/content", web::get().to(files::download_signed))
+        .route("/files/{file_id}/metadata", web::get().to(files::file_metadata))
+        .route("/files/{file_id}/url", web::post().to(files::sign_url))
+        .route("/usage", web::get().to(files::usage))
         .route("/conversations", web::post().to(conversations::create_conversation))
         .route(CONVERSATION, web::get().to(conversations::get_conversation))
         .route(CONVERSATION, web::patch().to(conversations::update_conversation))

@@ -136,6 +136,15 @@ impl Modify for SecuritySchemes {
         super::messages::pin_message,
         super::messages::unpin_message,
         super::messages::list_pins,
+        super::files::upload_file,
+        super::files::list_files,
+        super::files::download_file,
+        super::files::download_signed,
+        super::files::file_metadata,
+        super::files::share_file,
+        super::files::delete_file,
+        super::files::sign_url,
+        super::files::usage,
     ),
     components(schemas(ErrorBody)),
     modifiers(&SecuritySchemes),
@@ -150,6 +159,7 @@ impl Modify for SecuritySchemes {
         (name = "members", description = "Membership, roles and bans"),
         (name = "messages", description = "Messages, threads, reactions, pins and search"),
         (name = "receipts", description = "Read and delivered marks"),
+        (name = "files", description = "Uploads, downloads, sharing, signed URLs, storage usage"),
     )
 )]
 pub struct ApiDoc;

@@ -28,6 +28,9 @@ pub struct CreateTenantRequest {
     pub plan: Option<String>,
     /// Overrides of the default limits.
     pub limits: Option<TenantLimitsPatch>,
+    /// MIME types (or `type/*`) users may upload; default: `files.default_allowed_mime_types`.
+    #[serde(default)]
+    pub allowed_mime_types: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
@@ -39,6 +42,8 @@ pub struct UpdateTenantRequest {
     pub limits: Option<TenantLimitsPatch>,
     /// `active` or `suspended`.
     pub status: Option<TenantStatus>,
+    /// Replaces the upload allow-list; `[]` restores the platform default.
+    pub allowed_mime_types: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -52,6 +57,8 @@ pub struct TenantView {
     pub database: String,
     /// Key ids (`kid`) of the JWT signing keys; secrets are never returned.
     pub signing_key_ids: Vec<String>,
+    /// Upload allow-list; empty means the platform default.
+    pub allowed_mime_types: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -72,6 +79,7 @@ fn view(state: &AppState, tenant: Tenant) -> TenantView {
         limits: tenant.limits,
         status: tenant.status,
         signing_key_ids: tenant.signing_keys.into_iter().map(|k| k.kid).collect(),
+        allowed_mime_types: tenant.allowed_mime_types,
         created_at: tenant.created_at,
         updated_at: tenant.updated_at,
     }
@@ -98,7 +106,13 @@ pub async fn create_tenant(
             .with_details(serde_json::json!({ "fields": [{ "field": "id", "message": e.0 }] }))
     })?;
     let plan = body.plan.as_deref().map(parse_plan).transpose()?.unwrap_or_default();
-    let new = NewTenant { id, name: body.name.trim().to_string(), plan, limits: body.limits.unwrap_or_default() };
+    let new = NewTenant {
+        id,
+        name: body.name.trim().to_string(),
+        plan,
+        limits: body.limits.unwrap_or_default(),
+        allowed_mime_types: body.allowed_mime_types,
+    };
     let tenant = use_cases::create_tenant(&state, &caller, new).await?;
     Ok(HttpResponse::Created().json(view(&state, tenant)))
 }
@@ -144,6 +158,7 @@ pub async fn update_tenant(
         plan: body.plan.as_deref().map(parse_plan).transpose()?,
         limits: body.limits,
         status: body.status,
+        allowed_mime_types: body.allowed_mime_types,
     };
     let tenant = use_cases::update_tenant(&state, &caller, &id, changes).await?;
     Ok(HttpResponse::Ok().json(view(&state, tenant)))

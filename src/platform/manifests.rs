@@ -72,6 +72,7 @@ pub async fn apply(state: &AppState, manifest: TenantManifest) -> Result<Applied
             name: manifest.name.trim().to_string(),
             plan: manifest.plan,
             limits: manifest.limits,
+            allowed_mime_types: Vec::new(),
         };
         tenants::create_tenant(state, &caller, new).await?;
         return Ok(Applied::Created);
@@ -85,6 +86,7 @@ pub async fn apply(state: &AppState, manifest: TenantManifest) -> Result<Applied
         plan: (current.plan != manifest.plan).then_some(manifest.plan),
         limits: (current.limits != limits).then_some(manifest.limits),
         status: None,
+        allowed_mime_types: None,
     };
     if changes.name.is_none() && changes.plan.is_none() && changes.limits.is_none() {
         return Ok(Applied::Unchanged);

@@ -18,6 +18,7 @@ pub struct NewTenant {
     pub name: String,
     pub plan: PlanName,
     pub limits: TenantLimitsPatch,
+    pub allowed_mime_types: Vec<String>,
 }
 
 /// Changes to a tenant; `None` keeps the current value.
@@ -27,12 +28,35 @@ pub struct TenantChanges {
     pub plan: Option<PlanName>,
     pub limits: Option<TenantLimitsPatch>,
     pub status: Option<TenantStatus>,
+    pub allowed_mime_types: Option<Vec<String>>,
 }
 
 impl TenantChanges {
     fn is_empty(&self) -> bool {
-        self.name.is_none() && self.plan.is_none() && self.limits.is_none() && self.status.is_none()
+        self.name.is_none()
+            && self.plan.is_none()
+            && self.limits.is_none()
+            && self.status.is_none()
+            && self.allowed_mime_types.is_none()
     }
+}
+
+/// MIME patterns: `type/subtype` or `type/*`, lower case, at most 100 of them.
+fn check_mime_patterns(patterns: &[String]) -> Result<(), ApiError> {
+    let valid = |p: &String| {
+        let Some((kind, sub)) = p.split_once('/') else { return false };
+        let token = |s: &str| {
+            !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+        };
+        (token(kind) || kind == "*") && (token(sub) || sub == "*") && p.len() <= 100
+    };
+    if patterns.len() > 100 || !patterns.iter().all(valid) {
+        return Err(ApiError::validation(
+            "allowed_mime_types",
+            "must be at most 100 patterns like 'image/png' or 'image/*'",
+        ));
+    }
+    Ok(())
 }
 
 fn limits_error(e: crate::domain::LimitsError) -> ApiError {
@@ -51,6 +75,7 @@ pub fn new_signing_key() -> SigningKey {
 /// and database are removed again so nothing half-made is left behind.
 pub async fn create_tenant(state: &AppState, caller: &OperatorCaller, new: NewTenant) -> Result<Tenant, ApiError> {
     let limits = state.settings.tenants.default_limits.patched(&new.limits).map_err(limits_error)?;
+    check_mime_patterns(&new.allowed_mime_types)?;
     let now = crate::domain::now();
     let mut tenant = Tenant {
         id: new.id,
@@ -59,6 +84,7 @@ pub async fn create_tenant(state: &AppState, caller: &OperatorCaller, new: NewTe
         limits,
         status: TenantStatus::Provisioning,
         signing_keys: vec![new_signing_key()],
+        allowed_mime_types: new.allowed_mime_types,
         user_count: 0,
         created_at: now,
         updated_at: now,
@@ -117,6 +143,9 @@ pub async fn update_tenant(
     {
         return Err(ApiError::validation("status", "must be 'active' or 'suspended'"));
     }
+    if let Some(types) = &changes.allowed_mime_types {
+        check_mime_patterns(types)?;
+    }
     let limits = match &changes.limits {
         Some(patch) => Some(current.limits.patched(patch).map_err(limits_error)?),
         None => None,
@@ -134,7 +163,16 @@ pub async fn update_tenant(
     if let Some(status) = changes.status {
         details.insert("status".into(), serde_json::to_value(status).unwrap_or_default());
     }
-    let update = TenantUpdate { name: changes.name, plan: changes.plan, limits, status: changes.status };
+    if let Some(types) = &changes.allowed_mime_types {
+        details.insert("allowed_mime_types".into(), types.clone().into());
+    }
+    let update = TenantUpdate {
+        name: changes.name,
+        plan: changes.plan,
+        limits,
+        status: changes.status,
+        allowed_mime_types: changes.allowed_mime_types,
+    };
     let tenant = state
         .store
         .tenants()

@@ -28,6 +28,7 @@ pub const PLATFORM_COLLECTIONS: &[CollectionSpec] = &[
     CollectionSpec { name: "api_keys", indexes: &[index("tenant_id_1__id_1", &[("tenant_id", 1), ("_id", 1)])] },
     CollectionSpec { name: "audit_log", indexes: &[unique("tenant_id_1_seq_1", &[("tenant_id", 1), ("seq", 1)])] },
     CollectionSpec { name: "audit_heads", indexes: &[] },
+    CollectionSpec { name: "usage", indexes: &[] },
 ];
 
 pub const TENANT_COLLECTIONS: &[CollectionSpec] = &[

@@ -2,6 +2,7 @@
 //! `{prefix}platform`; each tenant gets `{prefix}t_{tenant_id}` with a fixed set of collections.
 //! A `TenantDb` can only be made from a `TenantScope`, which only `auth` hands out.
 
+mod blobs;
 mod collections;
 pub mod repos;
 mod tenant_db;
@@ -16,8 +17,9 @@ use crate::auth::TenantScope;
 use crate::config::MongoSettings;
 use crate::domain::TenantId;
 
+pub use blobs::GridFsBlobs;
 pub use collections::{PLATFORM_COLLECTIONS, TENANT_COLLECTIONS};
-pub use repos::{ApiKeysRepo, AuditRepo, TenantsRepo};
+pub use repos::{ApiKeysRepo, AuditRepo, TenantsRepo, UsageRepo};
 pub use tenant_db::TenantDb;
 
 /// Handle to the cluster: cheap to clone, shared by every request.
@@ -54,6 +56,10 @@ impl Store {
 
     pub fn api_keys(&self) -> ApiKeysRepo {
         ApiKeysRepo::new(&self.platform)
+    }
+
+    pub fn usage(&self) -> UsageRepo {
+        UsageRepo::new(&self.platform)
     }
 
     pub fn audit(&self) -> AuditRepo {

@@ -5,8 +5,11 @@ use mongodb::bson::Document;
 
 use crate::domain::TenantId;
 
+use super::blobs::GridFsBlobs;
 use super::collections::{self, TENANT_COLLECTIONS};
-use super::repos::{ConversationsRepo, MembersRepo, MessagesRepo, ReactionsRepo, RelationshipsRepo, UsersRepo};
+use super::repos::{
+    ConversationsRepo, FilesRepo, MembersRepo, MessagesRepo, ReactionsRepo, RelationshipsRepo, UsersRepo,
+};
 
 pub struct TenantDb {
     tenant: TenantId,
@@ -59,6 +62,15 @@ impl TenantDb {
 
     pub fn reactions(&self) -> ReactionsRepo {
         ReactionsRepo::new(&self.db)
+    }
+
+    pub fn files(&self) -> FilesRepo {
+        FilesRepo::new(&self.db)
+    }
+
+    /// The tenant's blob store (GridFS in its own database).
+    pub fn blobs(&self) -> GridFsBlobs {
+        GridFsBlobs::new(&self.db)
     }
 
     pub async fn drop(&self) -> Result<(), mongodb::error::Error> {

@@ -23,7 +23,7 @@ async fn issued_keys_have_the_documented_format_and_are_stored_hashed() {
     assert!(key.starts_with(&format!("cfk_live_{id}_")), "{key}");
     assert_eq!(key.len(), "cfk_live_".len() + 16 + 1 + 32 + 6);
     assert_eq!(meta["prefix"], format!("cfk_live_{id}"));
-    assert_eq!(meta["scopes"].as_array().unwrap().len(), 7);
+    assert_eq!(meta["scopes"].as_array().unwrap().len(), 9);
 
     let stored = app
         .mongo()

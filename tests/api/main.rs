@@ -9,6 +9,7 @@ mod chat_smoke;
 mod chat_users;
 mod cli;
 mod errors;
+mod files;
 mod health;
 mod helpers;
 mod isolation;

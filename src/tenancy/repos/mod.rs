@@ -3,19 +3,23 @@
 mod api_keys;
 mod audit;
 mod conversations;
+mod files;
 mod members;
 mod messages;
 mod reactions;
 mod relationships;
 mod tenants;
+mod usage;
 mod users;
 
 pub use api_keys::{ApiKeysRepo, Rotation};
 pub use audit::{AuditHead, AuditRepo};
 pub use conversations::{ConversationChanges, ConversationsRepo};
+pub use files::FilesRepo;
 pub use members::MembersRepo;
 pub use messages::{Inserted, MessagesRepo};
 pub use reactions::ReactionsRepo;
 pub use relationships::RelationshipsRepo;
 pub use tenants::{TenantUpdate, TenantsRepo};
+pub use usage::{Usage, UsageRepo};
 pub use users::{UserChanges, UsersRepo};

@@ -17,6 +17,7 @@ pub struct TenantUpdate {
     pub plan: Option<PlanName>,
     pub limits: Option<TenantLimits>,
     pub status: Option<TenantStatus>,
+    pub allowed_mime_types: Option<Vec<String>>,
 }
 
 impl TenantsRepo {
@@ -62,6 +63,9 @@ impl TenantsRepo {
         }
         if let Some(limits) = update.limits {
             set.insert("limits", to_document(&limits)?);
+        }
+        if let Some(types) = update.allowed_mime_types {
+            set.insert("allowed_mime_types", types);
         }
         if let Some(status) = update.status {
             set.insert("status", bson::to_bson(&status)?);
