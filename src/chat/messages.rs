@@ -159,28 +159,15 @@ pub async fn send(
         size: Some(f.size as u64),
     }));
     let message = Message {
-        id: uuid::Uuid::now_v7().to_string(),
-        tenant_id: caller.tenant.id.clone(),
-        conversation_id: id.clone(),
-        seq: 0,
-        client_msg_id: new.client_msg_id,
-        sender_id: caller.user_id().clone(),
-        kind: new.kind,
         terms: text.as_deref().map(search_terms).unwrap_or_default(),
         text,
         language: new.language,
         attachments,
         reply_to: new.reply_to,
-        reply_count: 0,
         mentions,
         metadata,
         ai: new.ai,
-        reaction_counts: Default::default(),
-        edit_history: Vec::new(),
-        created_at: crate::domain::now(),
-        edited_at: None,
-        deleted_at: None,
-        deleted_by: None,
+        ..Message::draft(&caller.tenant.id, id, caller.user_id(), new.kind, new.client_msg_id)
     };
     let (message, created) = store(state, &db, message).await?;
     if created && !file_ids.is_empty() {
@@ -230,29 +217,11 @@ pub async fn post_system(
     text: String,
     event: serde_json::Value,
 ) -> Result<Message, ApiError> {
+    let client_msg_id = format!("system-{}", uuid::Uuid::now_v7());
     let message = Message {
-        id: uuid::Uuid::now_v7().to_string(),
-        tenant_id: conversation.tenant_id.clone(),
-        conversation_id: conversation.id.clone(),
-        seq: 0,
-        client_msg_id: format!("system-{}", uuid::Uuid::now_v7()),
-        sender_id: actor.clone(),
-        kind: MessageKind::System,
-        terms: Vec::new(),
         text: Some(text),
-        language: None,
-        attachments: Vec::new(),
-        reply_to: None,
-        reply_count: 0,
-        mentions: Vec::new(),
         metadata: event,
-        ai: None,
-        reaction_counts: Default::default(),
-        edit_history: Vec::new(),
-        created_at: crate::domain::now(),
-        edited_at: None,
-        deleted_at: None,
-        deleted_by: None,
+        ..Message::draft(&conversation.tenant_id, &conversation.id, actor, MessageKind::System, client_msg_id)
     };
     Ok(store(state, db, message).await?.0)
 }

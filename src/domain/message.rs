@@ -113,6 +113,40 @@ pub struct Reaction {
 }
 
 impl Message {
+    /// A new, empty message of `kind` from `sender`; its seq is assigned when it is stored.
+    pub fn draft(
+        tenant: &TenantId,
+        conversation: &ConversationId,
+        sender: &UserId,
+        kind: MessageKind,
+        client_msg_id: String,
+    ) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            tenant_id: tenant.clone(),
+            conversation_id: conversation.clone(),
+            seq: 0,
+            client_msg_id,
+            sender_id: sender.clone(),
+            kind,
+            text: None,
+            language: None,
+            attachments: Vec::new(),
+            reply_to: None,
+            reply_count: 0,
+            mentions: Vec::new(),
+            metadata: serde_json::json!({}),
+            ai: None,
+            reaction_counts: Default::default(),
+            terms: Vec::new(),
+            edit_history: Vec::new(),
+            created_at: super::now(),
+            edited_at: None,
+            deleted_at: None,
+            deleted_by: None,
+        }
+    }
+
     pub fn is_deleted(&self) -> bool {
         self.deleted_at.is_some()
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{ChatTenant, Reply, TestApp, spawn_app};
+use crate::helpers::{ChatTenant, Reply, TestApp, assert_error, assert_invalid, spawn_app};
 
 /// `/v1/conversations/{id}{rest}`.
 fn at(id: &str, rest: &str) -> String {
@@ -16,20 +16,6 @@ fn at(id: &str, rest: &str) -> String {
 
 fn assert_status(reply: &Reply, status: StatusCode) {
     assert_eq!(reply.status, status, "{}", reply.text);
-}
-
-fn assert_error(reply: &Reply, status: StatusCode, code: &str) {
-    assert_eq!(reply.status, status, "{}", reply.text);
-    assert_eq!(reply.code(), code, "{}", reply.text);
-}
-
-fn invalid_field(reply: &Reply) -> &str {
-    reply.body["error"]["details"]["fields"][0]["field"].as_str().unwrap_or("<no field>")
-}
-
-fn assert_invalid(reply: &Reply, field: &str) {
-    assert_error(reply, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
-    assert_eq!(invalid_field(reply), field, "{}", reply.text);
 }
 
 /// Last activity timestamps have millisecond resolution: let the clock move before an action

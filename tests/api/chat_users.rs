@@ -7,18 +7,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{ChatTenant, Reply, TestApp, random_lower, spawn_app};
-
-fn assert_error(reply: &Reply, status: StatusCode, code: &str) {
-    assert_eq!(reply.status, status, "{}", reply.text);
-    assert_eq!(reply.code(), code, "{}", reply.text);
-}
-
-/// A `validation_failed` answer naming `field` first.
-fn assert_invalid_field(reply: &Reply, field: &str) {
-    assert_error(reply, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
-    assert_eq!(reply.body["error"]["details"]["fields"][0]["field"], field, "{}", reply.text);
-}
+use crate::helpers::{ChatTenant, Reply, TestApp, assert_error, assert_invalid, random_lower, spawn_app};
 
 fn timestamp(value: &Value) -> DateTime<Utc> {
     value.as_str().expect("a timestamp string").parse().expect("an RFC 3339 timestamp")
@@ -201,7 +190,7 @@ async fn custom_data_must_be_a_small_safe_object_and_bad_data_is_never_stored() 
     ];
     for custom in &bad {
         let put = put_user(&app, &tenant, "carol", json!({"custom": custom})).await;
-        assert_invalid_field(&put, "custom");
+        assert_invalid(&put, "custom");
     }
     assert_error(&get_user(&app, &tenant.key, "carol").await, StatusCode::NOT_FOUND, "not_found");
 
@@ -212,9 +201,9 @@ async fn custom_data_must_be_a_small_safe_object_and_bad_data_is_never_stored() 
     assert_eq!(stored.status, StatusCode::OK, "{}", stored.text);
     for custom in &bad {
         let put = put_user(&app, &tenant, "carol", json!({"display_name": "Changed", "custom": custom})).await;
-        assert_invalid_field(&put, "custom");
+        assert_invalid(&put, "custom");
         let patch = patch_user(&app, &tenant, "carol", json!({"display_name": "Changed", "custom": custom})).await;
-        assert_invalid_field(&patch, "custom");
+        assert_invalid(&patch, "custom");
     }
     let read = get_user(&app, &tenant.key, "carol").await;
     assert_eq!(read.body["display_name"], "Carol", "a rejected request changes nothing");
@@ -229,15 +218,15 @@ async fn profile_fields_are_validated() {
     let long_url = format!("https://example.com/{}", "a".repeat(2048));
     for url in ["ftp://example.com/a.png", "javascript:alert(1)", "example.com/a.png", "", long_url.as_str()] {
         let put = put_user(&app, &tenant, "dan", json!({"avatar_url": url})).await;
-        assert_invalid_field(&put, "avatar_url");
+        assert_invalid(&put, "avatar_url");
     }
     let long_name = "n".repeat(app.settings.chat.max_name_chars + 1);
     for name in ["", "   ", "\t\n", long_name.as_str()] {
         let put = put_user(&app, &tenant, "dan", json!({"display_name": name})).await;
-        assert_invalid_field(&put, "display_name");
+        assert_invalid(&put, "display_name");
     }
     let put = put_user(&app, &tenant, "dan", json!({"kind": "robot"})).await;
-    assert_invalid_field(&put, "kind");
+    assert_invalid(&put, "kind");
     let put = put_user(&app, &tenant, "dan", json!({"nickname": "d"})).await;
     assert_error(&put, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
     let put = put_user(&app, &tenant, "dan", json!({"settings": {"notifications": "loud"}})).await;
@@ -246,8 +235,8 @@ async fn profile_fields_are_validated() {
 
     let created = put_user(&app, &tenant, "dan", json!({"display_name": "Dan", "avatar_url": "http://x.test/d"})).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
-    assert_invalid_field(&patch_user(&app, &tenant, "dan", json!({"display_name": "  "})).await, "display_name");
-    assert_invalid_field(&patch_user(&app, &tenant, "dan", json!({"avatar_url": "nope"})).await, "avatar_url");
+    assert_invalid(&patch_user(&app, &tenant, "dan", json!({"display_name": "  "})).await, "display_name");
+    assert_invalid(&patch_user(&app, &tenant, "dan", json!({"avatar_url": "nope"})).await, "avatar_url");
     let read = get_user(&app, &tenant.key, "dan").await;
     assert_eq!(read.body["display_name"], "Dan");
     assert_eq!(read.body["avatar_url"], "http://x.test/d");
@@ -562,7 +551,7 @@ async fn tokens_are_minted_for_existing_users_with_bounded_lifetimes() {
     let longest = mint(&app, &tenant.key, "alice", Some(json!({"ttl_secs": max}))).await;
     assert_eq!(longest.status, StatusCode::CREATED, "{}", longest.text);
     for ttl in [json!(0), json!(max + 1)] {
-        assert_invalid_field(&mint(&app, &tenant.key, "alice", Some(json!({"ttl_secs": ttl}))).await, "ttl_secs");
+        assert_invalid(&mint(&app, &tenant.key, "alice", Some(json!({"ttl_secs": ttl}))).await, "ttl_secs");
     }
     for ttl in [json!(-1), json!("60"), json!(1.5)] {
         let reply = mint(&app, &tenant.key, "alice", Some(json!({"ttl_secs": ttl}))).await;
@@ -785,7 +774,7 @@ async fn relationships_can_be_set_listed_filtered_and_removed() {
     let bobs = app.call(Method::GET, "/v1/me/relationships", &bob, None).await;
     assert_eq!(bobs.body["items"], json!([]), "relationships are one-sided: {}", bobs.text);
 
-    assert_invalid_field(&relate(&app, &alice, "alice", "friend").await, "user_id");
+    assert_invalid(&relate(&app, &alice, "alice", "friend").await, "user_id");
     assert_error(&relate(&app, &alice, "nobody", "block").await, StatusCode::NOT_FOUND, "not_found");
     assert_error(&relate(&app, &alice, "carol", "enemy").await, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
     assert_error(&relate(&app, &alice, "a b", "block").await, StatusCode::BAD_REQUEST, "invalid_request");
@@ -852,11 +841,11 @@ async fn server_keys_act_only_for_a_named_existing_user_within_their_scopes() {
     app.user(&tenant, "alice").await;
 
     let unnamed = me(&app, &tenant.key).await;
-    assert_invalid_field(&unnamed, "user_id");
+    assert_invalid(&unnamed, "user_id");
     let unknown = app.call(Method::GET, "/v1/me?user_id=nobody", &tenant.key, None).await;
     assert_error(&unknown, StatusCode::NOT_FOUND, "not_found");
     let malformed = app.call(Method::GET, "/v1/me?user_id=%24where", &tenant.key, None).await;
-    assert_invalid_field(&malformed, "user_id");
+    assert_invalid(&malformed, "user_id");
     let named = app.call(Method::GET, "/v1/me?user_id=alice", &tenant.key, None).await;
     assert_eq!(named.status, StatusCode::OK, "{}", named.text);
     assert_eq!(named.body["id"], "alice");

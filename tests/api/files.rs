@@ -12,7 +12,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{ChatTenant, Reply, TestApp, random_lower, spawn_app, spawn_app_with, test_overrides};
+use crate::helpers::{
+    ChatTenant, Reply, TestApp, assert_error, assert_invalid, random_lower, spawn_app, spawn_app_with, test_overrides,
+};
 
 const PNG_1X1: &[u8] = &[
     0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52, 0x00, 0x00, 0x00,
@@ -33,20 +35,6 @@ const ZIP: &[u8] = b"PK\x03\x04\x14\x00\x00\x00\x08\x00zip filler bytes that do 
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-fn assert_error(reply: &Reply, status: StatusCode, code: &str) {
-    assert_eq!(reply.status, status, "{}", reply.text);
-    assert_eq!(reply.code(), code, "{}", reply.text);
-}
-
-fn invalid_field(reply: &Reply) -> &str {
-    reply.body["error"]["details"]["fields"][0]["field"].as_str().unwrap_or("<no field>")
-}
-
-fn assert_invalid(reply: &Reply, field: &str) {
-    assert_error(reply, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
-    assert_eq!(invalid_field(reply), field, "{}", reply.text);
 }
 
 /// `POST /v1/files` with a raw body; `query` pairs are URL-encoded (add `filename` yourself).

@@ -84,6 +84,22 @@ impl Reply {
     pub fn code(&self) -> &str {
         self.body["error"]["code"].as_str().unwrap_or("<no error code>")
     }
+
+    /// The first field named in a `validation_failed` body.
+    pub fn invalid_field(&self) -> &str {
+        self.body["error"]["details"]["fields"][0]["field"].as_str().unwrap_or("<no field>")
+    }
+}
+
+pub fn assert_error(reply: &Reply, status: StatusCode, code: &str) {
+    assert_eq!(reply.status, status, "{}", reply.text);
+    assert_eq!(reply.code(), code, "{}", reply.text);
+}
+
+/// A 422 `validation_failed` naming `field` first.
+pub fn assert_invalid(reply: &Reply, field: &str) {
+    assert_error(reply, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(reply.invalid_field(), field, "{}", reply.text);
 }
 
 impl TestApp {
