@@ -6,6 +6,7 @@ pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod e2e;
 pub mod error;
 pub mod events;
 pub mod files;
