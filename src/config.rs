@@ -18,6 +18,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub chat: ChatSettings,
     pub files: FileSettings,
+    pub e2e: E2eSettings,
     pub tenants: TenantSettings,
     pub log: LogSettings,
 }
@@ -106,6 +107,16 @@ pub struct FileSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+pub struct E2eSettings {
+    /// Most active devices per user.
+    pub max_devices_per_user: u64,
+    /// Largest envelope (JSON bytes) a message may carry (413 above).
+    pub max_envelope_bytes: usize,
+    /// Most recipient devices per envelope, and so the member-device budget of an E2E conversation.
+    pub max_recipients: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
     /// Largest accepted JSON request body (413 above it).
     pub max_json_body_bytes: usize,
@@ -173,6 +184,11 @@ reserve_step_bytes = 8388608
 signed_url_default_ttl_secs = 3600
 signed_url_max_ttl_secs = 604800
 url_signing_secret = ""
+
+[e2e]
+max_devices_per_user = 20
+max_envelope_bytes = 65536
+max_recipients = 1000
 
 [http]
 max_json_body_bytes = 262144

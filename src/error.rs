@@ -42,6 +42,8 @@ pub enum ErrorCode {
     LimitReached,
     ApiKeyRevoked,
     LastOwner,
+    RecipientsMismatch,
+    StaleKeys,
     UrlExpired,
     PayloadTooLarge,
     RangeNotSatisfiable,
@@ -72,6 +74,8 @@ impl ErrorCode {
             ErrorCode::LimitReached => "limit_reached",
             ErrorCode::ApiKeyRevoked => "api_key_revoked",
             ErrorCode::LastOwner => "last_owner",
+            ErrorCode::RecipientsMismatch => "recipients_mismatch",
+            ErrorCode::StaleKeys => "stale_keys",
             ErrorCode::UrlExpired => "url_expired",
             ErrorCode::RangeNotSatisfiable => "range_not_satisfiable",
             ErrorCode::PayloadTooLarge => "payload_too_large",
@@ -94,14 +98,15 @@ impl ErrorCode {
             | ErrorCode::Blocked
             | ErrorCode::NotAMember
             | ErrorCode::InvalidSignature => StatusCode::FORBIDDEN,
-            ErrorCode::UrlExpired => StatusCode::GONE,
+            ErrorCode::UrlExpired | ErrorCode::StaleKeys => StatusCode::GONE,
             ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorCode::NotFound | ErrorCode::RouteNotFound => StatusCode::NOT_FOUND,
             ErrorCode::Conflict
             | ErrorCode::TenantExists
             | ErrorCode::LimitReached
             | ErrorCode::ApiKeyRevoked
-            | ErrorCode::LastOwner => StatusCode::CONFLICT,
+            | ErrorCode::LastOwner
+            | ErrorCode::RecipientsMismatch => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use crate::app::AppState;
 use crate::auth::ActingUser;
 use crate::domain::{
-    Conversation, ConversationId, ConversationType, Member, MemberRole, Page, PageRequest, RelationshipKind, Scope,
-    UserId,
+    Conversation, ConversationEncryption, ConversationId, ConversationType, Member, MemberRole, Page, PageRequest,
+    RelationshipKind, Scope, UserId,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::tenancy::TenantDb;
@@ -23,6 +23,7 @@ pub struct NewConversation {
     pub custom: Option<serde_json::Value>,
     pub private: bool,
     pub max_members: Option<u32>,
+    pub encryption: ConversationEncryption,
 }
 
 #[derive(Default)]
@@ -150,6 +151,7 @@ pub async fn create(
         avatar_url: super::clean_url("avatar_url", new.avatar_url)?,
         custom: super::clean_custom("custom", new.custom, chat.max_custom_data_bytes)?,
         private: new.kind == ConversationType::Channel && new.private,
+        encryption: new.encryption,
         max_members,
         member_count: others.len() as u32 + 1,
         owner_count: u32::from(new.kind != ConversationType::Direct),

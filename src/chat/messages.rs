@@ -2,6 +2,7 @@
 
 use crate::app::AppState;
 use crate::auth::ActingUser;
+use crate::domain::envelope::Envelope;
 use crate::domain::{
     AiInfo, Attachment, Conversation, ConversationId, ConversationType, EditedText, FileId, LastMessage, Message,
     MessageKind, RelationshipKind, Scope, UserId, search_terms,
@@ -32,6 +33,14 @@ pub struct NewMessage {
     pub mentions: Vec<UserId>,
     pub metadata: Option<serde_json::Value>,
     pub ai: Option<AiInfo>,
+    /// The content, end-to-end encrypted (E2E conversations only, instead of `text`).
+    pub envelope: Option<Envelope>,
+}
+
+/// The new content of an edited message.
+pub enum EditedContent {
+    Text(String),
+    Envelope(Box<Envelope>),
 }
 
 /// Which part of the history to read.
@@ -132,7 +141,21 @@ pub async fn send(
     {
         return Err(ApiError::new(ErrorCode::Blocked, "this user has blocked you"));
     }
-    let text = check_text(new.kind, new.text, caller.tenant.limits.max_message_bytes)?;
+    super::encrypted::check_content(
+        state,
+        &db,
+        caller,
+        &conversation,
+        &new.client_msg_id,
+        new.text.as_deref(),
+        !new.attachments.is_empty(),
+        new.envelope.as_ref(),
+    )
+    .await?;
+    let text = match new.envelope {
+        Some(_) => None,
+        None => check_text(new.kind, new.text, caller.tenant.limits.max_message_bytes)?,
+    };
     let metadata = super::clean_custom("metadata", new.metadata, state.settings.chat.max_custom_data_bytes)?;
     if let Some(parent) = new.reply_to {
         let found = db.messages().get(id, parent).await?;
@@ -150,6 +173,7 @@ pub async fn send(
         }
     }
     let files = crate::files::manage::for_message(state, caller, &file_ids).await?;
+    super::encrypted::check_files(&conversation, &files)?;
     let mut attachments = new.attachments;
     attachments.extend(files.iter().map(|f| Attachment {
         file_id: Some(f.id.to_string()),
@@ -167,6 +191,7 @@ pub async fn send(
         mentions,
         metadata,
         ai: new.ai,
+        envelope: new.envelope,
         ..Message::draft(&caller.tenant.id, id, caller.user_id(), new.kind, new.client_msg_id)
     };
     let (message, created) = store(state, &db, message).await?;
@@ -317,17 +342,18 @@ pub(super) async fn live_message(db: &TenantDb, id: &ConversationId, seq: i64) -
     db.messages().get(id, seq).await?.filter(|m| !m.is_deleted()).ok_or_else(|| ApiError::not_found("message"))
 }
 
-/// The author replaces the text of a text or code message; the old text goes to the history.
+/// The author replaces the text of a text or code message (the old text goes to the history),
+/// or, in an E2E conversation, the envelope (sealed for the same message id).
 pub async fn edit(
     state: &AppState,
     caller: &ActingUser,
     id: &ConversationId,
     seq: i64,
-    text: String,
+    content: EditedContent,
 ) -> Result<Message, ApiError> {
     caller.require(Scope::ChatWrite)?;
     let db = state.store.tenant_db(&caller.scope());
-    as_member(&db, caller, id).await?;
+    let (conversation, _) = as_member(&db, caller, id).await?;
     let message = live_message(&db, id, seq).await?;
     if &message.sender_id != caller.user_id() {
         return Err(ApiError::new(ErrorCode::Forbidden, "only the author may edit a message"));
@@ -335,14 +361,23 @@ pub async fn edit(
     if !matches!(message.kind, MessageKind::Text | MessageKind::CodeSnippet) {
         return Err(ApiError::validation("kind", "only text and code messages can be edited"));
     }
-    let text = check_text(message.kind, Some(text), caller.tenant.limits.max_message_bytes)?.unwrap_or_default();
+    let (text, envelope) = match &content {
+        EditedContent::Text(text) => (Some(text.as_str()), None),
+        EditedContent::Envelope(envelope) => (None, Some(envelope.as_ref())),
+    };
+    super::encrypted::check_content(state, &db, caller, &conversation, &message.client_msg_id, text, false, envelope)
+        .await?;
     let now = crate::domain::now();
-    let previous = EditedText { text: message.text, replaced_at: now };
-    let edited = db
-        .messages()
-        .edit(id, seq, previous, &text, &search_terms(&text), now)
-        .await?
-        .ok_or_else(|| ApiError::not_found("message"))?;
+    let edited = match content {
+        EditedContent::Envelope(envelope) => db.messages().edit_envelope(id, seq, &envelope, now).await?,
+        EditedContent::Text(text) => {
+            let text =
+                check_text(message.kind, Some(text), caller.tenant.limits.max_message_bytes)?.unwrap_or_default();
+            let previous = EditedText { text: message.text, replaced_at: now };
+            db.messages().edit(id, seq, previous, &text, &search_terms(&text), now).await?
+        }
+    }
+    .ok_or_else(|| ApiError::not_found("message"))?;
     db.conversations().refresh_last_message(id, &last_message_of(&edited)).await?;
     Ok(edited)
 }

@@ -2,6 +2,7 @@
 //! reactions and pins, receipts and unread counts, search. Rules live here; `http/` only maps.
 
 pub mod conversations;
+mod encrypted;
 pub mod members;
 pub mod messages;
 pub mod reactions;

@@ -44,6 +44,16 @@ pub enum ConversationType {
     Channel,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationEncryption {
+    /// The server stores and indexes the text.
+    #[default]
+    None,
+    /// Messages carry envelopes only; the server never sees plaintext.
+    E2e,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberRole {
@@ -86,6 +96,8 @@ pub struct Conversation {
     pub custom: serde_json::Value,
     /// Channels only: hidden from, and not joinable by, non-members.
     pub private: bool,
+    #[serde(default)]
+    pub encryption: ConversationEncryption,
     pub max_members: u32,
     pub member_count: u32,
     /// Kept with the members so "the last owner may not go" holds under concurrent requests.

@@ -90,6 +90,9 @@ pub struct Message {
     pub reaction_counts: std::collections::BTreeMap<String, i64>,
     /// Lower-cased words of the text, for search without text indexes.
     pub terms: Vec<String>,
+    /// The end-to-end encrypted content (instead of `text`) in E2E conversations.
+    #[serde(default)]
+    pub envelope: Option<super::envelope::Envelope>,
     pub edit_history: Vec<EditedText>,
     #[serde(with = "chrono_datetime_as_bson_datetime")]
     pub created_at: DateTime<Utc>,
@@ -139,6 +142,7 @@ impl Message {
             ai: None,
             reaction_counts: Default::default(),
             terms: Vec::new(),
+            envelope: None,
             edit_history: Vec::new(),
             created_at: super::now(),
             edited_at: None,

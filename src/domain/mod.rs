@@ -4,6 +4,8 @@
 mod audit;
 mod clock;
 mod conversation;
+mod device;
+pub mod envelope;
 mod file;
 mod ids;
 mod message;
@@ -14,7 +16,10 @@ mod user;
 
 pub use audit::{AuditActor, AuditEntry, AuditTarget, ChainBreak, GENESIS_HASH, verify_chain};
 pub use clock::now;
-pub use conversation::{Conversation, ConversationId, ConversationType, LastMessage, Member, MemberRole};
+pub use conversation::{
+    Conversation, ConversationEncryption, ConversationId, ConversationType, LastMessage, Member, MemberRole,
+};
+pub use device::{Device, DeviceKey, KeyEvent, KeyEventKind, KeyStatus, valid_key_name};
 pub use file::{FileEncryption, FileId, Sharing, SharingMode, StoredFile, mime_allowed, sanitize_filename};
 pub use ids::{ApiKeyId, InvalidId, TenantId};
 pub use message::{

@@ -10,7 +10,9 @@ use crate::app::AppState;
 use crate::auth::ActingUser;
 use crate::chat::conversations::{self as use_cases, ConversationPatch, ConversationWithMember, NewConversation};
 use crate::chat::{members, receipts};
-use crate::domain::{ConversationId, ConversationType, LastMessage, Member, MemberRole, UserId};
+use crate::domain::{
+    ConversationEncryption, ConversationId, ConversationType, LastMessage, Member, MemberRole, UserId,
+};
 use crate::error::ApiError;
 
 use super::extract::{PageQuery, ValidJson, double_option, path_id};
@@ -35,6 +37,9 @@ pub struct CreateConversationRequest {
     pub private: bool,
     /// Default: the tenant's `max_conversation_members`.
     pub max_members: Option<u32>,
+    /// `e2e`: every message must be an envelope (see docs/e2e.md); fixed at creation.
+    #[serde(default)]
+    pub encryption: ConversationEncryption,
 }
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
@@ -101,6 +106,7 @@ pub struct ConversationView {
     #[schema(value_type = Object)]
     pub custom: serde_json::Value,
     pub private: bool,
+    pub encryption: ConversationEncryption,
     pub max_members: u32,
     pub member_count: u32,
     pub created_by: String,
@@ -156,6 +162,7 @@ impl From<ConversationWithMember> for ConversationView {
             avatar_url: c.avatar_url,
             custom: c.custom,
             private: c.private,
+            encryption: c.encryption,
             max_members: c.max_members,
             member_count: c.member_count,
             created_by: c.created_by.to_string(),
@@ -217,6 +224,7 @@ pub async fn create_conversation(
         custom: body.custom,
         private: body.private,
         max_members: body.max_members,
+        encryption: body.encryption,
     };
     let (view, created) = use_cases::create(&state, &caller, new).await?;
     let mut response = if created { HttpResponse::Created() } else { HttpResponse::Ok() };

@@ -8,8 +8,9 @@ use validator::Validate;
 
 use crate::app::AppState;
 use crate::auth::ActingUser;
-use crate::chat::messages::{self as use_cases, DEFAULT_HISTORY, History, HistoryWindow, NewMessage};
+use crate::chat::messages::{self as use_cases, DEFAULT_HISTORY, EditedContent, History, HistoryWindow, NewMessage};
 use crate::chat::reactions;
+use crate::domain::envelope::Envelope;
 use crate::domain::{AiInfo, Attachment, EditedText, FileId, Message, MessageKind, UserId};
 use crate::error::{ApiError, ErrorCode};
 
@@ -43,6 +44,8 @@ pub struct SendMessageRequest {
     pub metadata: Option<serde_json::Value>,
     /// For bot and AI messages: role, model, provider, token usage.
     pub ai: Option<AiInfo>,
+    /// Required in end-to-end encrypted conversations, instead of `text` (see docs/e2e.md).
+    pub envelope: Option<Envelope>,
 }
 
 fn default_kind() -> MessageKind {
@@ -52,7 +55,10 @@ fn default_kind() -> MessageKind {
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EditMessageRequest {
-    pub text: String,
+    /// The new text (plain conversations).
+    pub text: Option<String>,
+    /// The new envelope, sealed for the same message id (E2E conversations).
+    pub envelope: Option<Envelope>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -107,6 +113,8 @@ pub struct MessageView {
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub ai: Option<AiInfo>,
+    /// The end-to-end encrypted content, opaque to the server.
+    pub envelope: Option<Envelope>,
     pub reactions: Vec<ReactionView>,
     pub pinned: bool,
     pub created_at: DateTime<Utc>,
@@ -161,6 +169,7 @@ pub fn message_view(m: Message, mine: &[(i64, String)], pinned: &[i64]) -> Messa
         mentions: m.mentions.iter().map(|u| u.to_string()).collect(),
         metadata: m.metadata,
         ai: m.ai,
+        envelope: m.envelope,
         reactions,
         created_at: m.created_at,
         edited_at: m.edited_at,
@@ -223,6 +232,7 @@ pub async fn send_message(
         mentions,
         metadata: body.metadata,
         ai: body.ai,
+        envelope: body.envelope,
     };
     let (message, created) = use_cases::send(&state, &caller, &conversation_path(&path)?, new).await?;
     let mut response = if created { HttpResponse::Created() } else { HttpResponse::Ok() };
@@ -297,7 +307,12 @@ pub async fn edit_message(
     path: web::Path<(String, String)>,
     ValidJson(body): ValidJson<EditMessageRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let message = use_cases::edit(&state, &caller, &conversation_path(&path.0)?, seq_path(&path.1)?, body.text).await?;
+    let content = match (body.text, body.envelope) {
+        (Some(text), None) => EditedContent::Text(text),
+        (None, Some(envelope)) => EditedContent::Envelope(Box::new(envelope)),
+        _ => return Err(ApiError::validation("text", "send exactly one of text and envelope")),
+    };
+    let message = use_cases::edit(&state, &caller, &conversation_path(&path.0)?, seq_path(&path.1)?, content).await?;
     Ok(HttpResponse::Ok().json(message_view(message, &[], &[])))
 }
 

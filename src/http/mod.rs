@@ -4,6 +4,7 @@
 mod api_keys;
 mod audit_log;
 mod conversations;
+mod devices;
 mod extract;
 mod files;
 mod health;
@@ -72,6 +73,11 @@ fn chat_routes(cfg: &mut web::ServiceConfig) {
         .route("/me", web::get().to(me::get_me))
         .route("/me/conversations", web::get().to(me::my_conversations))
         .route("/me/unread", web::get().to(me::my_unread))
+        .route("/me/devices", web::post().to(devices::register_device))
+        .route("/me/devices/{device_id}", web::delete().to(devices::revoke_device))
+        .route("/me/devices/{device_id}/keys", web::post().to(devices::rotate_key))
+        .route("/devices", web::get().to(devices::list_devices))
+        .route("/users/{user_id}/key-events", web::get().to(devices::key_events))
         .route("/me/relationships", web::get().to(me::list_relationships))
         .route("/me/relationships/{user_id}", web::put().to(me::put_relationship))
         .route("/me/relationships/{user_id}", web::delete().to(me::delete_relationship))

@@ -18,15 +18,18 @@ pub enum ErrorResponses {
     /// `unauthorized`: missing, malformed, unknown, expired or revoked credentials.
     #[response(status = 401)]
     Unauthorized(ErrorBody),
-    /// `forbidden`, `insufficient_scope`, `tenant_suspended`, `user_deactivated`, `blocked`, `not_a_member`.
+    /// `forbidden`, `insufficient_scope`, `tenant_suspended`, `user_deactivated`, `blocked`, `not_a_member`, `invalid_signature`.
     #[response(status = 403)]
     Forbidden(ErrorBody),
     /// `not_found`: also for ids that belong to another tenant.
     #[response(status = 404)]
     NotFound(ErrorBody),
-    /// `conflict`, `tenant_exists`, `limit_reached`, `api_key_revoked`, `last_owner`.
+    /// `conflict`, `tenant_exists`, `limit_reached`, `api_key_revoked`, `last_owner`, `recipients_mismatch`.
     #[response(status = 409)]
     Conflict(ErrorBody),
+    /// `url_expired`, `stale_keys` (with the stale recipient devices).
+    #[response(status = 410)]
+    Gone(ErrorBody),
     /// `payload_too_large`.
     #[response(status = 413)]
     PayloadTooLarge(ErrorBody),
@@ -145,6 +148,11 @@ impl Modify for SecuritySchemes {
         super::files::delete_file,
         super::files::sign_url,
         super::files::usage,
+        super::devices::register_device,
+        super::devices::rotate_key,
+        super::devices::revoke_device,
+        super::devices::list_devices,
+        super::devices::key_events,
     ),
     components(schemas(ErrorBody)),
     modifiers(&SecuritySchemes),
@@ -159,6 +167,7 @@ impl Modify for SecuritySchemes {
         (name = "members", description = "Membership, roles and bans"),
         (name = "messages", description = "Messages, threads, reactions, pins and search"),
         (name = "receipts", description = "Read and delivered marks"),
+        (name = "e2e", description = "End-to-end encryption: the device key directory (see docs/e2e.md)"),
         (name = "files", description = "Uploads, downloads, sharing, signed URLs, storage usage"),
     )
 )]

@@ -8,7 +8,7 @@ use crate::domain::TenantId;
 use super::blobs::GridFsBlobs;
 use super::collections::{self, TENANT_COLLECTIONS};
 use super::repos::{
-    ConversationsRepo, FilesRepo, MembersRepo, MessagesRepo, ReactionsRepo, RelationshipsRepo, UsersRepo,
+    ConversationsRepo, DevicesRepo, FilesRepo, MembersRepo, MessagesRepo, ReactionsRepo, RelationshipsRepo, UsersRepo,
 };
 
 pub struct TenantDb {
@@ -62,6 +62,10 @@ impl TenantDb {
 
     pub fn reactions(&self) -> ReactionsRepo {
         ReactionsRepo::new(&self.db)
+    }
+
+    pub fn devices(&self) -> DevicesRepo {
+        DevicesRepo::new(&self.db)
     }
 
     pub fn files(&self) -> FilesRepo {

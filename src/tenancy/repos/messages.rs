@@ -147,6 +147,23 @@ impl MessagesRepo {
             .await
     }
 
+    /// Replaces the envelope of a live E2E message.
+    pub async fn edit_envelope(
+        &self,
+        conversation: &ConversationId,
+        seq: i64,
+        envelope: &crate::domain::envelope::Envelope,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Message>, mongodb::error::Error> {
+        self.messages
+            .find_one_and_update(
+                doc! { "conversation_id": conversation.as_str(), "seq": seq, "deleted_at": null },
+                doc! { "$set": { "envelope": bson::to_bson(envelope)?, "edited_at": time(at) } },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+    }
+
     /// Tombstones a message: content removed, seq kept. `None` if it was already deleted.
     pub async fn soft_delete(
         &self,
@@ -160,7 +177,7 @@ impl MessagesRepo {
                 doc! { "conversation_id": conversation.as_str(), "seq": seq, "deleted_at": null },
                 doc! { "$set": {
                     "deleted_at": time(at), "deleted_by": by.as_str(), "text": null, "language": null,
-                    "attachments": [], "mentions": [], "metadata": {}, "ai": null, "terms": [],
+                    "attachments": [], "mentions": [], "metadata": {}, "ai": null, "terms": [], "envelope": null,
                     "edit_history": [], "reaction_counts": {},
                 } },
             )

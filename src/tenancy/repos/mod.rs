@@ -3,6 +3,7 @@
 mod api_keys;
 mod audit;
 mod conversations;
+mod devices;
 mod files;
 mod members;
 mod messages;
@@ -15,6 +16,7 @@ mod users;
 pub use api_keys::{ApiKeysRepo, Rotation};
 pub use audit::{AuditHead, AuditRepo};
 pub use conversations::{ConversationChanges, ConversationsRepo};
+pub use devices::DevicesRepo;
 pub use files::FilesRepo;
 pub use members::MembersRepo;
 pub use messages::{Inserted, MessagesRepo};
