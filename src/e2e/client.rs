@@ -9,7 +9,7 @@ use hpke::aead::AesGcm256;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
-use rand::{CryptoRng, RngCore};
+use rand::CryptoRng;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -53,7 +53,7 @@ pub enum OpenError {
 }
 
 impl DeviceKeys {
-    pub fn generate(device_id: &str, key_id: &str, rng: &mut (impl RngCore + CryptoRng)) -> Self {
+    pub fn generate(device_id: &str, key_id: &str, rng: &mut impl CryptoRng) -> Self {
         let mut identity_secret = [0u8; 32];
         rng.fill_bytes(&mut identity_secret);
         let identity = SigningKey::from_bytes(&identity_secret);
@@ -100,7 +100,7 @@ pub fn verify_signature(identity_public: &[u8], message: &[u8], signature: &[u8]
         return false;
     };
     let Ok(key) = VerifyingKey::from_bytes(&key) else { return false };
-    key.verify(&message, &Signature::from_bytes(&sig)).is_ok()
+    key.verify(message, &Signature::from_bytes(&sig)).is_ok()
 }
 
 fn commitment(content_key: &[u8], context: &Context) -> [u8; COMMITMENT_LEN] {
@@ -116,7 +116,7 @@ pub fn seal(
     sender: &DeviceKeys,
     plaintext: &[u8],
     recipients: &[RecipientKey],
-    rng: &mut (impl RngCore + CryptoRng),
+    rng: &mut impl CryptoRng,
 ) -> Envelope {
     let mut content_key = [0u8; KEY_LEN];
     rng.fill_bytes(&mut content_key);
