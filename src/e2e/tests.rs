@@ -56,8 +56,8 @@ fn tampering_with_any_field_or_the_context_fails() {
         b[0] ^= 1;
         super::envelope::b64(&b)
     };
-    type Tamper = Box<dyn Fn(&mut Envelope)>;
-    let tampered: Vec<Tamper> = vec![
+    type Tamper<'a> = Box<dyn Fn(&mut Envelope) + 'a>;
+    let tampered: Vec<Tamper<'_>> = vec![
         Box::new(|e| e.nonce = flip(&e.nonce)),
         Box::new(|e| e.ciphertext = flip(&e.ciphertext)),
         Box::new(|e| e.commitment = flip(&e.commitment)),
