@@ -34,20 +34,22 @@ fn decoded(field: &str, value: &str, len: usize) -> Result<Vec<u8>, ApiError> {
         .ok_or_else(|| ApiError::validation(field, format!("must be {len} bytes, base64url without padding")))
 }
 
-/// Checks the key's shape, lifetime and identity signature; returns the stored form.
+/// Checks the key's shape, lifetime and identity signature; returns the stored form. `prefix`
+/// names where the key sits in the request (`key.` when registering a device).
 fn checked_key(
     caller: &ActingUser,
     device_id: &str,
     identity_key: &[u8],
     upload: KeyUpload,
+    prefix: &str,
 ) -> Result<DeviceKey, ApiError> {
     if !valid_key_name(&upload.key_id) {
-        return Err(ApiError::validation("key_id", "must be 1-64 of [A-Za-z0-9_-]"));
+        return Err(ApiError::validation(&format!("{prefix}key_id"), "must be 1-64 of [A-Za-z0-9_-]"));
     }
-    let public_key = decoded("public_key", &upload.public_key, ENC_LEN)?;
-    let signature = decoded("signature", &upload.signature, 64)?;
+    let public_key = decoded(&format!("{prefix}public_key"), &upload.public_key, ENC_LEN)?;
+    let signature = decoded(&format!("{prefix}signature"), &upload.signature, 64)?;
     if upload.not_after <= crate::domain::now() {
-        return Err(ApiError::validation("not_after", "must be in the future"));
+        return Err(ApiError::validation(&format!("{prefix}not_after"), "must be in the future"));
     }
     let signed = key_upload_bytes(
         caller.tenant.id.as_str(),
@@ -96,7 +98,7 @@ pub async fn register(state: &AppState, caller: &ActingUser, new: NewDevice) -> 
         return Err(ApiError::validation("device_id", "must be 1-64 of [A-Za-z0-9_-]"));
     }
     let identity = decoded("identity_key", &new.identity_key, 32)?;
-    let key = checked_key(caller, &new.device_id, &identity, new.key)?;
+    let key = checked_key(caller, &new.device_id, &identity, new.key, "key.")?;
     let db = state.store.tenant_db(&caller.scope());
     let max = state.settings.e2e.max_devices_per_user;
     if db.devices().count_active(caller.user_id()).await? >= max {
@@ -137,7 +139,7 @@ pub async fn rotate(
         .filter(Device::is_active)
         .ok_or_else(|| ApiError::not_found("device"))?;
     let identity = decoded("identity_key", &device.identity_key, 32)?;
-    let key = checked_key(caller, device_id, &identity, upload)?;
+    let key = checked_key(caller, device_id, &identity, upload, "")?;
     if device.keys.iter().any(|k| k.key_id == key.key_id) {
         return Err(ApiError::new(ErrorCode::Conflict, "this key id was used before on this device"));
     }

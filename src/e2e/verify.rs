@@ -56,6 +56,22 @@ fn device_ref(user: &str, device: &str) -> serde_json::Value {
     serde_json::json!({ "user_id": user, "device_id": device })
 }
 
+/// Every current member, read page by page: members without devices need no copy, so the
+/// recipient limit says nothing about how many members there are.
+async fn all_members(db: &TenantDb, conversation: &Conversation) -> Result<Vec<UserId>, ApiError> {
+    const PAGE: u32 = 1000;
+    let mut members = Vec::new();
+    loop {
+        let after = members.last().map(|m: &UserId| m.to_string());
+        let page = db.members().list(&conversation.id, after.as_deref(), PAGE).await?;
+        let full = page.len() == PAGE as usize;
+        members.extend(page.into_iter().map(|m| m.user_id));
+        if !full {
+            return Ok(members);
+        }
+    }
+}
+
 /// Checks an envelope for message `message_id` from the caller in `conversation`.
 pub async fn check(
     state: &AppState,
@@ -85,13 +101,7 @@ pub async fn check(
             "the envelope's signature does not verify for this message",
         ));
     }
-    let members: Vec<UserId> = db
-        .members()
-        .list(&conversation.id, None, state.settings.e2e.max_recipients as u32 + 1)
-        .await?
-        .into_iter()
-        .map(|m| m.user_id)
-        .collect();
+    let members = all_members(db, conversation).await?;
     let devices = db.devices().active_of(&members).await?;
     let expected: BTreeSet<(&str, &str)> = devices
         .iter()
