@@ -95,6 +95,7 @@ mod tests {
             signing_keys: vec![SigningKey { kid: "k1".into(), secret: secret.into(), created_at: Utc::now() }],
             allowed_mime_types: Vec::new(),
             user_count: 0,
+            api_key_count: 0,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }

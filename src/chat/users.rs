@@ -6,7 +6,7 @@ use crate::app::AppState;
 use crate::auth::{AnyCaller, TenantCaller, jwt};
 use crate::domain::{Page, PageRequest, Scope, User, UserId, UserKind, UserSettings};
 use crate::error::{ApiError, ErrorCode};
-use crate::tenancy::repos::UserChanges;
+use crate::tenancy::repos::{TenantCounter, UserChanges};
 
 /// A user's profile as the tenant describes it (PUT replaces all of it).
 pub struct UserProfile {
@@ -52,7 +52,7 @@ pub async fn upsert_user(
     if users.get(&id).await?.is_none() {
         // The count is reserved before the insert, so concurrent creations cannot pass the limit.
         let tenants = state.store.tenants();
-        if !tenants.reserve_user(&caller.tenant.id, caller.tenant.limits.max_users).await? {
+        if !tenants.reserve(&caller.tenant.id, TenantCounter::Users, caller.tenant.limits.max_users).await? {
             return Err(ApiError::new(ErrorCode::LimitReached, "the tenant has reached its user limit")
                 .with_details(serde_json::json!({ "limit": "max_users", "value": caller.tenant.limits.max_users })));
         }
@@ -72,7 +72,7 @@ pub async fn upsert_user(
         if users.insert(&user).await? {
             return Ok((user, true));
         }
-        tenants.release_user(&caller.tenant.id).await?;
+        tenants.release(&caller.tenant.id, TenantCounter::Users).await?;
     }
     let changes = UserChanges {
         display_name: Some(name),

@@ -137,6 +137,9 @@ pub struct Tenant {
     /// Users ever created (deactivated ones included), counted against `limits.max_users`.
     #[serde(default)]
     pub user_count: u64,
+    /// API keys not revoked, counted against `limits.max_api_keys`.
+    #[serde(default)]
+    pub api_key_count: u64,
     #[serde(with = "chrono_datetime_as_bson_datetime")]
     pub created_at: DateTime<Utc>,
     #[serde(with = "chrono_datetime_as_bson_datetime")]

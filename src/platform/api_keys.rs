@@ -7,7 +7,7 @@ use crate::app::AppState;
 use crate::auth::{OperatorCaller, TenantCaller, api_key};
 use crate::domain::{ApiKey, ApiKeyId, AuditActor, Page, PageRequest, Scope, Tenant, TenantId, TenantStatus};
 use crate::error::{ApiError, ErrorCode};
-use crate::tenancy::repos::Rotation;
+use crate::tenancy::repos::{Rotation, TenantCounter};
 
 use super::audit::{self, AuditRecord};
 
@@ -64,13 +64,10 @@ async fn create(
         return Err(ApiError::validation("expires_at", "must be in the future"));
     }
     let repo = state.store.api_keys();
-    let active = repo.count_unrevoked(&tenant.id).await?;
-    if active >= u64::from(tenant.limits.max_api_keys) {
-        return Err(ApiError::new(
-            ErrorCode::LimitReached,
-            format!("the tenant already has {active} active API keys (limit {})", tenant.limits.max_api_keys),
-        )
-        .with_details(serde_json::json!({ "limit": "max_api_keys", "value": tenant.limits.max_api_keys })));
+    let max = tenant.limits.max_api_keys;
+    if !state.store.tenants().reserve(&tenant.id, TenantCounter::ApiKeys, u64::from(max)).await? {
+        return Err(ApiError::new(ErrorCode::LimitReached, format!("the tenant already has {max} active API keys"))
+            .with_details(serde_json::json!({ "limit": "max_api_keys", "value": max })));
     }
     scopes.sort();
     scopes.dedup();
@@ -90,7 +87,10 @@ async fn create(
         rotated_at: None,
         revoked_at: None,
     };
-    repo.insert(&key).await?;
+    if let Err(e) = repo.insert(&key).await {
+        state.store.tenants().release(&tenant.id, TenantCounter::ApiKeys).await?;
+        return Err(e.into());
+    }
     let scope_names: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
     let record = AuditRecord::new(actor, "api_key.create", "api_key", key.id.as_str())
         .with_details(serde_json::json!({ "name": &key.name, "scopes": scope_names }));
@@ -152,7 +152,10 @@ pub async fn revoke(state: &AppState, caller: &TenantCaller, id: &ApiKeyId) -> R
     if existing.revoked_at.is_some() {
         return Ok(());
     }
-    repo.revoke(caller.tenant_id(), id, crate::domain::now()).await?;
+    if !repo.revoke(caller.tenant_id(), id, crate::domain::now()).await? {
+        return Ok(());
+    }
+    state.store.tenants().release(caller.tenant_id(), TenantCounter::ApiKeys).await?;
     let record = AuditRecord::new(caller.actor(), "api_key.revoke", "api_key", id.as_str());
     audit::append(&state.store, caller.tenant_id(), record).await?;
     Ok(())

@@ -86,6 +86,7 @@ pub async fn create_tenant(state: &AppState, caller: &OperatorCaller, new: NewTe
         signing_keys: vec![new_signing_key()],
         allowed_mime_types: new.allowed_mime_types,
         user_count: 0,
+        api_key_count: 0,
         created_at: now,
         updated_at: now,
     };

@@ -259,3 +259,27 @@ async fn requests_beyond_the_tenant_rate_limit_get_429() {
         assert!(key.starts_with(&format!("{}t:{tenant}:", app.redis_prefix)), "{key}");
     }
 }
+
+#[tokio::test]
+async fn concurrent_key_creations_stay_within_the_limit_and_revoking_frees_a_slot() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant_with(json!({"limits": {"max_api_keys": 3}})).await;
+    let (key, _) = app.issue_key(&tenant, None).await;
+    let attempts = (0..8).map(|n| app.call(Method::POST, "/v1/api-keys", &key, Some(json!({"name": format!("c{n}")}))));
+    let replies = futures_util::future::join_all(attempts).await;
+    let created: Vec<_> = replies.iter().filter(|r| r.status == StatusCode::CREATED).collect();
+    assert_eq!(created.len(), 2, "one key existed; the limit is 3");
+    assert!(replies.iter().filter(|r| r.status != StatusCode::CREATED).all(|r| r.code() == "limit_reached"));
+    let listed = app.call(Method::GET, "/v1/api-keys", &key, None).await;
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 3);
+
+    let victim = created[0].body["api_key"]["id"].as_str().unwrap();
+    for _ in 0..2 {
+        let revoked = app.call(Method::DELETE, &format!("/v1/api-keys/{victim}"), &key, None).await;
+        assert_eq!(revoked.status, StatusCode::NO_CONTENT);
+    }
+    let after = app.call(Method::POST, "/v1/api-keys", &key, Some(json!({"name": "freed"}))).await;
+    assert_eq!(after.status, StatusCode::CREATED, "revoking freed exactly one slot: {}", after.text);
+    let full = app.call(Method::POST, "/v1/api-keys", &key, Some(json!({"name": "over"}))).await;
+    assert_eq!(full.code(), "limit_reached", "revoking twice freed only one slot");
+}

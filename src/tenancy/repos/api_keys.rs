@@ -59,10 +59,6 @@ impl ApiKeysRepo {
             .await
     }
 
-    pub async fn count_unrevoked(&self, tenant: &TenantId) -> Result<u64, mongodb::error::Error> {
-        self.keys.count_documents(doc! { "tenant_id": tenant.as_str(), "revoked_at": null }).await
-    }
-
     /// Replaces the secret of an unrevoked key; `None` if the key is gone or revoked.
     pub async fn rotate(
         &self,
@@ -85,19 +81,20 @@ impl ApiKeysRepo {
             .await
     }
 
-    /// Revokes a key (and any previous secret still in its grace period); idempotent.
+    /// Revokes a key (and any previous secret still in its grace period). `Ok(true)` only for
+    /// the call that revoked it.
     pub async fn revoke(
         &self,
         tenant: &TenantId,
         id: &ApiKeyId,
         at: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, mongodb::error::Error> {
+    ) -> Result<bool, mongodb::error::Error> {
         let filter = doc! { "_id": id.as_str(), "tenant_id": tenant.as_str(), "revoked_at": null };
-        let update = doc! { "$set": { "revoked_at": bson_time(at) }, "$unset": { "previous_secret_hash": "", "previous_valid_until": "" } };
-        match self.keys.find_one_and_update(filter, update).return_document(ReturnDocument::After).await? {
-            Some(key) => Ok(Some(key)),
-            None => self.get(tenant, id).await,
-        }
+        let update = doc! {
+            "$set": { "revoked_at": bson_time(at) },
+            "$unset": { "previous_secret_hash": "", "previous_valid_until": "" },
+        };
+        Ok(self.keys.update_one(filter, update).await?.modified_count == 1)
     }
 
     /// Records use, at most once per `resolution` so busy keys do not write on every request.

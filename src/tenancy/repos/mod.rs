@@ -22,6 +22,6 @@ pub use members::MembersRepo;
 pub use messages::{Inserted, MessagesRepo};
 pub use reactions::ReactionsRepo;
 pub use relationships::RelationshipsRepo;
-pub use tenants::{TenantUpdate, TenantsRepo};
+pub use tenants::{TenantCounter, TenantUpdate, TenantsRepo};
 pub use usage::{Usage, UsageRepo};
 pub use users::{UserChanges, UsersRepo};

@@ -6,6 +6,22 @@ use mongodb::{Collection, Database};
 
 use crate::domain::{PlanName, SigningKey, Tenant, TenantId, TenantLimits, TenantStatus};
 
+/// Per-tenant counters kept on the tenant record and checked against its limits.
+#[derive(Debug, Clone, Copy)]
+pub enum TenantCounter {
+    Users,
+    ApiKeys,
+}
+
+impl TenantCounter {
+    fn field(self) -> &'static str {
+        match self {
+            TenantCounter::Users => "user_count",
+            TenantCounter::ApiKeys => "api_key_count",
+        }
+    }
+}
+
 pub struct TenantsRepo {
     tenants: Collection<Tenant>,
 }
@@ -84,20 +100,27 @@ impl TenantsRepo {
         Ok(pushed.matched_count == 1)
     }
 
-    /// Counts one more user if the tenant is below `max`; `Ok(false)` at the limit.
-    pub async fn reserve_user(&self, id: &TenantId, max: u64) -> Result<bool, mongodb::error::Error> {
+    /// Counts one more `counter` if the tenant is below `max`; `Ok(false)` at the limit. The
+    /// conditional increment is what keeps concurrent creations within the limit.
+    pub async fn reserve(
+        &self,
+        id: &TenantId,
+        counter: TenantCounter,
+        max: u64,
+    ) -> Result<bool, mongodb::error::Error> {
+        let field = counter.field();
         let filter = doc! {
             "_id": id.as_str(),
-            "$or": [ { "user_count": { "$lt": max as i64 } }, { "user_count": { "$exists": false } } ],
+            "$or": [ { field: { "$lt": max as i64 } }, { field: { "$exists": false } } ],
         };
-        let result = self.tenants.update_one(filter, doc! { "$inc": { "user_count": 1_i64 } }).await?;
+        let result = self.tenants.update_one(filter, doc! { "$inc": { field: 1_i64 } }).await?;
         Ok(result.modified_count == 1)
     }
 
-    /// Returns a reservation that did not turn into a user.
-    pub async fn release_user(&self, id: &TenantId) -> Result<(), mongodb::error::Error> {
+    /// Gives back one `counter` (a reservation that was not used, or a thing that went away).
+    pub async fn release(&self, id: &TenantId, counter: TenantCounter) -> Result<(), mongodb::error::Error> {
         self.tenants
-            .update_one(doc! { "_id": id.as_str() }, doc! { "$inc": { "user_count": -1_i64 } })
+            .update_one(doc! { "_id": id.as_str() }, doc! { "$inc": { counter.field(): -1_i64 } })
             .await
             .map(|_| ())
     }
