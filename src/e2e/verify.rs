@@ -123,13 +123,19 @@ pub async fn check(
         )
         .with_details(serde_json::json!({ "missing": missing, "extra": extra })));
     }
+    let now = crate::domain::now();
     let stale: Vec<_> = envelope
         .recipients
         .iter()
         .filter_map(|r| {
             let device = devices.iter().find(|d| d.user_id.as_str() == r.user_id && d.device_id == r.device_id)?;
-            let current = device.current_key().map(|k| k.key_id.as_str()).unwrap_or("");
-            (current != r.key_id).then(|| serde_json::json!({ "user_id": r.user_id, "device_id": r.device_id, "key_id": r.key_id, "current_key_id": current }))
+            // A current key past its `not_after` is stale too: the device must publish a new one.
+            let current = device.current_key().filter(|k| k.not_after > now).map(|k| k.key_id.as_str());
+            (current != Some(r.key_id.as_str())).then(|| {
+                serde_json::json!({
+                    "user_id": r.user_id, "device_id": r.device_id, "key_id": r.key_id, "current_key_id": current,
+                })
+            })
         })
         .collect();
     if !stale.is_empty() {

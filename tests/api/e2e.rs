@@ -1502,3 +1502,27 @@ async fn the_author_replaces_the_envelope_and_deletes_leave_a_tombstone() {
     let next = s.send("m-2", &s.seal("m-2", b"after the delete", &all)).await;
     assert_eq!(next.body["seq"], 2, "{}", next.text);
 }
+
+#[tokio::test]
+async fn a_recipient_key_past_its_not_after_is_stale() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let alice = person(&app, &tenant, "alice", &["phone"]).await;
+    let bob_token = app.user(&tenant, "bob").await;
+    let bob_keys = DeviceKeys::generate("laptop", "k1", &mut rand::rng());
+    let short_lived = json!({
+        "device_id": "laptop",
+        "identity_key": b64(&bob_keys.identity_public()),
+        "key": key_body(&tenant.id, "bob", &bob_keys, Utc::now() + Duration::seconds(2)),
+    });
+    assert_eq!(post_device(&app, &bob_token, short_lived).await.status, StatusCode::CREATED);
+    let conversation = e2e_group(&app, &alice.token, &["bob"]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let ctx = context(&tenant.id, &conversation, "late", "alice", "phone");
+    let envelope = seal(&ctx, alice.device("phone"), b"too late", &[recipient("bob", &bob_keys)], &mut rand::rng());
+    let reply = send_envelope(&app, &alice.token, &conversation, "late", &envelope).await;
+    assert_error(&reply, StatusCode::GONE, "stale_keys");
+    assert_eq!(reply.body["error"]["details"]["stale"][0]["device_id"], "laptop");
+    assert!(reply.body["error"]["details"]["stale"][0]["current_key_id"].is_null());
+    assert_eq!(last_seq(&app, &alice.token, &conversation).await, 0);
+}
