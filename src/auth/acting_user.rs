@@ -11,7 +11,7 @@ use crate::app::AppState;
 use crate::domain::{ApiKey, Scope, Tenant, User, UserId};
 use crate::error::{ApiError, ErrorCode};
 
-use super::extractors::{active_tenant, app_state, authenticate_key, bearer_token};
+use super::extractors::{admit, app_state, authenticate_key, bearer_token, tenant_of};
 use super::{TenantScope, jwt};
 
 /// How the acting user was established.
@@ -78,9 +78,10 @@ impl FromRequest for ActingUser {
                 return Ok(Self { tenant: caller.tenant, user, via: Via::ServerKey(Box::new(caller.key)) });
             }
             let tenant_id = jwt::claimed_tenant(&token).ok_or_else(ApiError::unauthorized)?;
-            let tenant = active_tenant(&state, &tenant_id).await?;
+            let tenant = tenant_of(&state, &tenant_id).await?;
             let claims =
                 jwt::verify(&tenant, &token, &state.settings.auth.jwt_issuer).ok_or_else(ApiError::unauthorized)?;
+            admit(&state, &tenant).await?;
             let id = UserId::parse(&claims.sub).map_err(|_| ApiError::unauthorized())?;
             let scope = TenantScope { tenant: tenant.id.clone() };
             let user = load_active_user(&state, &scope, &id, ApiError::unauthorized).await?;

@@ -124,21 +124,29 @@ pub(super) async fn authenticate_key(state: &web::Data<AppState>, token: &str) -
     if !(current || previous) || !key.is_usable_at(now) {
         return Err(ApiError::unauthorized());
     }
-    let tenant = active_tenant(state, &key.tenant_id).await?;
+    let tenant = tenant_of(state, &key.tenant_id).await?;
+    admit(state, &tenant).await?;
     record_use(state, &key, now);
     Ok(TenantCaller { tenant, key })
 }
 
-/// Loads a tenant whose credentials may be used, and counts the request against its rate limit.
-pub(super) async fn active_tenant(state: &web::Data<AppState>, id: &TenantId) -> Result<Tenant, ApiError> {
-    let tenant = state.store.tenants().get(id).await?.ok_or_else(ApiError::unauthorized)?;
+/// Loads the tenant a credential belongs to. Call `admit` only once the credential is verified,
+/// so unauthenticated requests neither learn the tenant's status nor spend its rate limit.
+pub(super) async fn tenant_of(state: &web::Data<AppState>, id: &TenantId) -> Result<Tenant, ApiError> {
+    state.store.tenants().get(id).await?.ok_or_else(ApiError::unauthorized)
+}
+
+/// Lets a verified credential in if its tenant is active, counting the request against the
+/// tenant's rate limit.
+pub(super) async fn admit(state: &web::Data<AppState>, tenant: &Tenant) -> Result<(), ApiError> {
     match tenant.status {
         TenantStatus::Active => {}
         TenantStatus::Suspended => return Err(ApiError::new(ErrorCode::TenantSuspended, "this tenant is suspended")),
-        TenantStatus::Provisioning | TenantStatus::Deleting => return Err(ApiError::unauthorized()),
+        TenantStatus::Provisioning | TenantStatus::Deleting | TenantStatus::Deleted => {
+            return Err(ApiError::unauthorized());
+        }
     }
-    state.redis.rate_limiter().check(&tenant.id, tenant.limits.requests_per_second).await?;
-    Ok(tenant)
+    state.redis.rate_limiter().check(&tenant.id, tenant.limits.requests_per_second).await
 }
 
 /// Writes `last_used_at` off the request path, and only when the stored value is stale.

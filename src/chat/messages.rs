@@ -133,6 +133,7 @@ pub async fn send(
     let db = state.store.tenant_db(&caller.scope());
     let (conversation, _member) = as_member(&db, caller, id).await?;
     if let Some(original) = db.messages().by_client_id(id, caller.user_id(), &new.client_msg_id).await? {
+        follow_up(&db, &original).await?;
         return Ok((original, false));
     }
     if conversation.kind == ConversationType::Direct
@@ -194,11 +195,7 @@ pub async fn send(
         envelope: new.envelope,
         ..Message::draft(&caller.tenant.id, id, caller.user_id(), new.kind, new.client_msg_id)
     };
-    let (message, created) = store(state, &db, message).await?;
-    if created && !file_ids.is_empty() {
-        db.files().share_with(&file_ids, id).await?;
-    }
-    Ok((message, created))
+    store(state, &db, message).await
 }
 
 /// Claims the next seq for `message` and stores it (see `Sequencer` for why this is gapless).
@@ -210,17 +207,37 @@ pub(super) async fn store(state: &AppState, db: &TenantDb, mut message: Message)
         message.seq = head.last_seq + 1;
         match db.messages().insert(&message).await? {
             Inserted::Stored => {
-                db.conversations().record_last_message(&id, &last_message_of(&message)).await?;
                 if let Some(parent) = message.reply_to {
                     db.messages().add_reply_count(&id, parent, 1).await?;
                 }
+                follow_up(db, &message).await?;
                 return Ok((message, true));
             }
-            Inserted::Duplicate(original) => return Ok((*original, false)),
+            Inserted::Duplicate(original) => {
+                follow_up(db, &original).await?;
+                return Ok((*original, false));
+            }
             Inserted::SeqTaken => db.conversations().advance_seq(&id, message.seq).await?,
         }
     }
     Err(ApiError::unavailable("could not claim a message seq: too much contention"))
+}
+
+/// What a stored message implies elsewhere: the conversation's newest message and seq counter,
+/// and the sharing of its files. All of it is idempotent, so a retry of a send that failed
+/// half-way (the message stored, these not) completes it.
+async fn follow_up(db: &TenantDb, message: &Message) -> Result<(), ApiError> {
+    db.conversations().record_last_message(&message.conversation_id, &last_message_of(message)).await?;
+    let files: Vec<FileId> = message
+        .attachments
+        .iter()
+        .filter_map(|a| a.file_id.as_deref())
+        .filter_map(|id| FileId::parse(id).ok())
+        .collect();
+    if !files.is_empty() {
+        db.files().share_with(&files, &message.conversation_id).await?;
+    }
+    Ok(())
 }
 
 pub fn last_message_of(message: &Message) -> LastMessage {
@@ -268,11 +285,18 @@ pub async fn history(
     let (conversation, _) = visible(&db, caller, id).await?;
     let last = conversation.last_seq;
     let n = i64::from(limit);
+    let anchor = match window {
+        HistoryWindow::Latest => 0,
+        HistoryWindow::Before(seq) | HistoryWindow::After(seq) | HistoryWindow::Around(seq) => seq,
+    };
+    if anchor < 0 {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "seq parameters must not be negative"));
+    }
     let (from, to) = match window {
         HistoryWindow::Latest => (last - n + 1, last),
-        HistoryWindow::Before(seq) => (seq - n, seq - 1),
-        HistoryWindow::After(seq) => (seq + 1, seq + n),
-        HistoryWindow::Around(seq) => (seq - n / 2, seq - n / 2 + n - 1),
+        HistoryWindow::Before(seq) => (seq.saturating_sub(n), seq.saturating_sub(1)),
+        HistoryWindow::After(seq) => (seq.saturating_add(1), seq.saturating_add(n)),
+        HistoryWindow::Around(seq) => (seq.saturating_sub(n / 2), seq.saturating_sub(n / 2).saturating_add(n - 1)),
     };
     let (from, to) = (from.max(1), to.min(last));
     let messages = db.messages().range(id, from, to).await?;

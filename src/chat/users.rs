@@ -69,10 +69,12 @@ pub async fn upsert_user(
             updated_at: now,
             deactivated_at: None,
         };
-        if users.insert(&user).await? {
+        let inserted = users.insert(&user).await;
+        if matches!(inserted, Ok(true)) {
             return Ok((user, true));
         }
         tenants.release(&caller.tenant.id, TenantCounter::Users).await?;
+        inserted?;
     }
     let changes = UserChanges {
         display_name: Some(name),

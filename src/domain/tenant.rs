@@ -18,6 +18,9 @@ pub enum TenantStatus {
     Suspended,
     /// Deletion started; a repeated DELETE finishes it.
     Deleting,
+    /// Its data is gone; the record stays so the id is never given to another tenant (whose
+    /// audit trail would otherwise continue this one's).
+    Deleted,
 }
 
 /// A plan label: 1-32 characters of `[a-z0-9-]`.

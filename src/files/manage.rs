@@ -52,8 +52,12 @@ pub async fn delete(state: &AppState, caller: &AnyCaller, id: &FileId) -> Result
     if !db.files().delete(id).await? {
         return Ok(());
     }
-    db.blobs().delete(&file.storage_key).await.map_err(ApiError::internal)?;
+    // The record is gone, so the file is gone for everyone: free its quota now, whatever
+    // happens to the bytes.
     state.store.usage().adjust(&caller.tenant().id, -file.size, -1).await?;
+    if let Err(e) = db.blobs().delete(&file.storage_key).await {
+        tracing::warn!(error = %e, file = %id, "could not remove the bytes of a deleted file");
+    }
     Ok(())
 }
 

@@ -33,11 +33,27 @@ pub struct UploadRequest {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-/// Quota reserved for an upload in flight; whatever is not used is given back.
+/// Quota reserved for an upload in flight; whatever is not used is given back, also when the
+/// request is dropped half-way (the client went away).
 struct Reservation<'a> {
     state: &'a AppState,
     tenant: &'a crate::domain::Tenant,
     reserved: u64,
+    settled: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.settled || self.reserved == 0 {
+            return;
+        }
+        let (usage, tenant, bytes) = (self.state.store.usage(), self.tenant.id.clone(), self.reserved as i64);
+        tokio::spawn(async move {
+            if let Err(e) = usage.adjust(&tenant, -bytes, 0).await {
+                tracing::error!(error = %e, tenant = %tenant, bytes, "could not return an abandoned upload's quota");
+            }
+        });
+    }
 }
 
 impl Reservation<'_> {
@@ -63,7 +79,8 @@ impl Reservation<'_> {
     }
 
     /// Keeps `kept` bytes (and counts `files` more files), returning the rest.
-    async fn settle(self, kept: u64, files: i64) -> Result<(), ApiError> {
+    async fn settle(mut self, kept: u64, files: i64) -> Result<(), ApiError> {
+        self.settled = true;
         let give_back = self.reserved as i64 - kept as i64;
         if give_back != 0 || files != 0 {
             self.state.store.usage().adjust(&self.tenant.id, -give_back, files).await?;
@@ -150,7 +167,7 @@ where
         (true, Ok(size)) => (u32::try_from(size.width).ok(), u32::try_from(size.height).ok()),
         _ => (None, None),
     };
-    let mut reservation = Reservation { state, tenant: &caller.tenant, reserved: 0 };
+    let mut reservation = Reservation { state, tenant: &caller.tenant, reserved: 0, settled: false };
     reservation.cover(request.declared_size.unwrap_or(head.len() as u64), files.reserve_step_bytes).await?;
     let id = FileId::new();
     let blobs = db.blobs();

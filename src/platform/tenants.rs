@@ -92,7 +92,13 @@ pub async fn create_tenant(state: &AppState, caller: &OperatorCaller, new: NewTe
     };
     let tenants = state.store.tenants();
     if !tenants.insert(&tenant).await? {
-        return Err(ApiError::new(ErrorCode::TenantExists, format!("tenant '{}' already exists", tenant.id))
+        let deleted = tenants.get(&tenant.id).await?.is_some_and(|t| t.status == TenantStatus::Deleted);
+        let message = if deleted {
+            format!("tenant id '{}' belonged to a deleted tenant; ids are never reused", tenant.id)
+        } else {
+            format!("tenant '{}' already exists", tenant.id)
+        };
+        return Err(ApiError::new(ErrorCode::TenantExists, message)
             .with_details(serde_json::json!({ "id": tenant.id.as_str() })));
     }
     let db = state.store.tenant_db(&caller.scope_for(&tenant.id));
@@ -113,7 +119,8 @@ pub async fn create_tenant(state: &AppState, caller: &OperatorCaller, new: NewTe
 }
 
 pub async fn get_tenant(state: &AppState, _caller: &OperatorCaller, id: &TenantId) -> Result<Tenant, ApiError> {
-    state.store.tenants().get(id).await?.ok_or_else(|| ApiError::not_found("tenant"))
+    let tenant = state.store.tenants().get(id).await?;
+    tenant.filter(|t| t.status != TenantStatus::Deleted).ok_or_else(|| ApiError::not_found("tenant"))
 }
 
 pub async fn list_tenants(
@@ -190,8 +197,8 @@ pub async fn update_tenant(
     Ok(tenant)
 }
 
-/// Deletes a tenant: its keys stop working at once, then its database and record go.
-/// A repeated call finishes a deletion that was interrupted.
+/// Deletes a tenant: its keys stop working at once, then its database and usage go. The record
+/// stays, marked deleted, so the id is never reused. A repeated call finishes an interrupted one.
 pub async fn delete_tenant(state: &AppState, caller: &OperatorCaller, id: &TenantId) -> Result<(), ApiError> {
     let tenants = state.store.tenants();
     get_tenant(state, caller, id).await?;
@@ -201,7 +208,9 @@ pub async fn delete_tenant(state: &AppState, caller: &OperatorCaller, id: &Tenan
     audit::append(&state.store, id, record).await?;
     state.store.api_keys().delete_for_tenant(id).await?;
     state.store.tenant_db(&caller.scope_for(id)).drop().await?;
-    tenants.delete(id).await?;
+    state.store.usage().delete(id).await?;
+    let deleted = TenantUpdate { status: Some(TenantStatus::Deleted), ..Default::default() };
+    tenants.update(id, deleted, crate::domain::now()).await?;
     Ok(())
 }
 

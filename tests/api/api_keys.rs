@@ -283,3 +283,19 @@ async fn concurrent_key_creations_stay_within_the_limit_and_revoking_frees_a_slo
     let full = app.call(Method::POST, "/v1/api-keys", &key, Some(json!({"name": "over"}))).await;
     assert_eq!(full.code(), "limit_reached", "revoking twice freed only one slot");
 }
+
+#[tokio::test]
+async fn unverified_tokens_do_not_spend_a_tenants_rate_limit() {
+    use base64::Engine;
+    let app = spawn_app().await;
+    let tenant = app.create_tenant_with(json!({"limits": {"requests_per_second": 3}})).await;
+    let (key, _) = app.issue_key(&tenant, None).await;
+    let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let forged = format!("{}.{}.c2ln", b64(json!({"alg": "HS256", "kid": "nope"})), b64(json!({"aud": tenant})));
+    for _ in 0..10 {
+        let reply = app.call(Method::GET, "/v1/me", &forged, None).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
+    }
+    let real = app.call(Method::GET, "/v1/api-keys", &key, None).await;
+    assert_eq!(real.status, StatusCode::OK, "forged requests spent nothing: {}", real.text);
+}

@@ -137,6 +137,11 @@ async fn deleting_a_tenant_drops_its_database_and_keys() {
 
     assert_eq!(app.admin(Method::GET, &path, None).await.status, StatusCode::NOT_FOUND);
     assert_eq!(app.admin(Method::DELETE, &path, None).await.status, StatusCode::NOT_FOUND);
+    let listed = app.admin(Method::GET, "/admin/v1/tenants", None).await;
+    assert!(listed.body["items"].as_array().unwrap().iter().all(|t| t["id"] != id.as_str()));
+    let again = app.admin(Method::POST, "/admin/v1/tenants", Some(json!({"id": &id, "name": "Reborn"}))).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "ids of deleted tenants are never reused");
+    assert_eq!(again.code(), "tenant_exists");
     assert_eq!(app.call(Method::GET, "/v1/api-keys", &key, None).await.status, StatusCode::UNAUTHORIZED);
     let client = app.mongo().await;
     let databases = client.list_database_names().await.unwrap();

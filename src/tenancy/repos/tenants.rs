@@ -56,10 +56,10 @@ impl TenantsRepo {
 
     /// Up to `limit` tenants with ids after `after`, in id order.
     pub async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<Tenant>, mongodb::error::Error> {
-        let filter = match after {
-            Some(after) => doc! { "_id": { "$gt": after } },
-            None => doc! {},
-        };
+        let mut filter = doc! { "status": { "$ne": "deleted" } };
+        if let Some(after) = after {
+            filter.insert("_id", doc! { "$gt": after });
+        }
         self.tenants.find(filter).sort(doc! { "_id": 1 }).limit(i64::from(limit)).await?.try_collect().await
     }
 

@@ -47,6 +47,10 @@ impl UsageRepo {
         Ok(result.modified_count == 1)
     }
 
+    pub async fn delete(&self, tenant: &TenantId) -> Result<(), mongodb::error::Error> {
+        self.usage.delete_one(doc! { "_id": tenant.as_str() }).await.map(|_| ())
+    }
+
     /// Gives back reserved or freed bytes and counts files in or out.
     pub async fn adjust(&self, tenant: &TenantId, bytes: i64, files: i64) -> Result<(), mongodb::error::Error> {
         self.usage
