@@ -6,7 +6,7 @@ use futures_util::stream::BoxStream;
 
 use crate::app::AppState;
 use crate::auth::{AnyCaller, TenantScope, signed_url};
-use crate::domain::{FileId, Scope, SharingMode, StoredFile, UserId};
+use crate::domain::{FileId, Scope, SharingMode, StoredFile, TenantStatus, UserId};
 use crate::error::{ApiError, ErrorCode};
 use crate::tenancy::TenantDb;
 
@@ -112,6 +112,12 @@ pub async fn via_signed_url(
     scope: &TenantScope,
     id: &FileId,
 ) -> Result<(TenantDb, StoredFile), ApiError> {
+    let tenant = state.store.tenants().get(scope.tenant_id()).await?.ok_or_else(not_found)?;
+    match tenant.status {
+        TenantStatus::Active => {}
+        TenantStatus::Suspended => return Err(ApiError::new(ErrorCode::TenantSuspended, "this tenant is suspended")),
+        _ => return Err(not_found()),
+    }
     let db = state.store.tenant_db(scope);
     let file = db.files().get(id).await?.ok_or_else(not_found)?;
     Ok((db, file))

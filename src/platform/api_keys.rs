@@ -94,7 +94,13 @@ async fn create(
     let scope_names: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
     let record = AuditRecord::new(actor, "api_key.create", "api_key", key.id.as_str())
         .with_details(serde_json::json!({ "name": &key.name, "scopes": scope_names }));
-    audit::append(&state.store, &tenant.id, record).await?;
+    if let Err(e) = audit::append(&state.store, &tenant.id, record).await {
+        // Nobody will ever see this key's secret: do not leave it live and counted.
+        if repo.revoke(&tenant.id, &key.id, crate::domain::now()).await? {
+            state.store.tenants().release(&tenant.id, TenantCounter::ApiKeys).await?;
+        }
+        return Err(e);
+    }
     Ok(IssuedKey { key, secret: generated.full })
 }
 
@@ -137,7 +143,7 @@ pub async fn rotate(
     let key = repo
         .rotate(caller.tenant_id(), id, rotation)
         .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::ApiKeyRevoked, "a revoked API key cannot be rotated"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "the key was revoked or rotated meanwhile; retry"))?;
     let record = AuditRecord::new(caller.actor(), "api_key.rotate", "api_key", id.as_str())
         .with_details(serde_json::json!({ "grace_period_secs": grace }));
     audit::append(&state.store, caller.tenant_id(), record).await?;

@@ -59,7 +59,8 @@ impl ApiKeysRepo {
             .await
     }
 
-    /// Replaces the secret of an unrevoked key; `None` if the key is gone or revoked.
+    /// Replaces the secret of an unrevoked key whose secret is still `rotation.previous_secret_hash`;
+    /// `None` if the key is gone, revoked or was rotated by someone else meanwhile.
     pub async fn rotate(
         &self,
         tenant: &TenantId,
@@ -67,14 +68,17 @@ impl ApiKeysRepo {
         rotation: Rotation,
     ) -> Result<Option<ApiKey>, mongodb::error::Error> {
         let set = doc! {
-            "secret_hash": rotation.secret_hash,
-            "previous_secret_hash": rotation.previous_secret_hash,
+            "secret_hash": &rotation.secret_hash,
+            "previous_secret_hash": &rotation.previous_secret_hash,
             "previous_valid_until": bson_time(rotation.previous_valid_until),
             "rotated_at": bson_time(rotation.at),
         };
         self.keys
             .find_one_and_update(
-                doc! { "_id": id.as_str(), "tenant_id": tenant.as_str(), "revoked_at": null },
+                doc! {
+                    "_id": id.as_str(), "tenant_id": tenant.as_str(), "revoked_at": null,
+                    "secret_hash": &rotation.previous_secret_hash,
+                },
                 doc! { "$set": set },
             )
             .return_document(ReturnDocument::After)
