@@ -12,6 +12,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::chat::Sequencer;
 use crate::config::Settings;
 use crate::events::Redis;
+use crate::gateway::Hub;
 use crate::http;
 use crate::telemetry;
 use crate::tenancy::Store;
@@ -23,6 +24,7 @@ pub struct AppState {
     pub redis: Redis,
     pub metrics: PrometheusHandle,
     pub sequencer: Sequencer,
+    pub hub: Arc<Hub>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,7 @@ impl AppState {
             redis,
             metrics: telemetry::metrics_handle(),
             sequencer: Sequencer::default(),
+            hub: Arc::new(Hub::default()),
         })
     }
 }
@@ -63,6 +66,8 @@ impl Application {
         let shutdown_timeout = settings.server.shutdown_timeout_secs;
         let state = AppState::new(settings).await?;
         state.store.ensure_platform_indexes().await?;
+        let hub = state.hub.clone();
+        state.redis.spawn_subscriber(state.settings.redis.url.clone(), move |delivery| hub.dispatch(delivery));
         let state = web::Data::new(state);
         let mut server = HttpServer::new(move || {
             App::new()

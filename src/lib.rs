@@ -10,6 +10,7 @@ pub mod e2e;
 pub mod error;
 pub mod events;
 pub mod files;
+pub mod gateway;
 pub mod http;
 pub mod platform;
 pub mod telemetry;

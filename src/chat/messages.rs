@@ -211,6 +211,7 @@ pub(super) async fn store(state: &AppState, db: &TenantDb, mut message: Message)
                     db.messages().add_reply_count(&id, parent, 1).await?;
                 }
                 follow_up(db, &message).await?;
+                publish(state, &message).await;
                 return Ok((message, true));
             }
             Inserted::Duplicate(original) => {
@@ -238,6 +239,18 @@ async fn follow_up(db: &TenantDb, message: &Message) -> Result<(), ApiError> {
         db.files().share_with(&files, &message.conversation_id).await?;
     }
     Ok(())
+}
+
+/// Tells every node's sockets about a stored message. Best effort: the message is already in
+/// MongoDB, and sockets fill any gap from there.
+async fn publish(state: &AppState, message: &Message) {
+    let payload = match bson::to_vec(message) {
+        Ok(payload) => payload,
+        Err(e) => return tracing::error!(error = %e, "could not encode a message event"),
+    };
+    if let Err(e) = state.redis.publish(&message.tenant_id, &message.conversation_id, payload).await {
+        tracing::warn!(error = %e, "could not publish a message event");
+    }
 }
 
 pub fn last_message_of(message: &Message) -> LastMessage {

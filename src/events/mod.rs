@@ -2,6 +2,7 @@
 //! and (with the gateway) pub/sub fan-out. Every key and channel starts with
 //! `{prefix}t:{tenant_id}:`, so tenants never share Redis state.
 
+mod bus;
 mod rate_limit;
 
 use std::time::Duration;
@@ -11,6 +12,7 @@ use deadpool_redis::{Config, Pool, Runtime};
 use crate::config::RedisSettings;
 use crate::domain::TenantId;
 
+pub use bus::Delivery;
 pub use rate_limit::RateLimiter;
 
 #[derive(Clone)]

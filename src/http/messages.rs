@@ -182,6 +182,17 @@ pub fn message_view(m: Message, mine: &[(i64, String)], pinned: &[i64]) -> Messa
     }
 }
 
+/// A new message as the WebSocket gateway sends it.
+pub fn message_frame(message: Message) -> String {
+    let conversation_id = message.conversation_id.to_string();
+    serde_json::json!({
+        "type": "message.new",
+        "conversation_id": conversation_id,
+        "message": message_view(message, &[], &[]),
+    })
+    .to_string()
+}
+
 fn history_view(history: History) -> HistoryView {
     let (mine, pinned) = (history.my_reactions, history.pinned_seqs);
     HistoryView {

@@ -21,6 +21,7 @@ use actix_web::web;
 use crate::error::{ApiError, ErrorCode};
 
 pub use extract::{PageQuery, ValidJson};
+pub use messages::message_frame;
 pub use middleware::request_context;
 
 /// Registers every route and the extractor error handlers.
@@ -63,7 +64,8 @@ pub async fn route_not_found() -> Result<actix_web::HttpResponse, ApiError> {
 fn chat_routes(cfg: &mut web::ServiceConfig) {
     const CONVERSATION: &str = "/conversations/{conversation_id}";
     let at = |suffix: &str| format!("{CONVERSATION}{suffix}");
-    cfg.route("/users", web::get().to(users::list_users))
+    cfg.route("/ws", web::get().to(crate::gateway::connect))
+        .route("/users", web::get().to(users::list_users))
         .route("/users/{user_id}", web::put().to(users::put_user))
         .route("/users/{user_id}", web::get().to(users::get_user))
         .route("/users/{user_id}", web::patch().to(users::patch_user))

@@ -11,6 +11,7 @@ mod cli;
 mod e2e;
 mod errors;
 mod files;
+mod gateway;
 mod health;
 mod helpers;
 mod isolation;

@@ -1,0 +1,101 @@
+//! Fan-out between nodes: events are published on per-conversation channels
+//! `{prefix}t:{tenant}:conv:{conversation}`; each node holds ONE subscriber connection
+//! (`PSUBSCRIBE {prefix}t:*`) feeding its in-process hub. Pub/sub may drop events (it is only
+//! the fast path); receivers detect gaps by seq and fill them from MongoDB.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use crate::domain::{ConversationId, TenantId};
+
+use super::{Redis, RedisError};
+
+/// Wait before reconnecting a lost subscriber connection.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
+
+/// An event as it arrives at a node.
+pub struct Delivery {
+    pub tenant: TenantId,
+    pub conversation: ConversationId,
+    pub payload: Vec<u8>,
+}
+
+impl Redis {
+    /// Publishes `payload` to every node; best effort (the caller's data is already stored).
+    pub async fn publish(
+        &self,
+        tenant: &TenantId,
+        conversation: &ConversationId,
+        payload: Vec<u8>,
+    ) -> Result<(), RedisError> {
+        let channel = self.keys(tenant).key(&format!("conv:{conversation}"));
+        self.run(|mut conn| async move {
+            deadpool_redis::redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async::<i64>(&mut conn)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Runs this node's subscriber until the process ends, handing each event to `deliver`.
+    pub fn spawn_subscriber(&self, url: String, deliver: impl Fn(Delivery) + Send + Sync + 'static) {
+        let prefix = self.prefix.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = subscribe_once(&url, &prefix, &deliver).await {
+                    tracing::warn!(error = %e, "event subscriber lost its connection; reconnecting");
+                }
+                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+            }
+        });
+    }
+}
+
+async fn subscribe_once(
+    url: &str,
+    prefix: &str,
+    deliver: &impl Fn(Delivery),
+) -> Result<(), deadpool_redis::redis::RedisError> {
+    let client = deadpool_redis::redis::Client::open(url)?;
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.psubscribe(format!("{prefix}t:*")).await?;
+    let mut messages = pubsub.on_message();
+    while let Some(message) = messages.next().await {
+        let channel = message.get_channel_name().to_string();
+        let Ok(payload) = message.get_payload::<Vec<u8>>() else { continue };
+        if let Some(delivery) = parse_channel(prefix, &channel, payload) {
+            deliver(delivery);
+        }
+    }
+    Ok(())
+}
+
+/// `{prefix}t:{tenant}:conv:{conversation}` -> the tenant and conversation.
+fn parse_channel(prefix: &str, channel: &str, payload: Vec<u8>) -> Option<Delivery> {
+    let rest = channel.strip_prefix(prefix)?.strip_prefix("t:")?;
+    let (tenant, rest) = rest.split_once(':')?;
+    let conversation = rest.strip_prefix("conv:")?;
+    Some(Delivery {
+        tenant: TenantId::parse(tenant).ok()?,
+        conversation: ConversationId::parse(conversation).ok()?,
+        payload,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_name_tenant_and_conversation() {
+        let id = ConversationId::new();
+        let parsed = parse_channel("cf:", &format!("cf:t:acme:conv:{id}"), b"x".to_vec()).unwrap();
+        assert_eq!((parsed.tenant.as_str(), parsed.conversation), ("acme", id));
+        assert!(parse_channel("cf:", "cf:t:acme:rl:1", b"x".to_vec()).is_none());
+        assert!(parse_channel("cf:", "other:t:acme:conv:x", b"x".to_vec()).is_none());
+    }
+}

@@ -1,0 +1,7 @@
+//! The WebSocket gateway: `GET /v1/ws`, one task per socket, fed by this node's hub.
+
+mod hub;
+mod session;
+
+pub use hub::Hub;
+pub use session::connect;

@@ -1,0 +1,247 @@
+//! One task per socket: authenticate on the upgrade, then relay the hub's events and answer
+//! the client's frames. Every conversation keeps the highest seq delivered, so live events that
+//! arrive twice are dropped and a gap (a dropped pub/sub event, or a resume) is filled from
+//! MongoDB before newer messages go out: a client sees each message once, in seq order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::sync::{Notify, mpsc};
+
+use crate::app::AppState;
+use crate::auth::ActingUser;
+use crate::domain::{ConversationId, Message, Scope};
+use crate::error::{ApiError, ErrorCode};
+use crate::http::message_frame;
+use crate::tenancy::TenantDb;
+
+use super::hub::{LiveMessage, Outbox};
+
+/// Events queued for one socket before it counts as a slow consumer and is closed.
+const OUTBOX_CAPACITY: usize = 256;
+/// Largest frame a client may send.
+const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// How often the server pings, and how long a silent client is kept.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
+/// Most messages replayed per conversation; beyond it the client gets a `gap` to fetch over REST.
+const MAX_REPLAY: i64 = 500;
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientFrame {
+    /// What the client has seen: conversation id -> last seq.
+    Resume {
+        #[serde(rename = "ref")]
+        reference: Option<String>,
+        conversations: HashMap<String, i64>,
+    },
+    Ping {
+        #[serde(rename = "ref")]
+        reference: Option<String>,
+    },
+}
+
+struct Connection {
+    db: TenantDb,
+    /// Highest seq sent (or known to the client) per conversation the user belongs to.
+    delivered: HashMap<ConversationId, i64>,
+}
+
+/// `GET /v1/ws`: upgrades an authenticated user (JWT, or a server key with `?user_id=`).
+pub async fn connect(
+    caller: ActingUser,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::ChatRead)?;
+    let db = state.store.tenant_db(&caller.scope());
+    let memberships = db.members().of_user(caller.user_id()).await?;
+    let ids: Vec<ConversationId> = memberships.iter().map(|m| m.conversation_id.clone()).collect();
+    let conversations = db.conversations().get_many(&ids).await?;
+    let delivered: HashMap<ConversationId, i64> = conversations.iter().map(|c| (c.id.clone(), c.last_seq)).collect();
+    let (response, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("not a WebSocket upgrade: {e}")))?;
+    let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+    let outbox = Outbox { tx, slow: Arc::new(Notify::new()) };
+    let socket = state.hub.next_socket_id();
+    state.hub.register(socket, &caller.tenant.id, &ids, &outbox);
+    let ready = serde_json::json!({
+        "type": "ready",
+        "user_id": caller.user_id().as_str(),
+        "conversations": conversations.iter().map(|c| serde_json::json!({ "id": c.id.as_str(), "last_seq": c.last_seq })).collect::<Vec<_>>(),
+    });
+    let state = state.into_inner();
+    actix_web::rt::spawn(async move {
+        let stream = stream.max_frame_size(MAX_FRAME_BYTES).aggregate_continuations();
+        let mut connection = Connection { db, delivered };
+        let reason = run(&mut connection, session.clone(), stream, rx, &outbox.slow, ready.to_string()).await;
+        state.hub.unregister(socket, &caller.tenant.id, &ids);
+        let _ = session.close(reason).await;
+    });
+    Ok(response)
+}
+
+async fn run(
+    connection: &mut Connection,
+    mut session: Session,
+    mut stream: actix_ws::AggregatedMessageStream,
+    mut outbox: mpsc::Receiver<Arc<LiveMessage>>,
+    slow: &Notify,
+    ready: String,
+) -> Option<CloseReason> {
+    if session.text(ready).await.is_err() {
+        return None;
+    }
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            incoming = stream.next() => {
+                let Some(Ok(incoming)) = incoming else { return None };
+                last_heard = Instant::now();
+                match incoming {
+                    AggregatedMessage::Text(text) => {
+                        if let Err(reason) = answer(connection, &mut session, &text).await {
+                            return reason;
+                        }
+                    }
+                    AggregatedMessage::Ping(bytes) => {
+                        if session.pong(&bytes).await.is_err() {
+                            return None;
+                        }
+                    }
+                    AggregatedMessage::Close(reason) => return reason,
+                    AggregatedMessage::Binary(_) => {
+                        let _ = send_error(&mut session, None, ErrorCode::InvalidRequest, "frames are JSON text").await;
+                    }
+                    AggregatedMessage::Pong(_) => {}
+                }
+            }
+            Some(live) = outbox.recv() => {
+                if deliver(connection, &mut session, &live.message).await.is_err() {
+                    return None;
+                }
+            }
+            _ = slow.notified() => {
+                return Some(CloseReason { code: CloseCode::Policy, description: Some("slow_consumer".into()) });
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > CLIENT_TIMEOUT {
+                    return Some(CloseReason { code: CloseCode::Away, description: Some("idle_timeout".into()) });
+                }
+                if session.ping(b"").await.is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+async fn send_error(
+    session: &mut Session,
+    reference: Option<String>,
+    code: ErrorCode,
+    message: &str,
+) -> Result<(), actix_ws::Closed> {
+    let frame = serde_json::json!({
+        "type": "error", "ref": reference, "error": { "code": code.as_str(), "message": message },
+    });
+    session.text(frame.to_string()).await
+}
+
+/// Handles one client frame; `Err` closes the socket with the given reason.
+async fn answer(connection: &mut Connection, session: &mut Session, text: &str) -> Result<(), Option<CloseReason>> {
+    let frame = match serde_json::from_str::<ClientFrame>(text) {
+        Ok(frame) => frame,
+        Err(e) => {
+            let reference =
+                serde_json::from_str::<serde_json::Value>(text).ok().and_then(|v| v["ref"].as_str().map(String::from));
+            return send_error(
+                session,
+                reference,
+                ErrorCode::InvalidRequest,
+                &format!("unknown or malformed frame: {e}"),
+            )
+            .await
+            .map_err(|_| None);
+        }
+    };
+    match frame {
+        ClientFrame::Ping { reference } => {
+            session.text(serde_json::json!({ "type": "pong", "ref": reference }).to_string()).await.map_err(|_| None)
+        }
+        ClientFrame::Resume { reference, conversations } => {
+            for (raw, seen) in conversations {
+                let Ok(id) = ConversationId::parse(&raw) else { continue };
+                if !connection.delivered.contains_key(&id) || seen < 0 {
+                    continue;
+                }
+                let head = connection.delivered[&id];
+                connection.delivered.insert(id.clone(), seen.min(head));
+                catch_up(connection, session, &id, head).await.map_err(|_| None)?;
+            }
+            session.text(serde_json::json!({ "type": "ack", "ref": reference }).to_string()).await.map_err(|_| None)
+        }
+    }
+}
+
+/// Sends what the client is missing in `id` up to `upto`, from MongoDB: at most `MAX_REPLAY`
+/// messages, preceded by a `gap` frame naming the range it must fetch over REST if there is more.
+async fn catch_up(
+    connection: &mut Connection,
+    session: &mut Session,
+    id: &ConversationId,
+    upto: i64,
+) -> Result<(), actix_ws::Closed> {
+    let from = connection.delivered[id] + 1;
+    if from > upto {
+        return Ok(());
+    }
+    let start = if upto - from + 1 > MAX_REPLAY {
+        let gap_end = upto - MAX_REPLAY;
+        let gap =
+            serde_json::json!({ "type": "gap", "conversation_id": id.as_str(), "from_seq": from, "to_seq": gap_end });
+        session.text(gap.to_string()).await?;
+        gap_end + 1
+    } else {
+        from
+    };
+    let Ok(messages) = connection.db.messages().range(id, start, upto).await else {
+        let gap =
+            serde_json::json!({ "type": "gap", "conversation_id": id.as_str(), "from_seq": start, "to_seq": upto });
+        session.text(gap.to_string()).await?;
+        connection.delivered.insert(id.clone(), upto);
+        return Ok(());
+    };
+    for message in messages {
+        session.text(message_frame(message)).await?;
+    }
+    connection.delivered.insert(id.clone(), upto);
+    Ok(())
+}
+
+/// Sends a live message once, after anything missing before it.
+async fn deliver(
+    connection: &mut Connection,
+    session: &mut Session,
+    message: &Message,
+) -> Result<(), actix_ws::Closed> {
+    let id = &message.conversation_id;
+    let Some(&delivered) = connection.delivered.get(id) else { return Ok(()) };
+    if message.seq <= delivered {
+        return Ok(());
+    }
+    if message.seq > delivered + 1 {
+        catch_up(connection, session, id, message.seq - 1).await?;
+    }
+    session.text(message_frame(message.clone())).await?;
+    connection.delivered.insert(id.clone(), message.seq);
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! The WebSocket gateway: authentication on the upgrade, live delivery across nodes, resume.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn open_socket(app: &TestApp, token: &str) -> Result<Socket, WsError> {
+    let url = app.address.replace("http://", "ws://") + "/v1/ws";
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.map(|(socket, _)| socket)
+}
+
+/// The next JSON text frame, skipping pings; fails after 5 s.
+async fn next_frame(socket: &mut Socket) -> Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("a frame within 5 s")
+            .expect("the socket is open")
+            .expect("a valid frame");
+        if let Frame::Text(text) = frame {
+            return serde_json::from_str(&text).expect("JSON frame");
+        }
+    }
+}
+
+async fn send(socket: &mut Socket, frame: Value) {
+    socket.send(Frame::text(frame.to_string())).await.unwrap();
+}
+
+#[tokio::test]
+async fn upgrades_need_a_valid_user_token() {
+    let app = spawn_app().await;
+    match open_socket(&app, "not-a-token").await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 401),
+        other => panic!("expected a 401 refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn a_message_sent_on_one_node_reaches_a_socket_on_another() {
+    let first = spawn_app().await;
+    let shared = [
+        ("mongodb.db_prefix", first.db_prefix.clone()),
+        ("redis.key_prefix", first.redis_prefix.clone()),
+        ("auth.operator_token", first.operator_token.clone()),
+    ];
+    let second = spawn_app_with(&shared).await;
+    let tenant = first.chat_tenant().await;
+    let alice = first.user(&tenant, "alice").await;
+    let bob = first.user(&tenant, "bob").await;
+    let conversation = first.conversation(&alice, "group", &["bob"]).await;
+    let mut socket = open_socket(&second, &bob).await.expect("bob connects to the second node");
+    let ready = next_frame(&mut socket).await;
+    assert_eq!(ready["type"], "ready");
+    assert_eq!(ready["user_id"], "bob");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    for n in 1..=3 {
+        let sent = first.say(&alice, &conversation, &format!("live {n}")).await;
+        assert_eq!(sent.status, StatusCode::CREATED);
+    }
+    for n in 1..=3 {
+        let frame = next_frame(&mut socket).await;
+        assert_eq!(frame["type"], "message.new", "{frame}");
+        assert_eq!(frame["conversation_id"], conversation.as_str());
+        assert_eq!(frame["message"]["seq"], n);
+        assert_eq!(frame["message"]["text"], format!("live {n}"));
+    }
+}
+
+#[tokio::test]
+async fn resume_replays_what_was_missed_in_order_and_once() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    let bob = app.user(&tenant, "bob").await;
+    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    for n in 1..=4 {
+        app.say(&alice, &conversation, &format!("offline {n}")).await;
+    }
+    let mut socket = open_socket(&app, &bob).await.unwrap();
+    let ready = next_frame(&mut socket).await;
+    assert_eq!(ready["conversations"][0]["last_seq"], 4);
+    send(&mut socket, json!({"type": "resume", "ref": "r1", "conversations": {conversation.clone(): 1}})).await;
+    for n in 2..=4 {
+        let frame = next_frame(&mut socket).await;
+        assert_eq!(frame["message"]["seq"], n, "{frame}");
+    }
+    assert_eq!(next_frame(&mut socket).await, json!({"type": "ack", "ref": "r1"}));
+
+    app.say(&alice, &conversation, "live 5").await;
+    let live = next_frame(&mut socket).await;
+    assert_eq!(live["message"]["seq"], 5, "no duplicate of 1..4 before the live message");
+    send(&mut socket, json!({"type": "resume", "ref": "r2", "conversations": {conversation.clone(): 5}})).await;
+    assert_eq!(next_frame(&mut socket).await, json!({"type": "ack", "ref": "r2"}), "nothing is replayed twice");
+}
+
+#[tokio::test]
+async fn a_replay_too_large_starts_with_a_gap_to_fetch_over_rest() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    let bob = app.user(&tenant, "bob").await;
+    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    for n in 1..=510 {
+        let body = json!({"client_msg_id": format!("m{n}"), "text": "x"});
+        app.call(Method::POST, &format!("/v1/conversations/{conversation}/messages"), &alice, Some(body)).await;
+    }
+    let mut socket = open_socket(&app, &bob).await.unwrap();
+    next_frame(&mut socket).await;
+    send(&mut socket, json!({"type": "resume", "ref": "r", "conversations": {conversation.clone(): 0}})).await;
+    let gap = next_frame(&mut socket).await;
+    assert_eq!(gap, json!({"type": "gap", "conversation_id": conversation, "from_seq": 1, "to_seq": 10}));
+    for n in 11..=510 {
+        assert_eq!(next_frame(&mut socket).await["message"]["seq"], n);
+    }
+    assert_eq!(next_frame(&mut socket).await["type"], "ack");
+}
+
+#[tokio::test]
+async fn client_frames_are_answered_with_their_ref() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    let mut socket = open_socket(&app, &alice).await.unwrap();
+    next_frame(&mut socket).await;
+    send(&mut socket, json!({"type": "ping", "ref": "p1"})).await;
+    assert_eq!(next_frame(&mut socket).await, json!({"type": "pong", "ref": "p1"}));
+    send(&mut socket, json!({"type": "teleport", "ref": "t1"})).await;
+    let error = next_frame(&mut socket).await;
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["ref"], "t1");
+    assert_eq!(error["error"]["code"], "invalid_request");
+}
