@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
 use futures_util::StreamExt;
-use serde::Deserialize;
 use tokio::sync::{Notify, mpsc};
 
 use crate::app::AppState;
@@ -20,6 +19,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::http::message_frame;
 use crate::tenancy::TenantDb;
 
+use super::frames::{answer, send_error};
 use super::hub::{LiveMessage, Outbox};
 
 /// Events queued for one socket before it counts as a slow consumer and is closed.
@@ -32,25 +32,12 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
 /// Most messages replayed per conversation; beyond it the client gets a `gap` to fetch over REST.
 const MAX_REPLAY: i64 = 500;
 
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ClientFrame {
-    /// What the client has seen: conversation id -> last seq.
-    Resume {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
-        conversations: HashMap<String, i64>,
-    },
-    Ping {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
-    },
-}
-
-struct Connection {
-    db: TenantDb,
+pub(super) struct Connection {
+    pub(super) state: Arc<AppState>,
+    pub(super) caller: ActingUser,
+    pub(super) db: TenantDb,
     /// Highest seq sent (or known to the client) per conversation the user belongs to.
-    delivered: HashMap<ConversationId, i64>,
+    pub(super) delivered: HashMap<ConversationId, i64>,
 }
 
 /// `GET /v1/ws`: upgrades an authenticated user (JWT, or a server key with `?user_id=`).
@@ -80,9 +67,10 @@ pub async fn connect(
     let state = state.into_inner();
     actix_web::rt::spawn(async move {
         let stream = stream.max_frame_size(MAX_FRAME_BYTES).aggregate_continuations();
-        let mut connection = Connection { db, delivered };
+        let tenant = caller.tenant.id.clone();
+        let mut connection = Connection { state: state.clone(), caller, db, delivered };
         let reason = run(&mut connection, session.clone(), stream, rx, &outbox.slow, ready.to_string()).await;
-        state.hub.unregister(socket, &caller.tenant.id, &ids);
+        state.hub.unregister(socket, &tenant, &ids);
         let _ = session.close(reason).await;
     });
     Ok(response)
@@ -144,57 +132,9 @@ async fn run(
     }
 }
 
-async fn send_error(
-    session: &mut Session,
-    reference: Option<String>,
-    code: ErrorCode,
-    message: &str,
-) -> Result<(), actix_ws::Closed> {
-    let frame = serde_json::json!({
-        "type": "error", "ref": reference, "error": { "code": code.as_str(), "message": message },
-    });
-    session.text(frame.to_string()).await
-}
-
-/// Handles one client frame; `Err` closes the socket with the given reason.
-async fn answer(connection: &mut Connection, session: &mut Session, text: &str) -> Result<(), Option<CloseReason>> {
-    let frame = match serde_json::from_str::<ClientFrame>(text) {
-        Ok(frame) => frame,
-        Err(e) => {
-            let reference =
-                serde_json::from_str::<serde_json::Value>(text).ok().and_then(|v| v["ref"].as_str().map(String::from));
-            return send_error(
-                session,
-                reference,
-                ErrorCode::InvalidRequest,
-                &format!("unknown or malformed frame: {e}"),
-            )
-            .await
-            .map_err(|_| None);
-        }
-    };
-    match frame {
-        ClientFrame::Ping { reference } => {
-            session.text(serde_json::json!({ "type": "pong", "ref": reference }).to_string()).await.map_err(|_| None)
-        }
-        ClientFrame::Resume { reference, conversations } => {
-            for (raw, seen) in conversations {
-                let Ok(id) = ConversationId::parse(&raw) else { continue };
-                if !connection.delivered.contains_key(&id) || seen < 0 {
-                    continue;
-                }
-                let head = connection.delivered[&id];
-                connection.delivered.insert(id.clone(), seen.min(head));
-                catch_up(connection, session, &id, head).await.map_err(|_| None)?;
-            }
-            session.text(serde_json::json!({ "type": "ack", "ref": reference }).to_string()).await.map_err(|_| None)
-        }
-    }
-}
-
 /// Sends what the client is missing in `id` up to `upto`, from MongoDB: at most `MAX_REPLAY`
 /// messages, preceded by a `gap` frame naming the range it must fetch over REST if there is more.
-async fn catch_up(
+pub(super) async fn catch_up(
     connection: &mut Connection,
     session: &mut Session,
     id: &ConversationId,

@@ -48,6 +48,35 @@ pub struct SendMessageRequest {
     pub envelope: Option<Envelope>,
 }
 
+impl TryFrom<SendMessageRequest> for NewMessage {
+    type Error = ApiError;
+    fn try_from(body: SendMessageRequest) -> Result<Self, ApiError> {
+        let mentions = body
+            .mentions
+            .iter()
+            .map(|id| UserId::parse(id).map_err(|e| ApiError::validation("mentions", e.0)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let file_ids = body
+            .file_ids
+            .iter()
+            .map(|id| FileId::parse(id).map_err(|e| ApiError::validation("file_ids", e.0)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(NewMessage {
+            file_ids,
+            client_msg_id: body.client_msg_id,
+            kind: body.kind,
+            text: body.text,
+            language: body.language,
+            attachments: body.attachments,
+            reply_to: body.reply_to,
+            mentions,
+            metadata: body.metadata,
+            ai: body.ai,
+            envelope: body.envelope,
+        })
+    }
+}
+
 fn default_kind() -> MessageKind {
     MessageKind::Text
 }
@@ -222,29 +251,7 @@ pub async fn send_message(
     path: web::Path<String>,
     ValidJson(body): ValidJson<SendMessageRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let mentions = body
-        .mentions
-        .iter()
-        .map(|id| UserId::parse(id).map_err(|e| ApiError::validation("mentions", e.0)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let file_ids = body
-        .file_ids
-        .iter()
-        .map(|id| FileId::parse(id).map_err(|e| ApiError::validation("file_ids", e.0)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let new = NewMessage {
-        file_ids,
-        client_msg_id: body.client_msg_id,
-        kind: body.kind,
-        text: body.text,
-        language: body.language,
-        attachments: body.attachments,
-        reply_to: body.reply_to,
-        mentions,
-        metadata: body.metadata,
-        ai: body.ai,
-        envelope: body.envelope,
-    };
+    let new = NewMessage::try_from(body)?;
     let (message, created) = use_cases::send(&state, &caller, &conversation_path(&path)?, new).await?;
     let mut response = if created { HttpResponse::Created() } else { HttpResponse::Ok() };
     Ok(response.json(message_view(message, &[], &[])))

@@ -21,7 +21,7 @@ use actix_web::web;
 use crate::error::{ApiError, ErrorCode};
 
 pub use extract::{PageQuery, ValidJson};
-pub use messages::message_frame;
+pub use messages::{SendMessageRequest, message_frame};
 pub use middleware::request_context;
 
 /// Registers every route and the extractor error handlers.

@@ -144,3 +144,69 @@ async fn client_frames_are_answered_with_their_ref() {
     assert_eq!(error["ref"], "t1");
     assert_eq!(error["error"]["code"], "invalid_request");
 }
+
+/// Frames until one with `ref` == `reference` arrives; returns it and the frames before it.
+async fn until_ref(socket: &mut Socket, reference: &str) -> (Value, Vec<Value>) {
+    let mut before = Vec::new();
+    loop {
+        let frame = next_frame(socket).await;
+        if frame["ref"] == reference {
+            return (frame, before);
+        }
+        before.push(frame);
+    }
+}
+
+#[tokio::test]
+async fn messages_and_read_marks_can_be_sent_over_the_socket() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    let bob = app.user(&tenant, "bob").await;
+    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    let mut socket = open_socket(&app, &alice).await.unwrap();
+    next_frame(&mut socket).await;
+
+    let send_frame = json!({"type": "send", "ref": "s1", "conversation_id": conversation,
+        "message": {"client_msg_id": "ws-1", "text": "over the socket"}});
+    send(&mut socket, send_frame.clone()).await;
+    let (ack, _) = until_ref(&mut socket, "s1").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!((ack["created"].as_bool(), ack["message"]["seq"].as_i64()), (Some(true), Some(1)));
+    let history = app.call(Method::GET, &format!("/v1/conversations/{conversation}/messages"), &bob, None).await;
+    assert_eq!(history.body["items"][0]["text"], "over the socket");
+
+    let mut retry = send_frame;
+    retry["ref"] = json!("s2");
+    send(&mut socket, retry).await;
+    let (again, _) = until_ref(&mut socket, "s2").await;
+    assert_eq!((again["created"].as_bool(), again["message"]["seq"].as_i64()), (Some(false), Some(1)), "idempotent");
+
+    let stranger = app.user(&tenant, "carol").await;
+    let elsewhere = app.conversation(&stranger, "group", &[]).await;
+    send(
+        &mut socket,
+        json!({"type": "send", "ref": "s3", "conversation_id": elsewhere,
+        "message": {"client_msg_id": "ws-2", "text": "hi"}}),
+    )
+    .await;
+    let (refused, _) = until_ref(&mut socket, "s3").await;
+    assert_eq!(refused["type"], "error");
+    assert_eq!(refused["error"]["code"], "not_found");
+    send(
+        &mut socket,
+        json!({"type": "send", "ref": "s4", "conversation_id": conversation, "message": {"text": "no id"}}),
+    )
+    .await;
+    let (invalid, _) = until_ref(&mut socket, "s4").await;
+    assert_eq!(invalid["error"]["code"], "invalid_request");
+
+    let mut bob_socket = open_socket(&app, &bob).await.unwrap();
+    next_frame(&mut bob_socket).await;
+    send(&mut bob_socket, json!({"type": "read", "ref": "r1", "conversation_id": conversation, "seq": 1})).await;
+    let (marked, _) = until_ref(&mut bob_socket, "r1").await;
+    assert_eq!((marked["last_read_seq"].as_i64(), marked["unread_count"].as_i64()), (Some(1), Some(0)), "{marked}");
+    send(&mut bob_socket, json!({"type": "delivered", "ref": "d1", "conversation_id": conversation, "seq": 0})).await;
+    let (delivered, _) = until_ref(&mut bob_socket, "d1").await;
+    assert_eq!(delivered["last_delivered_seq"], 1, "marks never move back");
+}
