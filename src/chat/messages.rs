@@ -8,6 +8,7 @@ use crate::domain::{
     MessageKind, RelationshipKind, Scope, UserId, search_terms,
 };
 use crate::error::{ApiError, ErrorCode};
+use crate::events::LiveEvent;
 use crate::tenancy::TenantDb;
 use crate::tenancy::repos::Inserted;
 
@@ -211,7 +212,7 @@ pub(super) async fn store(state: &AppState, db: &TenantDb, mut message: Message)
                     db.messages().add_reply_count(&id, parent, 1).await?;
                 }
                 follow_up(db, &message).await?;
-                publish(state, &message).await;
+                state.redis.publish_event(&message.tenant_id, &LiveEvent::Created { message: message.clone() }).await;
                 return Ok((message, true));
             }
             Inserted::Duplicate(original) => {
@@ -239,18 +240,6 @@ async fn follow_up(db: &TenantDb, message: &Message) -> Result<(), ApiError> {
         db.files().share_with(&files, &message.conversation_id).await?;
     }
     Ok(())
-}
-
-/// Tells every node's sockets about a stored message. Best effort: the message is already in
-/// MongoDB, and sockets fill any gap from there.
-async fn publish(state: &AppState, message: &Message) {
-    let payload = match bson::to_vec(message) {
-        Ok(payload) => payload,
-        Err(e) => return tracing::error!(error = %e, "could not encode a message event"),
-    };
-    if let Err(e) = state.redis.publish(&message.tenant_id, &message.conversation_id, payload).await {
-        tracing::warn!(error = %e, "could not publish a message event");
-    }
 }
 
 pub fn last_message_of(message: &Message) -> LastMessage {
@@ -416,6 +405,7 @@ pub async fn edit(
     }
     .ok_or_else(|| ApiError::not_found("message"))?;
     db.conversations().refresh_last_message(id, &last_message_of(&edited)).await?;
+    state.redis.publish_event(&edited.tenant_id, &LiveEvent::Updated { message: edited.clone() }).await;
     Ok(edited)
 }
 
@@ -438,5 +428,6 @@ pub async fn delete(state: &AppState, caller: &ActingUser, id: &ConversationId, 
     }
     db.conversations().set_pinned(id, seq, false).await?;
     db.conversations().refresh_last_message(id, &last_message_of(&deleted)).await?;
+    state.redis.publish_event(&caller.tenant.id, &LiveEvent::Updated { message: deleted }).await;
     Ok(())
 }

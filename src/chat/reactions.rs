@@ -4,6 +4,7 @@ use crate::app::AppState;
 use crate::auth::ActingUser;
 use crate::domain::{ConversationId, Message, Reaction, Scope};
 use crate::error::{ApiError, ErrorCode};
+use crate::events::LiveEvent;
 use crate::tenancy::TenantDb;
 
 use super::conversations::{as_member, require_moderator, visible};
@@ -40,6 +41,15 @@ async fn reaction_target(
     Ok(db)
 }
 
+/// Tells sockets the message's new reaction counts.
+async fn announce(state: &AppState, db: &TenantDb, id: &ConversationId, seq: i64) -> Result<(), ApiError> {
+    if let Some(message) = db.messages().get(id, seq).await? {
+        let tenant = message.tenant_id.clone();
+        state.redis.publish_event(&tenant, &LiveEvent::Updated { message }).await;
+    }
+    Ok(())
+}
+
 /// Adds the caller's reaction; adding it again changes nothing.
 pub async fn add(
     state: &AppState,
@@ -59,6 +69,7 @@ pub async fn add(
     };
     if db.reactions().add(&reaction).await? {
         db.messages().add_reaction_count(id, seq, emoji, 1).await?;
+        announce(state, &db, id, seq).await?;
     }
     Ok(())
 }
@@ -74,6 +85,7 @@ pub async fn remove(
     let db = reaction_target(state, caller, id, seq, emoji).await?;
     if db.reactions().remove(id, seq, emoji, caller.user_id()).await? {
         db.messages().add_reaction_count(id, seq, emoji, -1).await?;
+        announce(state, &db, id, seq).await?;
     }
     Ok(())
 }

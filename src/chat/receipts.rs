@@ -7,6 +7,7 @@ use crate::app::AppState;
 use crate::auth::ActingUser;
 use crate::domain::{ConversationId, Member, Scope};
 use crate::error::ApiError;
+use crate::events::LiveEvent;
 
 use super::conversations::as_member;
 
@@ -45,6 +46,14 @@ pub async fn mark(
         members.mark_delivered(id, caller.user_id(), seq).await?
     }
     .ok_or_else(|| ApiError::not_found("member"))?;
+    if read && caller.user.settings.read_receipts {
+        let event = LiveEvent::Read {
+            conversation_id: id.clone(),
+            user_id: caller.user_id().clone(),
+            last_read_seq: member.last_read_seq,
+        };
+        state.redis.publish_event(&caller.tenant.id, &event).await;
+    }
     let unread = db.messages().count_unread(id, caller.user_id(), member.last_read_seq, conversation.last_seq).await?;
     Ok(ReadState { member, last_seq: conversation.last_seq, unread })
 }

@@ -3,6 +3,7 @@
 //! `{prefix}t:{tenant_id}:`, so tenants never share Redis state.
 
 mod bus;
+mod live;
 mod rate_limit;
 
 use std::time::Duration;
@@ -13,6 +14,7 @@ use crate::config::RedisSettings;
 use crate::domain::TenantId;
 
 pub use bus::Delivery;
+pub use live::LiveEvent;
 pub use rate_limit::RateLimiter;
 
 #[derive(Clone)]

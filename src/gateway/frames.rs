@@ -8,9 +8,10 @@ use serde::Deserialize;
 use crate::chat::{self, messages::NewMessage};
 use crate::domain::ConversationId;
 use crate::error::{ApiError, ErrorCode};
+use crate::events::LiveEvent;
 use crate::http::SendMessageRequest;
 
-use super::session::{Connection, catch_up};
+use super::session::{Connection, TYPING_THROTTLE, catch_up};
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -32,6 +33,8 @@ enum ClientFrame {
         conversation_id: String,
         message: Box<SendMessageRequest>,
     },
+    /// Started (`typing: true`) or stopped typing; throttled, and expiring on the receivers' side.
+    Typing { conversation_id: String, typing: bool },
     /// Moves the read mark (`read`) or the delivered mark (`delivered`) forward.
     Read {
         #[serde(rename = "ref")]
@@ -45,6 +48,26 @@ enum ClientFrame {
         conversation_id: String,
         seq: i64,
     },
+}
+
+/// Publishes a typing event for a conversation the socket follows; `typing: true` at most once
+/// per `TYPING_THROTTLE`. Unknown conversations are ignored (typing is best effort, unacked).
+async fn typing_event(connection: &mut Connection, conversation_id: &str, typing: bool) {
+    let Ok(id) = ConversationId::parse(conversation_id) else { return };
+    if !connection.delivered.contains_key(&id) {
+        return;
+    }
+    let now = std::time::Instant::now();
+    if typing {
+        if connection.typing_sent.get(&id).is_some_and(|at| now.duration_since(*at) < TYPING_THROTTLE) {
+            return;
+        }
+        connection.typing_sent.insert(id.clone(), now);
+    } else {
+        connection.typing_sent.remove(&id);
+    }
+    let event = LiveEvent::Typing { conversation_id: id, user_id: connection.caller.user_id().clone(), typing };
+    connection.state.redis.publish_event(&connection.caller.tenant.id, &event).await;
 }
 
 /// Moves a read or delivered mark and acks with the new marks.
@@ -130,6 +153,10 @@ pub(super) async fn answer(
                 Err(e) => error_frame(reference, &e),
             };
             session.text(reply.to_string()).await.map_err(|_| None)
+        }
+        ClientFrame::Typing { conversation_id, typing } => {
+            typing_event(connection, &conversation_id, typing).await;
+            Ok(())
         }
         ClientFrame::Read { reference, conversation_id, seq } => {
             mark(connection, session, reference, &conversation_id, seq, true).await

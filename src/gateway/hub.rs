@@ -9,17 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc};
 
-use crate::domain::{ConversationId, Message, TenantId};
-use crate::events::Delivery;
-
-/// A new message, decoded once per node and shared by every socket that gets it.
-pub struct LiveMessage {
-    pub message: Message,
-}
+use crate::domain::{ConversationId, TenantId};
+use crate::events::{Delivery, LiveEvent};
 
 #[derive(Clone)]
 pub struct Outbox {
-    pub tx: mpsc::Sender<Arc<LiveMessage>>,
+    pub tx: mpsc::Sender<Arc<LiveEvent>>,
     /// Notified when the socket must close because it fell behind.
     pub slow: Arc<Notify>,
 }
@@ -64,15 +59,19 @@ impl Hub {
             Some(entry) => entry.values().cloned().collect(),
             None => return,
         };
-        let Ok(message) = bson::from_slice::<Message>(&delivery.payload) else {
+        let Ok(event) = bson::from_slice::<LiveEvent>(&delivery.payload) else {
             tracing::warn!("dropping an undecodable event");
             return;
         };
-        if message.tenant_id != key.0 || message.conversation_id != key.1 {
+        let misrouted = match &event {
+            LiveEvent::Created { message } | LiveEvent::Updated { message } => message.tenant_id != key.0,
+            _ => false,
+        };
+        if misrouted || event.conversation_id() != &key.1 {
             tracing::warn!("dropping an event published on the wrong channel");
             return;
         }
-        let live = Arc::new(LiveMessage { message });
+        let live = Arc::new(event);
         for outbox in outboxes {
             if outbox.tx.try_send(live.clone()).is_err() {
                 outbox.slow.notify_one();

@@ -20,7 +20,8 @@ use crate::http::message_frame;
 use crate::tenancy::TenantDb;
 
 use super::frames::{answer, send_error};
-use super::hub::{LiveMessage, Outbox};
+use super::hub::Outbox;
+use crate::events::LiveEvent;
 
 /// Events queued for one socket before it counts as a slow consumer and is closed.
 const OUTBOX_CAPACITY: usize = 256;
@@ -29,6 +30,10 @@ const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// How often the server pings, and how long a silent client is kept.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long a client shows someone as typing without hearing again.
+pub(super) const TYPING_EXPIRY: Duration = Duration::from_secs(5);
+/// Least time between two `typing: true` events a socket publishes for one conversation.
+pub(super) const TYPING_THROTTLE: Duration = Duration::from_secs(2);
 /// Most messages replayed per conversation; beyond it the client gets a `gap` to fetch over REST.
 const MAX_REPLAY: i64 = 500;
 
@@ -38,6 +43,8 @@ pub(super) struct Connection {
     pub(super) db: TenantDb,
     /// Highest seq sent (or known to the client) per conversation the user belongs to.
     pub(super) delivered: HashMap<ConversationId, i64>,
+    /// When this socket last published `typing: true`, per conversation.
+    pub(super) typing_sent: HashMap<ConversationId, Instant>,
 }
 
 /// `GET /v1/ws`: upgrades an authenticated user (JWT, or a server key with `?user_id=`).
@@ -68,7 +75,7 @@ pub async fn connect(
     actix_web::rt::spawn(async move {
         let stream = stream.max_frame_size(MAX_FRAME_BYTES).aggregate_continuations();
         let tenant = caller.tenant.id.clone();
-        let mut connection = Connection { state: state.clone(), caller, db, delivered };
+        let mut connection = Connection { state: state.clone(), caller, db, delivered, typing_sent: HashMap::new() };
         let reason = run(&mut connection, session.clone(), stream, rx, &outbox.slow, ready.to_string()).await;
         state.hub.unregister(socket, &tenant, &ids);
         let _ = session.close(reason).await;
@@ -80,7 +87,7 @@ async fn run(
     connection: &mut Connection,
     mut session: Session,
     mut stream: actix_ws::AggregatedMessageStream,
-    mut outbox: mpsc::Receiver<Arc<LiveMessage>>,
+    mut outbox: mpsc::Receiver<Arc<LiveEvent>>,
     slow: &Notify,
     ready: String,
 ) -> Option<CloseReason> {
@@ -113,7 +120,7 @@ async fn run(
                 }
             }
             Some(live) = outbox.recv() => {
-                if deliver(connection, &mut session, &live.message).await.is_err() {
+                if relay(connection, &mut session, &live).await.is_err() {
                     return None;
                 }
             }
@@ -161,10 +168,37 @@ pub(super) async fn catch_up(
         return Ok(());
     };
     for message in messages {
-        session.text(message_frame(message)).await?;
+        session.text(message_frame("message.new", message)).await?;
     }
     connection.delivered.insert(id.clone(), upto);
     Ok(())
+}
+
+/// Passes one live event to the client, in the frame format of docs/realtime.md.
+async fn relay(connection: &mut Connection, session: &mut Session, event: &LiveEvent) -> Result<(), actix_ws::Closed> {
+    let me = connection.caller.user_id();
+    let frame = match event {
+        LiveEvent::Created { message } => return deliver(connection, session, message).await,
+        LiveEvent::Updated { message } => {
+            // A change to a message the client has not been sent yet reaches it with the message.
+            if connection.delivered.get(&message.conversation_id).is_none_or(|d| message.seq > *d) {
+                return Ok(());
+            }
+            message_frame("message.updated", message.clone())
+        }
+        LiveEvent::Typing { conversation_id, user_id, typing } if user_id != me => serde_json::json!({
+            "type": "typing", "conversation_id": conversation_id.as_str(), "user_id": user_id.as_str(),
+            "typing": typing, "expires_in_ms": TYPING_EXPIRY.as_millis() as u64,
+        })
+        .to_string(),
+        LiveEvent::Read { conversation_id, user_id, last_read_seq } if user_id != me => serde_json::json!({
+            "type": "read", "conversation_id": conversation_id.as_str(), "user_id": user_id.as_str(),
+            "last_read_seq": last_read_seq,
+        })
+        .to_string(),
+        _ => return Ok(()),
+    };
+    session.text(frame).await
 }
 
 /// Sends a live message once, after anything missing before it.
@@ -181,7 +215,7 @@ async fn deliver(
     if message.seq > delivered + 1 {
         catch_up(connection, session, id, message.seq - 1).await?;
     }
-    session.text(message_frame(message.clone())).await?;
+    session.text(message_frame("message.new", message.clone())).await?;
     connection.delivered.insert(id.clone(), message.seq);
     Ok(())
 }

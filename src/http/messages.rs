@@ -211,11 +211,11 @@ pub fn message_view(m: Message, mine: &[(i64, String)], pinned: &[i64]) -> Messa
     }
 }
 
-/// A new message as the WebSocket gateway sends it.
-pub fn message_frame(message: Message) -> String {
+/// A message as the WebSocket gateway sends it (`message.new`, `message.updated`).
+pub fn message_frame(kind: &str, message: Message) -> String {
     let conversation_id = message.conversation_id.to_string();
     serde_json::json!({
-        "type": "message.new",
+        "type": kind,
         "conversation_id": conversation_id,
         "message": message_view(message, &[], &[]),
     })

@@ -210,3 +210,54 @@ async fn messages_and_read_marks_can_be_sent_over_the_socket() {
     let (delivered, _) = until_ref(&mut bob_socket, "d1").await;
     assert_eq!(delivered["last_delivered_seq"], 1, "marks never move back");
 }
+
+/// The next frame of `kind`, skipping others.
+async fn next_of(socket: &mut Socket, kind: &str) -> Value {
+    loop {
+        let frame = next_frame(socket).await;
+        if frame["type"] == kind {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test]
+async fn typing_receipts_edits_and_reactions_reach_the_other_members() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    let bob = app.user(&tenant, "bob").await;
+    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    app.say(&alice, &conversation, "first draft").await;
+    let mut alice_socket = open_socket(&app, &alice).await.unwrap();
+    let mut bob_socket = open_socket(&app, &bob).await.unwrap();
+    next_frame(&mut alice_socket).await;
+    next_frame(&mut bob_socket).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    send(&mut alice_socket, json!({"type": "typing", "conversation_id": conversation, "typing": true})).await;
+    let typing = next_of(&mut bob_socket, "typing").await;
+    assert_eq!((typing["user_id"].as_str(), typing["typing"].as_bool()), (Some("alice"), Some(true)));
+    assert!(typing["expires_in_ms"].as_u64().unwrap() > 0);
+
+    let read =
+        app.call(Method::POST, &format!("/v1/conversations/{conversation}/read"), &bob, Some(json!({"seq": 1}))).await;
+    assert_eq!(read.status, StatusCode::OK);
+    let receipt = next_of(&mut alice_socket, "read").await;
+    assert_eq!((receipt["user_id"].as_str(), receipt["last_read_seq"].as_i64()), (Some("bob"), Some(1)));
+
+    let path = format!("/v1/conversations/{conversation}/messages/1");
+    app.call(Method::PATCH, &path, &alice, Some(json!({"text": "final"}))).await;
+    let edited = next_of(&mut bob_socket, "message.updated").await;
+    assert_eq!(edited["message"]["text"], "final");
+    app.call(Method::PUT, &format!("{path}/reactions/👍"), &bob, None).await;
+    let edited_too = next_of(&mut alice_socket, "message.updated").await;
+    assert_eq!(edited_too["message"]["text"], "final", "the author's socket hears of the edit as well");
+    let reacted = next_of(&mut alice_socket, "message.updated").await;
+    assert_eq!(reacted["message"]["reactions"][0]["count"], 1, "{reacted}");
+    app.call(Method::DELETE, &path, &alice, None).await;
+    let reacted_too = next_of(&mut bob_socket, "message.updated").await;
+    assert_eq!(reacted_too["message"]["reactions"][0]["count"], 1, "the reactor's socket hears of it as well");
+    let deleted = next_of(&mut bob_socket, "message.updated").await;
+    assert_eq!(deleted["message"]["deleted"], true, "{deleted}");
+}

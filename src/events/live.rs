@@ -1,0 +1,44 @@
+//! What travels between nodes: the events sockets are told about. Encoded as BSON.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{ConversationId, Message, TenantId, UserId};
+
+use super::{Redis, RedisError};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LiveEvent {
+    /// A new message: sockets deliver these once each, in seq order.
+    Created { message: Message },
+    /// A message changed (edited, deleted, reacted to): its new state.
+    Updated { message: Message },
+    /// Someone started or stopped typing.
+    Typing { conversation_id: ConversationId, user_id: UserId, typing: bool },
+    /// Someone's read mark moved.
+    Read { conversation_id: ConversationId, user_id: UserId, last_read_seq: i64 },
+}
+
+impl LiveEvent {
+    pub fn conversation_id(&self) -> &ConversationId {
+        match self {
+            LiveEvent::Created { message } | LiveEvent::Updated { message } => &message.conversation_id,
+            LiveEvent::Typing { conversation_id, .. } | LiveEvent::Read { conversation_id, .. } => conversation_id,
+        }
+    }
+}
+
+impl Redis {
+    /// Publishes an event to every node. Best effort: stored data is already in MongoDB and
+    /// sockets fill gaps from there; a failure is logged.
+    pub async fn publish_event(&self, tenant: &TenantId, event: &LiveEvent) {
+        let payload = match bson::to_vec(event) {
+            Ok(payload) => payload,
+            Err(e) => return tracing::error!(error = %e, "could not encode a live event"),
+        };
+        let published: Result<(), RedisError> = self.publish(tenant, event.conversation_id(), payload).await;
+        if let Err(e) = published {
+            tracing::warn!(error = %e, "could not publish a live event");
+        }
+    }
+}
