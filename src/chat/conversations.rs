@@ -182,6 +182,9 @@ pub async fn create(
             .ok_or_else(|| ApiError::not_found("conversation"))?;
         return Ok((with_member(&db, caller, existing).await?, false));
     }
+    for member in &members {
+        super::members::announce_joined(state, member).await;
+    }
     let creator = members.swap_remove(0);
     Ok((ConversationWithMember { conversation, member: Some(creator), unread: Some(0) }, true))
 }

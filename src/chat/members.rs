@@ -7,6 +7,7 @@ use crate::domain::{
     Conversation, ConversationId, ConversationType, Member, MemberRole, Page, PageRequest, Scope, UserId,
 };
 use crate::error::{ApiError, ErrorCode};
+use crate::events::LiveEvent;
 use crate::tenancy::TenantDb;
 
 use super::conversations::{as_member, new_member, require_moderator, visible};
@@ -36,6 +37,7 @@ pub async fn list(
 /// Adds one user as a member: checks the ban list and reserves a slot under `max_members`.
 /// `Ok(None)` when they already are a member.
 async fn admit(
+    state: &AppState,
     db: &TenantDb,
     conversation: &Conversation,
     user: &UserId,
@@ -57,7 +59,24 @@ async fn admit(
         db.conversations().release_member_slot(&conversation.id).await?;
         return Ok(None);
     }
+    announce_joined(state, &member).await;
     Ok(Some(member))
+}
+
+/// Tells the member's open sockets to follow the conversation.
+pub(super) async fn announce_joined(state: &AppState, member: &Member) {
+    let event = LiveEvent::Joined {
+        conversation_id: member.conversation_id.clone(),
+        user_id: member.user_id.clone(),
+        after_seq: member.last_read_seq,
+    };
+    state.redis.publish_event(&member.tenant_id, &event).await;
+}
+
+/// Tells the user's open sockets to stop following the conversation.
+async fn announce_left(state: &AppState, conversation: &Conversation, user: &UserId) {
+    let event = LiveEvent::Left { conversation_id: conversation.id.clone(), user_id: user.clone() };
+    state.redis.publish_event(&conversation.tenant_id, &event).await;
 }
 
 /// Owners and admins add users to a group or channel.
@@ -82,7 +101,7 @@ pub async fn add(
     }
     let mut added = Vec::new();
     for user in &users {
-        if let Some(member) = admit(&db, &conversation, user, MemberRole::Member).await? {
+        if let Some(member) = admit(state, &db, &conversation, user, MemberRole::Member).await? {
             let event = serde_json::json!({ "event": "member_added", "user_id": user.as_str(), "by": caller.user_id().as_str() });
             post_system(
                 state,
@@ -107,7 +126,7 @@ pub async fn join(state: &AppState, caller: &ActingUser, id: &ConversationId) ->
     if let Some(member) = member {
         return Ok(member);
     }
-    let Some(member) = admit(&db, &conversation, caller.user_id(), MemberRole::Member).await? else {
+    let Some(member) = admit(state, &db, &conversation, caller.user_id(), MemberRole::Member).await? else {
         return db.members().get(id, caller.user_id()).await?.ok_or_else(|| ApiError::not_found("member"));
     };
     let event = serde_json::json!({ "event": "member_joined", "user_id": caller.user_id().as_str() });
@@ -158,6 +177,7 @@ pub async fn remove(state: &AppState, caller: &ActingUser, id: &ConversationId, 
         db.conversations().add_owners(id, -1).await?;
     }
     db.conversations().release_member_slot(id).await?;
+    announce_left(state, &conversation, user).await;
     let (text, event) = if user == caller.user_id() {
         (format!("{user} left"), serde_json::json!({ "event": "member_left", "user_id": user.as_str() }))
     } else {
@@ -198,6 +218,7 @@ pub async fn ban(state: &AppState, caller: &ActingUser, id: &ConversationId, use
     }
     if ended.is_some() {
         db.conversations().release_member_slot(id).await?;
+        announce_left(state, &conversation, user).await;
     }
     let event =
         serde_json::json!({ "event": "member_banned", "user_id": user.as_str(), "by": caller.user_id().as_str() });

@@ -17,13 +17,20 @@ pub enum LiveEvent {
     Typing { conversation_id: ConversationId, user_id: UserId, typing: bool },
     /// Someone's read mark moved.
     Read { conversation_id: ConversationId, user_id: UserId, last_read_seq: i64 },
+    /// A user became a member; their sockets follow the conversation from `after_seq` on.
+    Joined { conversation_id: ConversationId, user_id: UserId, after_seq: i64 },
+    /// A user stopped being a member (left, removed, banned); their sockets stop following it.
+    Left { conversation_id: ConversationId, user_id: UserId },
 }
 
 impl LiveEvent {
     pub fn conversation_id(&self) -> &ConversationId {
         match self {
             LiveEvent::Created { message } | LiveEvent::Updated { message } => &message.conversation_id,
-            LiveEvent::Typing { conversation_id, .. } | LiveEvent::Read { conversation_id, .. } => conversation_id,
+            LiveEvent::Typing { conversation_id, .. }
+            | LiveEvent::Read { conversation_id, .. }
+            | LiveEvent::Joined { conversation_id, .. }
+            | LiveEvent::Left { conversation_id, .. } => conversation_id,
         }
     }
 }

@@ -1,15 +1,17 @@
-//! This node's registry of live sockets by (tenant, conversation). The node's single Redis
-//! subscriber hands every event here; the hub decodes it once and offers it to each local
-//! socket's bounded outbox. A socket whose outbox is full is told to close (slow consumer):
-//! nobody is buffered without bound and nobody slows the others.
+//! This node's registry of live sockets, by conversation and by user. The node's single Redis
+//! subscriber hands every event here; the hub decodes it once and offers it to the bounded
+//! outbox of each local socket that follows the conversation. A socket whose outbox is full is
+//! told to close (slow consumer): nobody is buffered without bound and nobody slows the others.
+//! Membership events re-point a user's sockets, so they follow conversations they join and stop
+//! hearing from conversations they leave.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc};
 
-use crate::domain::{ConversationId, TenantId};
+use crate::domain::{ConversationId, TenantId, UserId};
 use crate::events::{Delivery, LiveEvent};
 
 #[derive(Clone)]
@@ -19,12 +21,46 @@ pub struct Outbox {
     pub slow: Arc<Notify>,
 }
 
-type Key = (TenantId, ConversationId);
+type ConversationKey = (TenantId, ConversationId);
+type UserKey = (TenantId, UserId);
+
+struct Socket {
+    user: UserKey,
+    outbox: Outbox,
+    conversations: HashSet<ConversationId>,
+}
+
+#[derive(Default)]
+struct Registry {
+    sockets: HashMap<u64, Socket>,
+    by_conversation: HashMap<ConversationKey, HashSet<u64>>,
+    by_user: HashMap<UserKey, HashSet<u64>>,
+}
+
+impl Registry {
+    fn follow(&mut self, socket: u64, conversation: &ConversationId) {
+        let Some(entry) = self.sockets.get_mut(&socket) else { return };
+        entry.conversations.insert(conversation.clone());
+        self.by_conversation.entry((entry.user.0.clone(), conversation.clone())).or_default().insert(socket);
+    }
+
+    fn unfollow(&mut self, socket: u64, conversation: &ConversationId) {
+        let Some(entry) = self.sockets.get_mut(&socket) else { return };
+        entry.conversations.remove(conversation);
+        let key = (entry.user.0.clone(), conversation.clone());
+        if let Some(set) = self.by_conversation.get_mut(&key) {
+            set.remove(&socket);
+            if set.is_empty() {
+                self.by_conversation.remove(&key);
+            }
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct Hub {
     next_id: AtomicU64,
-    sockets: Mutex<HashMap<Key, HashMap<u64, Outbox>>>,
+    registry: Mutex<Registry>,
 }
 
 impl Hub {
@@ -32,45 +68,80 @@ impl Hub {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn register(&self, socket: u64, tenant: &TenantId, conversations: &[ConversationId], outbox: &Outbox) {
-        let mut sockets = self.sockets.lock().expect("hub lock");
+    pub fn register(
+        &self,
+        socket: u64,
+        tenant: &TenantId,
+        user: &UserId,
+        conversations: &[ConversationId],
+        outbox: &Outbox,
+    ) {
+        let mut registry = self.registry.lock().expect("hub lock");
+        let user_key = (tenant.clone(), user.clone());
+        registry.by_user.entry(user_key.clone()).or_default().insert(socket);
+        registry
+            .sockets
+            .insert(socket, Socket { user: user_key, outbox: outbox.clone(), conversations: HashSet::new() });
         for conversation in conversations {
-            sockets.entry((tenant.clone(), conversation.clone())).or_default().insert(socket, outbox.clone());
+            registry.follow(socket, conversation);
         }
     }
 
-    pub fn unregister(&self, socket: u64, tenant: &TenantId, conversations: &[ConversationId]) {
-        let mut sockets = self.sockets.lock().expect("hub lock");
-        for conversation in conversations {
-            let key = (tenant.clone(), conversation.clone());
-            if let Some(entry) = sockets.get_mut(&key) {
-                entry.remove(&socket);
-                if entry.is_empty() {
-                    sockets.remove(&key);
-                }
+    pub fn unregister(&self, socket: u64) {
+        let mut registry = self.registry.lock().expect("hub lock");
+        let Some(entry) = registry.sockets.get(&socket) else { return };
+        let (user, conversations): (UserKey, Vec<ConversationId>) =
+            (entry.user.clone(), entry.conversations.iter().cloned().collect());
+        for conversation in &conversations {
+            registry.unfollow(socket, conversation);
+        }
+        registry.sockets.remove(&socket);
+        if let Some(set) = registry.by_user.get_mut(&user) {
+            set.remove(&socket);
+            if set.is_empty() {
+                registry.by_user.remove(&user);
             }
         }
     }
 
-    /// Decodes an event and offers it to the local sockets of its conversation.
+    /// Decodes an event and offers it to the local sockets it concerns.
     pub fn dispatch(&self, delivery: Delivery) {
-        let key = (delivery.tenant, delivery.conversation);
-        let outboxes: Vec<Outbox> = match self.sockets.lock().expect("hub lock").get(&key) {
-            Some(entry) => entry.values().cloned().collect(),
-            None => return,
-        };
         let Ok(event) = bson::from_slice::<LiveEvent>(&delivery.payload) else {
             tracing::warn!("dropping an undecodable event");
             return;
         };
         let misrouted = match &event {
-            LiveEvent::Created { message } | LiveEvent::Updated { message } => message.tenant_id != key.0,
+            LiveEvent::Created { message } | LiveEvent::Updated { message } => message.tenant_id != delivery.tenant,
             _ => false,
         };
-        if misrouted || event.conversation_id() != &key.1 {
+        if misrouted || event.conversation_id() != &delivery.conversation {
             tracing::warn!("dropping an event published on the wrong channel");
             return;
         }
+        let outboxes: Vec<Outbox> = {
+            let mut registry = self.registry.lock().expect("hub lock");
+            let targets: Vec<u64> = match &event {
+                LiveEvent::Joined { user_id, .. } | LiveEvent::Left { user_id, .. } => {
+                    let user = (delivery.tenant.clone(), user_id.clone());
+                    let sockets: Vec<u64> =
+                        registry.by_user.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
+                    for socket in &sockets {
+                        if matches!(event, LiveEvent::Joined { .. }) {
+                            registry.follow(*socket, &delivery.conversation);
+                        } else {
+                            registry.unfollow(*socket, &delivery.conversation);
+                        }
+                    }
+                    sockets
+                }
+                _ => registry
+                    .by_conversation
+                    .get(&(delivery.tenant.clone(), delivery.conversation.clone()))
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default(),
+            };
+            targets.iter().filter_map(|s| registry.sockets.get(s).map(|entry| entry.outbox.clone())).collect()
+        };
         let live = Arc::new(event);
         for outbox in outboxes {
             if outbox.tx.try_send(live.clone()).is_err() {

@@ -65,7 +65,7 @@ pub async fn connect(
     let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
     let outbox = Outbox { tx, slow: Arc::new(Notify::new()) };
     let socket = state.hub.next_socket_id();
-    state.hub.register(socket, &caller.tenant.id, &ids, &outbox);
+    state.hub.register(socket, &caller.tenant.id, caller.user_id(), &ids, &outbox);
     let ready = serde_json::json!({
         "type": "ready",
         "user_id": caller.user_id().as_str(),
@@ -74,10 +74,9 @@ pub async fn connect(
     let state = state.into_inner();
     actix_web::rt::spawn(async move {
         let stream = stream.max_frame_size(MAX_FRAME_BYTES).aggregate_continuations();
-        let tenant = caller.tenant.id.clone();
         let mut connection = Connection { state: state.clone(), caller, db, delivered, typing_sent: HashMap::new() };
         let reason = run(&mut connection, session.clone(), stream, rx, &outbox.slow, ready.to_string()).await;
-        state.hub.unregister(socket, &tenant, &ids);
+        state.hub.unregister(socket);
         let _ = session.close(reason).await;
     });
     Ok(response)
@@ -191,6 +190,15 @@ async fn relay(connection: &mut Connection, session: &mut Session, event: &LiveE
             "typing": typing, "expires_in_ms": TYPING_EXPIRY.as_millis() as u64,
         })
         .to_string(),
+        LiveEvent::Joined { conversation_id, user_id, after_seq } if user_id == me => {
+            connection.delivered.entry(conversation_id.clone()).or_insert(*after_seq);
+            serde_json::json!({ "type": "conversation.joined", "conversation_id": conversation_id.as_str(), "after_seq": after_seq })
+                .to_string()
+        }
+        LiveEvent::Left { conversation_id, user_id } if user_id == me => {
+            connection.delivered.remove(conversation_id);
+            serde_json::json!({ "type": "conversation.left", "conversation_id": conversation_id.as_str() }).to_string()
+        }
         LiveEvent::Read { conversation_id, user_id, last_read_seq } if user_id != me => serde_json::json!({
             "type": "read", "conversation_id": conversation_id.as_str(), "user_id": user_id.as_str(),
             "last_read_seq": last_read_seq,

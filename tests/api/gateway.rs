@@ -261,3 +261,35 @@ async fn typing_receipts_edits_and_reactions_reach_the_other_members() {
     let deleted = next_of(&mut bob_socket, "message.updated").await;
     assert_eq!(deleted["message"]["deleted"], true, "{deleted}");
 }
+
+#[tokio::test]
+async fn sockets_follow_conversations_joined_and_drop_those_left() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    let bob = app.user(&tenant, "bob").await;
+    let mut bob_socket = open_socket(&app, &bob).await.unwrap();
+    let ready = next_frame(&mut bob_socket).await;
+    assert_eq!(ready["conversations"], json!([]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    let joined = next_of(&mut bob_socket, "conversation.joined").await;
+    assert_eq!(joined["conversation_id"], conversation.as_str());
+    app.say(&alice, &conversation, "welcome").await;
+    let welcome = next_of(&mut bob_socket, "message.new").await;
+    assert_eq!(welcome["message"]["text"], "welcome");
+
+    let removed =
+        app.call(Method::DELETE, &format!("/v1/conversations/{conversation}/members/bob"), &alice, None).await;
+    assert_eq!(removed.status, StatusCode::NO_CONTENT);
+    next_of(&mut bob_socket, "conversation.left").await;
+    app.say(&alice, &conversation, "after bob left").await;
+    send(&mut bob_socket, json!({"type": "ping", "ref": "after"})).await;
+    let (pong, before) = until_ref(&mut bob_socket, "after").await;
+    assert_eq!(pong["type"], "pong");
+    assert!(
+        before.iter().all(|f| f["type"] != "message.new"),
+        "a removed member's socket hears nothing more: {before:?}"
+    );
+}
