@@ -19,6 +19,7 @@ pub struct Settings {
     pub chat: ChatSettings,
     pub files: FileSettings,
     pub e2e: E2eSettings,
+    pub gateway: GatewaySettings,
     pub tenants: TenantSettings,
     pub log: LogSettings,
 }
@@ -117,6 +118,20 @@ pub struct E2eSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+pub struct GatewaySettings {
+    /// Largest frame a client may send.
+    pub max_frame_bytes: usize,
+    /// Events queued per socket before it is closed as a slow consumer.
+    pub outbox_capacity: usize,
+    /// Ping interval; also how often a socket re-checks that its user and tenant may stay.
+    pub heartbeat_secs: u64,
+    /// A socket silent for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Most messages replayed per conversation on resume; older ones are announced as a gap.
+    pub max_replay: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
     /// Largest accepted JSON request body (413 above it).
     pub max_json_body_bytes: usize,
@@ -189,6 +204,13 @@ url_signing_secret = ""
 max_devices_per_user = 20
 max_envelope_bytes = 65536
 max_recipients = 1000
+
+[gateway]
+max_frame_bytes = 65536
+outbox_capacity = 256
+heartbeat_secs = 15
+idle_timeout_secs = 45
+max_replay = 500
 
 [http]
 max_json_body_bytes = 262144

@@ -23,19 +23,10 @@ use super::frames::{answer, send_error};
 use super::hub::Outbox;
 use crate::events::LiveEvent;
 
-/// Events queued for one socket before it counts as a slow consumer and is closed.
-const OUTBOX_CAPACITY: usize = 256;
-/// Largest frame a client may send.
-const MAX_FRAME_BYTES: usize = 64 * 1024;
-/// How often the server pings, and how long a silent client is kept.
-const HEARTBEAT: Duration = Duration::from_secs(15);
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
 /// How long a client shows someone as typing without hearing again.
 pub(super) const TYPING_EXPIRY: Duration = Duration::from_secs(5);
 /// Least time between two `typing: true` events a socket publishes for one conversation.
 pub(super) const TYPING_THROTTLE: Duration = Duration::from_secs(2);
-/// Most messages replayed per conversation; beyond it the client gets a `gap` to fetch over REST.
-const MAX_REPLAY: i64 = 500;
 
 pub(super) struct Connection {
     pub(super) state: Arc<AppState>,
@@ -62,7 +53,7 @@ pub async fn connect(
     let delivered: HashMap<ConversationId, i64> = conversations.iter().map(|c| (c.id.clone(), c.last_seq)).collect();
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("not a WebSocket upgrade: {e}")))?;
-    let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+    let (tx, rx) = mpsc::channel(state.settings.gateway.outbox_capacity);
     let outbox = Outbox { tx, slow: Arc::new(Notify::new()) };
     let socket = state.hub.next_socket_id();
     state.hub.register(socket, &caller.tenant.id, caller.user_id(), &ids, &outbox);
@@ -73,7 +64,7 @@ pub async fn connect(
     });
     let state = state.into_inner();
     actix_web::rt::spawn(async move {
-        let stream = stream.max_frame_size(MAX_FRAME_BYTES).aggregate_continuations();
+        let stream = stream.max_frame_size(state.settings.gateway.max_frame_bytes).aggregate_continuations();
         let mut connection = Connection { state: state.clone(), caller, db, delivered, typing_sent: HashMap::new() };
         let reason = run(&mut connection, session.clone(), stream, rx, &outbox.slow, ready.to_string()).await;
         state.hub.unregister(socket);
@@ -93,7 +84,9 @@ async fn run(
     if session.text(ready).await.is_err() {
         return None;
     }
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let limits = connection.state.settings.gateway.clone();
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(limits.heartbeat_secs));
+    let idle_timeout = Duration::from_secs(limits.idle_timeout_secs);
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
@@ -127,8 +120,11 @@ async fn run(
                 return Some(CloseReason { code: CloseCode::Policy, description: Some("slow_consumer".into()) });
             }
             _ = heartbeat.tick() => {
-                if last_heard.elapsed() > CLIENT_TIMEOUT {
+                if last_heard.elapsed() > idle_timeout {
                     return Some(CloseReason { code: CloseCode::Away, description: Some("idle_timeout".into()) });
+                }
+                if let Some(reason) = revoked(connection).await {
+                    return Some(CloseReason { code: CloseCode::Policy, description: Some(reason.into()) });
                 }
                 if session.ping(b"").await.is_err() {
                     return None;
@@ -150,8 +146,9 @@ pub(super) async fn catch_up(
     if from > upto {
         return Ok(());
     }
-    let start = if upto - from + 1 > MAX_REPLAY {
-        let gap_end = upto - MAX_REPLAY;
+    let max_replay = connection.state.settings.gateway.max_replay;
+    let start = if upto - from + 1 > max_replay {
+        let gap_end = upto - max_replay;
         let gap =
             serde_json::json!({ "type": "gap", "conversation_id": id.as_str(), "from_seq": from, "to_seq": gap_end });
         session.text(gap.to_string()).await?;
@@ -171,6 +168,20 @@ pub(super) async fn catch_up(
     }
     connection.delivered.insert(id.clone(), upto);
     Ok(())
+}
+
+/// Why the socket may no longer stay open (user deactivated or gone, tenant not active), checked
+/// on every heartbeat so a revoked user is cut off within one heartbeat interval.
+async fn revoked(connection: &Connection) -> Option<&'static str> {
+    let user = connection.db.users().get(connection.caller.user_id()).await.ok()?;
+    if user.is_none_or(|u| !u.is_active()) {
+        return Some("user_deactivated");
+    }
+    let tenant = connection.state.store.tenants().get(&connection.caller.tenant.id).await.ok()?;
+    if tenant.is_none_or(|t| t.status != crate::domain::TenantStatus::Active) {
+        return Some("tenant_unavailable");
+    }
+    None
 }
 
 /// Passes one live event to the client, in the frame format of docs/realtime.md.

@@ -293,3 +293,28 @@ async fn sockets_follow_conversations_joined_and_drop_those_left() {
         "a removed member's socket hears nothing more: {before:?}"
     );
 }
+
+#[tokio::test]
+async fn a_deactivated_users_socket_is_closed_within_a_heartbeat() {
+    let app = spawn_app_with(&[("gateway.heartbeat_secs", "1".into())]).await;
+    let tenant = app.chat_tenant().await;
+    let bob = app.user(&tenant, "bob").await;
+    let mut socket = open_socket(&app, &bob).await.unwrap();
+    next_frame(&mut socket).await;
+    let deactivated = app.call(Method::DELETE, "/v1/users/bob", &tenant.key, None).await;
+    assert_eq!(deactivated.status, StatusCode::OK);
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(frame) = socket.next().await {
+            if let Ok(Frame::Close(reason)) = frame {
+                return reason;
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed within 5 s")
+    .expect("a close frame");
+    assert_eq!(u16::from(closed.code), 1008);
+    assert_eq!(closed.reason.as_str(), "user_deactivated");
+    assert!(open_socket(&app, &bob).await.is_err(), "and cannot reconnect");
+}
