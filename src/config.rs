@@ -129,6 +129,8 @@ pub struct GatewaySettings {
     pub idle_timeout_secs: u64,
     /// Most messages replayed per conversation on resume; older ones are announced as a gap.
     pub max_replay: i64,
+    /// Client frames per second per socket; more get `rate_limited` errors and are not processed.
+    pub max_frames_per_sec: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -211,6 +213,7 @@ outbox_capacity = 256
 heartbeat_secs = 15
 idle_timeout_secs = 45
 max_replay = 500
+max_frames_per_sec = 20
 
 [http]
 max_json_body_bytes = 262144

@@ -87,6 +87,7 @@ async fn run(
     let limits = connection.state.settings.gateway.clone();
     let mut heartbeat = tokio::time::interval(Duration::from_secs(limits.heartbeat_secs));
     let idle_timeout = Duration::from_secs(limits.idle_timeout_secs);
+    let mut budget = FrameBudget::new(limits.max_frames_per_sec);
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
@@ -95,6 +96,13 @@ async fn run(
                 last_heard = Instant::now();
                 match incoming {
                     AggregatedMessage::Text(text) => {
+                        if !budget.take() {
+                            let refused = send_error(&mut session, None, ErrorCode::RateLimited, "too many frames per second").await;
+                            if refused.is_err() {
+                                return None;
+                            }
+                            continue;
+                        }
                         if let Err(reason) = answer(connection, &mut session, &text).await {
                             return reason;
                         }
@@ -168,6 +176,28 @@ pub(super) async fn catch_up(
     }
     connection.delivered.insert(id.clone(), upto);
     Ok(())
+}
+
+/// A one-second window of client frames.
+struct FrameBudget {
+    per_second: u32,
+    window_start: Instant,
+    used: u32,
+}
+
+impl FrameBudget {
+    fn new(per_second: u32) -> Self {
+        Self { per_second, window_start: Instant::now(), used: 0 }
+    }
+
+    fn take(&mut self) -> bool {
+        if self.window_start.elapsed() >= Duration::from_secs(1) {
+            self.window_start = Instant::now();
+            self.used = 0;
+        }
+        self.used += 1;
+        self.used <= self.per_second
+    }
 }
 
 /// Why the socket may no longer stay open (user deactivated or gone, tenant not active), checked

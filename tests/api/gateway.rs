@@ -318,3 +318,26 @@ async fn a_deactivated_users_socket_is_closed_within_a_heartbeat() {
     assert_eq!(closed.reason.as_str(), "user_deactivated");
     assert!(open_socket(&app, &bob).await.is_err(), "and cannot reconnect");
 }
+
+#[tokio::test]
+async fn frames_beyond_the_per_second_budget_are_refused() {
+    let app = spawn_app_with(&[("gateway.max_frames_per_sec", "3".into())]).await;
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    let mut socket = open_socket(&app, &alice).await.unwrap();
+    next_frame(&mut socket).await;
+    for n in 0..6 {
+        send(&mut socket, json!({"type": "ping", "ref": format!("p{n}")})).await;
+    }
+    let mut pongs = 0;
+    let mut limited = 0;
+    for _ in 0..6 {
+        let frame = next_frame(&mut socket).await;
+        match frame["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") if frame["error"]["code"] == "rate_limited" => limited += 1,
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    assert!(pongs >= 3 && limited >= 1, "pongs {pongs}, limited {limited}");
+}
