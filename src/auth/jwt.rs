@@ -94,6 +94,7 @@ mod tests {
             status: TenantStatus::Active,
             signing_keys: vec![SigningKey { kid: "k1".into(), secret: secret.into(), created_at: Utc::now() }],
             allowed_mime_types: Vec::new(),
+            allowed_origins: Vec::new(),
             user_count: 0,
             api_key_count: 0,
             created_at: Utc::now(),

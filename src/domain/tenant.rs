@@ -137,6 +137,9 @@ pub struct Tenant {
     /// MIME types (or `type/*`) the tenant's users may upload; empty means the platform default.
     #[serde(default)]
     pub allowed_mime_types: Vec<String>,
+    /// Browser origins (`https://app.example.com`) allowed to open WebSockets; empty allows any.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     /// Users ever created (deactivated ones included), counted against `limits.max_users`.
     #[serde(default)]
     pub user_count: u64,

@@ -46,6 +46,15 @@ pub async fn connect(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::ChatRead)?;
+    // Browsers always send Origin; other clients may not, and are allowed.
+    let origin = req.headers().get(actix_web::http::header::ORIGIN).and_then(|v| v.to_str().ok());
+    let allowed = &caller.tenant.allowed_origins;
+    if let Some(origin) = origin
+        && !allowed.is_empty()
+        && !allowed.iter().any(|a| a == origin)
+    {
+        return Err(ApiError::new(ErrorCode::Forbidden, "this origin may not open WebSockets for the tenant"));
+    }
     let db = state.store.tenant_db(&caller.scope());
     let memberships = db.members().of_user(caller.user_id()).await?;
     let ids: Vec<ConversationId> = memberships.iter().map(|m| m.conversation_id.clone()).collect();

@@ -31,6 +31,9 @@ pub struct CreateTenantRequest {
     /// MIME types (or `type/*`) users may upload; default: `files.default_allowed_mime_types`.
     #[serde(default)]
     pub allowed_mime_types: Vec<String>,
+    /// Browser origins allowed to open WebSockets (`https://app.example.com`); empty allows any.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
@@ -44,6 +47,8 @@ pub struct UpdateTenantRequest {
     pub status: Option<TenantStatus>,
     /// Replaces the upload allow-list; `[]` restores the platform default.
     pub allowed_mime_types: Option<Vec<String>>,
+    /// Replaces the WebSocket origin allow-list; `[]` allows any origin.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -59,6 +64,8 @@ pub struct TenantView {
     pub signing_key_ids: Vec<String>,
     /// Upload allow-list; empty means the platform default.
     pub allowed_mime_types: Vec<String>,
+    /// WebSocket origin allow-list; empty allows any.
+    pub allowed_origins: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -80,6 +87,7 @@ fn view(state: &AppState, tenant: Tenant) -> TenantView {
         status: tenant.status,
         signing_key_ids: tenant.signing_keys.into_iter().map(|k| k.kid).collect(),
         allowed_mime_types: tenant.allowed_mime_types,
+        allowed_origins: tenant.allowed_origins,
         created_at: tenant.created_at,
         updated_at: tenant.updated_at,
     }
@@ -112,6 +120,7 @@ pub async fn create_tenant(
         plan,
         limits: body.limits.unwrap_or_default(),
         allowed_mime_types: body.allowed_mime_types,
+        allowed_origins: body.allowed_origins,
     };
     let tenant = use_cases::create_tenant(&state, &caller, new).await?;
     Ok(HttpResponse::Created().json(view(&state, tenant)))
@@ -159,6 +168,7 @@ pub async fn update_tenant(
         limits: body.limits,
         status: body.status,
         allowed_mime_types: body.allowed_mime_types,
+        allowed_origins: body.allowed_origins,
     };
     let tenant = use_cases::update_tenant(&state, &caller, &id, changes).await?;
     Ok(HttpResponse::Ok().json(view(&state, tenant)))

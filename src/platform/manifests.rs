@@ -73,6 +73,7 @@ pub async fn apply(state: &AppState, manifest: TenantManifest) -> Result<Applied
             plan: manifest.plan,
             limits: manifest.limits,
             allowed_mime_types: Vec::new(),
+            allowed_origins: Vec::new(),
         };
         tenants::create_tenant(state, &caller, new).await?;
         return Ok(Applied::Created);
@@ -87,6 +88,7 @@ pub async fn apply(state: &AppState, manifest: TenantManifest) -> Result<Applied
         limits: (current.limits != limits).then_some(manifest.limits),
         status: None,
         allowed_mime_types: None,
+        allowed_origins: None,
     };
     if changes.name.is_none() && changes.plan.is_none() && changes.limits.is_none() {
         return Ok(Applied::Unchanged);

@@ -19,6 +19,7 @@ pub struct NewTenant {
     pub plan: PlanName,
     pub limits: TenantLimitsPatch,
     pub allowed_mime_types: Vec<String>,
+    pub allowed_origins: Vec<String>,
 }
 
 /// Changes to a tenant; `None` keeps the current value.
@@ -29,6 +30,7 @@ pub struct TenantChanges {
     pub limits: Option<TenantLimitsPatch>,
     pub status: Option<TenantStatus>,
     pub allowed_mime_types: Option<Vec<String>>,
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 impl TenantChanges {
@@ -38,7 +40,23 @@ impl TenantChanges {
             && self.limits.is_none()
             && self.status.is_none()
             && self.allowed_mime_types.is_none()
+            && self.allowed_origins.is_none()
     }
+}
+
+/// Origins: `http(s)://host[:port]`, no path, at most 50 of them.
+fn check_origins(origins: &[String]) -> Result<(), ApiError> {
+    let valid = |o: &String| {
+        let rest = o.strip_prefix("https://").or_else(|| o.strip_prefix("http://"));
+        rest.is_some_and(|r| !r.is_empty() && !r.contains(['/', '?', '#', ' '])) && o.len() <= 200
+    };
+    if origins.len() > 50 || !origins.iter().all(valid) {
+        return Err(ApiError::validation(
+            "allowed_origins",
+            "must be at most 50 origins like 'https://app.example.com'",
+        ));
+    }
+    Ok(())
 }
 
 /// MIME patterns: `type/subtype` or `type/*`, lower case, at most 100 of them.
@@ -76,6 +94,7 @@ pub fn new_signing_key() -> SigningKey {
 pub async fn create_tenant(state: &AppState, caller: &OperatorCaller, new: NewTenant) -> Result<Tenant, ApiError> {
     let limits = state.settings.tenants.default_limits.patched(&new.limits).map_err(limits_error)?;
     check_mime_patterns(&new.allowed_mime_types)?;
+    check_origins(&new.allowed_origins)?;
     let now = crate::domain::now();
     let mut tenant = Tenant {
         id: new.id,
@@ -85,6 +104,7 @@ pub async fn create_tenant(state: &AppState, caller: &OperatorCaller, new: NewTe
         status: TenantStatus::Provisioning,
         signing_keys: vec![new_signing_key()],
         allowed_mime_types: new.allowed_mime_types,
+        allowed_origins: new.allowed_origins,
         user_count: 0,
         api_key_count: 0,
         created_at: now,
@@ -154,6 +174,9 @@ pub async fn update_tenant(
     if let Some(types) = &changes.allowed_mime_types {
         check_mime_patterns(types)?;
     }
+    if let Some(origins) = &changes.allowed_origins {
+        check_origins(origins)?;
+    }
     let limits = match &changes.limits {
         Some(patch) => Some(current.limits.patched(patch).map_err(limits_error)?),
         None => None,
@@ -174,12 +197,16 @@ pub async fn update_tenant(
     if let Some(types) = &changes.allowed_mime_types {
         details.insert("allowed_mime_types".into(), types.clone().into());
     }
+    if let Some(origins) = &changes.allowed_origins {
+        details.insert("allowed_origins".into(), origins.clone().into());
+    }
     let update = TenantUpdate {
         name: changes.name,
         plan: changes.plan,
         limits,
         status: changes.status,
         allowed_mime_types: changes.allowed_mime_types,
+        allowed_origins: changes.allowed_origins,
     };
     let tenant = state
         .store

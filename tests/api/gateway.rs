@@ -341,3 +341,35 @@ async fn frames_beyond_the_per_second_budget_are_refused() {
     }
     assert!(pongs >= 3 && limited >= 1, "pongs {pongs}, limited {limited}");
 }
+
+#[tokio::test]
+async fn browser_origins_are_checked_against_the_tenants_allow_list() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    let patch = json!({"allowed_origins": ["https://app.example.com"]});
+    let updated = app.admin(Method::PATCH, &format!("/admin/v1/tenants/{}", tenant.id), Some(patch)).await;
+    assert_eq!(updated.status, StatusCode::OK, "{}", updated.text);
+    let bad = app
+        .admin(
+            Method::PATCH,
+            &format!("/admin/v1/tenants/{}", tenant.id),
+            Some(json!({"allowed_origins": ["app.example.com/x"]})),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let with_origin = |origin: &'static str| {
+        let url = app.address.replace("http://", "ws://") + "/v1/ws";
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert("authorization", format!("Bearer {alice}").parse().unwrap());
+        request.headers_mut().insert("origin", origin.parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+    };
+    match with_origin("https://evil.example.net").await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    assert!(with_origin("https://app.example.com").await.is_ok());
+    assert!(open_socket(&app, &alice).await.is_ok(), "clients without an Origin header are allowed");
+}

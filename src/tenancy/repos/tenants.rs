@@ -34,6 +34,7 @@ pub struct TenantUpdate {
     pub limits: Option<TenantLimits>,
     pub status: Option<TenantStatus>,
     pub allowed_mime_types: Option<Vec<String>>,
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 impl TenantsRepo {
@@ -82,6 +83,9 @@ impl TenantsRepo {
         }
         if let Some(types) = update.allowed_mime_types {
             set.insert("allowed_mime_types", types);
+        }
+        if let Some(origins) = update.allowed_origins {
+            set.insert("allowed_origins", origins);
         }
         if let Some(status) = update.status {
             set.insert("status", bson::to_bson(&status)?);
