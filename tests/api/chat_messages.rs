@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{ChatTenant, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{ChatTenant, TestApp, spawn_app};
 
 fn messages(conversation: &str) -> String {
     format!("/v1/conversations/{conversation}/messages")
@@ -76,12 +76,7 @@ async fn concurrent_senders_get_exactly_the_seqs_one_to_n() {
 #[tokio::test]
 async fn two_nodes_sending_to_one_conversation_stay_gapless() {
     let first = spawn_app().await;
-    let shared = [
-        ("mongodb.db_prefix", first.db_prefix.clone()),
-        ("redis.key_prefix", first.redis_prefix.clone()),
-        ("auth.operator_token", first.operator_token.clone()),
-    ];
-    let second = spawn_app_with(&shared).await;
+    let second = first.second_node().await;
     let tenant = first.chat_tenant().await;
     let (_, tokens, conversation) = group_of(&first, &tenant, 4).await;
     let senders = tokens.iter().enumerate().map(|(i, token)| {

@@ -51,12 +51,7 @@ async fn upgrades_need_a_valid_user_token() {
 #[tokio::test]
 async fn a_message_sent_on_one_node_reaches_a_socket_on_another() {
     let first = spawn_app().await;
-    let shared = [
-        ("mongodb.db_prefix", first.db_prefix.clone()),
-        ("redis.key_prefix", first.redis_prefix.clone()),
-        ("auth.operator_token", first.operator_token.clone()),
-    ];
-    let second = spawn_app_with(&shared).await;
+    let second = first.second_node().await;
     let tenant = first.chat_tenant().await;
     let alice = first.user(&tenant, "alice").await;
     let bob = first.user(&tenant, "bob").await;

@@ -175,6 +175,16 @@ impl TestApp {
         }
     }
 
+    /// Another confab node sharing this one's MongoDB databases, Redis keys and operator token.
+    pub async fn second_node(&self) -> TestApp {
+        spawn_app_with(&[
+            ("mongodb.db_prefix", self.db_prefix.clone()),
+            ("redis.key_prefix", self.redis_prefix.clone()),
+            ("auth.operator_token", self.operator_token.clone()),
+        ])
+        .await
+    }
+
     pub async fn mongo(&self) -> mongodb::Client {
         mongodb::Client::with_uri_str(mongo_uri()).await.expect("mongo client")
     }
