@@ -67,7 +67,12 @@ impl Application {
         let state = AppState::new(settings).await?;
         state.store.ensure_platform_indexes().await?;
         let hub = state.hub.clone();
-        state.redis.spawn_subscriber(state.settings.redis.url.clone(), move |delivery| hub.dispatch(delivery));
+        let subscribed = hub.clone();
+        state.redis.spawn_subscriber(
+            state.settings.redis.url.clone(),
+            move || subscribed.subscribed(),
+            move |delivery| hub.dispatch(delivery),
+        );
         let state = web::Data::new(state);
         let mut server = HttpServer::new(move || {
             App::new()

@@ -1,4 +1,4 @@
-//! The `confab` command line: `serve`, `tenants apply DIR`, `openapi`.
+//! The `confab` command line: `serve`, `tenants apply DIR`, `openapi`, `asyncapi`.
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +21,7 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Serve the REST API (and, later, the WebSocket gateway).
+    /// Serve the REST API and the WebSocket gateway.
     Serve,
     /// Manage tenants from declarative manifests.
     Tenants {
@@ -30,12 +30,19 @@ pub enum Command {
     },
     /// Print the OpenAPI document (regenerate openapi/openapi.json with it).
     Openapi,
+    /// Print the AsyncAPI document of the WebSocket protocol (regenerate openapi/asyncapi.yaml).
+    Asyncapi,
 }
 
 #[derive(Subcommand)]
 pub enum TenantsCommand {
     /// Create or update every tenant described by DIR/*.toml; idempotent.
     Apply { dir: PathBuf },
+}
+
+pub fn print_asyncapi() -> Result<(), String> {
+    print!("{}", crate::gateway::asyncapi::document_yaml());
+    Ok(())
 }
 
 pub fn print_openapi() -> Result<(), String> {

@@ -131,6 +131,16 @@ pub struct GatewaySettings {
     pub max_replay: i64,
     /// Client frames per second per socket; more get `rate_limited` errors and are not processed.
     pub max_frames_per_sec: u32,
+    /// Live sockets one user may hold across all nodes; one more is refused with 429.
+    pub max_connections_per_user: u32,
+    /// Lifetime of a `POST /v1/ws/tickets` ticket (single use).
+    pub ticket_ttl_secs: u64,
+    /// A connection not refreshed by a heartbeat for this long (a crashed node's) stops counting
+    /// as live for presence and the per-user limit.
+    pub presence_stale_secs: u64,
+    /// How often a socket re-reads its conversations' last seqs, to deliver anything whose live
+    /// event was lost (also done at once after this node's Redis subscriber reconnects).
+    pub catch_up_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +224,10 @@ heartbeat_secs = 15
 idle_timeout_secs = 45
 max_replay = 500
 max_frames_per_sec = 20
+max_connections_per_user = 10
+ticket_ttl_secs = 30
+presence_stale_secs = 40
+catch_up_secs = 60
 
 [http]
 max_json_body_bytes = 262144

@@ -8,6 +8,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Openapi => confab::cli::print_openapi(),
+        Command::Asyncapi => confab::cli::print_asyncapi(),
         Command::Serve => confab::cli::serve(cli.config.as_deref()).await,
         Command::Tenants { command } => confab::cli::tenants(cli.config.as_deref(), command).await,
     };

@@ -77,20 +77,24 @@ impl FromRequest for ActingUser {
                 let user = load_active_user(&state, &caller.scope(), &id, || ApiError::not_found("user")).await?;
                 return Ok(Self { tenant: caller.tenant, user, via: Via::ServerKey(Box::new(caller.key)) });
             }
-            let tenant_id = jwt::claimed_tenant(&token).ok_or_else(ApiError::unauthorized)?;
-            let tenant = tenant_of(&state, &tenant_id).await?;
-            let claims =
-                jwt::verify(&tenant, &token, &state.settings.auth.jwt_issuer).ok_or_else(ApiError::unauthorized)?;
-            admit(&state, &tenant).await?;
-            let id = UserId::parse(&claims.sub).map_err(|_| ApiError::unauthorized())?;
-            let scope = TenantScope { tenant: tenant.id.clone() };
-            let user = load_active_user(&state, &scope, &id, ApiError::unauthorized).await?;
-            Ok(Self { tenant, user, via: Via::UserToken })
+            user_of_token(&state, &token).await
         })
     }
 }
 
-async fn load_active_user(
+/// The user of a valid JWT, once their tenant is admitted.
+pub(super) async fn user_of_token(state: &web::Data<AppState>, token: &str) -> Result<ActingUser, ApiError> {
+    let tenant_id = jwt::claimed_tenant(token).ok_or_else(ApiError::unauthorized)?;
+    let tenant = tenant_of(state, &tenant_id).await?;
+    let claims = jwt::verify(&tenant, token, &state.settings.auth.jwt_issuer).ok_or_else(ApiError::unauthorized)?;
+    admit(state, &tenant).await?;
+    let id = UserId::parse(&claims.sub).map_err(|_| ApiError::unauthorized())?;
+    let scope = TenantScope { tenant: tenant.id.clone() };
+    let user = load_active_user(state, &scope, &id, ApiError::unauthorized).await?;
+    Ok(ActingUser { tenant, user, via: Via::UserToken })
+}
+
+pub(super) async fn load_active_user(
     state: &AppState,
     scope: &TenantScope,
     id: &UserId,

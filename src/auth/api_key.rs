@@ -14,7 +14,7 @@ use crate::domain::ApiKeyId;
 const PREFIX: &str = "cfk_";
 const SECRET_LEN: usize = 32;
 const CRC_LEN: usize = 6;
-const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+pub(super) const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 const ID_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 
 /// A freshly minted key. `full` is shown to the caller once and then forgotten.
@@ -69,7 +69,7 @@ pub fn hashes_match(stored: &str, presented: &str) -> bool {
     stored.as_bytes().ct_eq(presented.as_bytes()).into()
 }
 
-fn hash_key(full: &str) -> String {
+pub(super) fn hash_key(full: &str) -> String {
     hex::encode(Sha256::digest(full.as_bytes()))
 }
 
@@ -83,7 +83,7 @@ fn checksum(body: &str) -> String {
     String::from_utf8(out.to_vec()).expect("base62 is ascii")
 }
 
-fn random_string(alphabet: &[u8], len: usize) -> String {
+pub(super) fn random_string(alphabet: &[u8], len: usize) -> String {
     let mut rng = rand::rng();
     (0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())] as char).collect()
 }

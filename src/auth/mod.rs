@@ -8,6 +8,7 @@ mod extractors;
 pub mod jwt;
 mod secret;
 pub mod signed_url;
+pub mod socket;
 
 pub use acting_user::{ActingUser, AnyCaller, Via};
 pub use api_key::{GeneratedKey, ParsedKey};

@@ -269,6 +269,8 @@ pub async fn set_role(
     if role == MemberRole::Owner {
         db.conversations().add_owners(id, 1).await?;
     }
+    let changed = LiveEvent::MemberUpdated { conversation_id: id.clone(), user_id: user.clone(), role };
+    state.redis.publish_event(&conversation.tenant_id, &changed).await;
     let role_name = serde_json::to_value(role).unwrap_or_default();
     let event = serde_json::json!({ "event": "role_changed", "user_id": user.as_str(), "role": role_name, "by": caller.user_id().as_str() });
     let text = format!("{} made {user} {}", caller.user_id(), role_name.as_str().unwrap_or(""));

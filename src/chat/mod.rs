@@ -5,6 +5,7 @@ pub mod conversations;
 mod encrypted;
 pub mod members;
 pub mod messages;
+pub mod presence;
 pub mod reactions;
 pub mod receipts;
 pub mod relationships;

@@ -111,6 +111,8 @@ pub async fn set_pinned(
         }
     }
     db.conversations().set_pinned(id, seq, pinned).await?;
+    let event = LiveEvent::Pinned { conversation_id: id.clone(), seq, pinned, by: caller.user_id().clone() };
+    state.redis.publish_event(&caller.tenant.id, &event).await;
     Ok(())
 }
 

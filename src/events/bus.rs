@@ -1,5 +1,5 @@
 //! Fan-out between nodes: events are published on per-conversation channels
-//! `{prefix}t:{tenant}:conv:{conversation}`; each node holds ONE subscriber connection
+//! `{prefix}t:{tenant}:conv:{conversation}` (presence on `{prefix}t:{tenant}:presence`); each node holds ONE subscriber connection
 //! (`PSUBSCRIBE {prefix}t:*`) feeding its in-process hub. Pub/sub may drop events (it is only
 //! the fast path); receivers detect gaps by seq and fill them from MongoDB.
 
@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 
 use crate::domain::{ConversationId, TenantId};
 
+use super::live::Topic;
 use super::{Redis, RedisError};
 
 /// Wait before reconnecting a lost subscriber connection.
@@ -17,19 +18,18 @@ const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
 /// An event as it arrives at a node.
 pub struct Delivery {
     pub tenant: TenantId,
-    pub conversation: ConversationId,
+    /// The conversation of the channel; `None` on the presence channel.
+    pub conversation: Option<ConversationId>,
     pub payload: Vec<u8>,
 }
 
 impl Redis {
     /// Publishes `payload` to every node; best effort (the caller's data is already stored).
-    pub async fn publish(
-        &self,
-        tenant: &TenantId,
-        conversation: &ConversationId,
-        payload: Vec<u8>,
-    ) -> Result<(), RedisError> {
-        let channel = self.keys(tenant).key(&format!("conv:{conversation}"));
+    pub async fn publish(&self, tenant: &TenantId, topic: Topic<'_>, payload: Vec<u8>) -> Result<(), RedisError> {
+        let channel = match topic {
+            Topic::Conversation(conversation) => self.keys(tenant).key(&format!("conv:{conversation}")),
+            Topic::Presence => self.keys(tenant).key("presence"),
+        };
         self.run(|mut conn| async move {
             deadpool_redis::redis::cmd("PUBLISH")
                 .arg(channel)
@@ -42,11 +42,18 @@ impl Redis {
     }
 
     /// Runs this node's subscriber until the process ends, handing each event to `deliver`.
-    pub fn spawn_subscriber(&self, url: String, deliver: impl Fn(Delivery) + Send + Sync + 'static) {
+    /// `subscribed` runs after every (re)subscription: events published while the subscriber
+    /// was away are lost to it, so listeners catch up from MongoDB.
+    pub fn spawn_subscriber(
+        &self,
+        url: String,
+        subscribed: impl Fn() + Send + Sync + 'static,
+        deliver: impl Fn(Delivery) + Send + Sync + 'static,
+    ) {
         let prefix = self.prefix.clone();
         tokio::spawn(async move {
             loop {
-                if let Err(e) = subscribe_once(&url, &prefix, &deliver).await {
+                if let Err(e) = subscribe_once(&url, &prefix, &subscribed, &deliver).await {
                     tracing::warn!(error = %e, "event subscriber lost its connection; reconnecting");
                 }
                 tokio::time::sleep(RESUBSCRIBE_DELAY).await;
@@ -58,11 +65,13 @@ impl Redis {
 async fn subscribe_once(
     url: &str,
     prefix: &str,
+    subscribed: &impl Fn(),
     deliver: &impl Fn(Delivery),
 ) -> Result<(), deadpool_redis::redis::RedisError> {
     let client = deadpool_redis::redis::Client::open(url)?;
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.psubscribe(format!("{prefix}t:*")).await?;
+    subscribed();
     let mut messages = pubsub.on_message();
     while let Some(message) = messages.next().await {
         let channel = message.get_channel_name().to_string();
@@ -74,16 +83,15 @@ async fn subscribe_once(
     Ok(())
 }
 
-/// `{prefix}t:{tenant}:conv:{conversation}` -> the tenant and conversation.
+/// `{prefix}t:{tenant}:conv:{conversation}` or `{prefix}t:{tenant}:presence` -> a delivery.
 fn parse_channel(prefix: &str, channel: &str, payload: Vec<u8>) -> Option<Delivery> {
     let rest = channel.strip_prefix(prefix)?.strip_prefix("t:")?;
     let (tenant, rest) = rest.split_once(':')?;
-    let conversation = rest.strip_prefix("conv:")?;
-    Some(Delivery {
-        tenant: TenantId::parse(tenant).ok()?,
-        conversation: ConversationId::parse(conversation).ok()?,
-        payload,
-    })
+    let conversation = match rest {
+        "presence" => None,
+        _ => Some(ConversationId::parse(rest.strip_prefix("conv:")?).ok()?),
+    };
+    Some(Delivery { tenant: TenantId::parse(tenant).ok()?, conversation, payload })
 }
 
 #[cfg(test)]
@@ -94,7 +102,9 @@ mod tests {
     fn channels_name_tenant_and_conversation() {
         let id = ConversationId::new();
         let parsed = parse_channel("cf:", &format!("cf:t:acme:conv:{id}"), b"x".to_vec()).unwrap();
-        assert_eq!((parsed.tenant.as_str(), parsed.conversation), ("acme", id));
+        assert_eq!((parsed.tenant.as_str(), parsed.conversation), ("acme", Some(id)));
+        let presence = parse_channel("cf:", "cf:t:acme:presence", b"x".to_vec()).unwrap();
+        assert_eq!(presence.conversation, None);
         assert!(parse_channel("cf:", "cf:t:acme:rl:1", b"x".to_vec()).is_none());
         assert!(parse_channel("cf:", "other:t:acme:conv:x", b"x".to_vec()).is_none());
     }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{ConversationId, Message, TenantId, UserId};
+use crate::domain::{ConversationId, MemberRole, Message, TenantId, UserId};
 
 use super::{Redis, RedisError};
 
@@ -21,16 +21,34 @@ pub enum LiveEvent {
     Joined { conversation_id: ConversationId, user_id: UserId, after_seq: i64 },
     /// A user stopped being a member (left, removed, banned); their sockets stop following it.
     Left { conversation_id: ConversationId, user_id: UserId },
+    /// A member's role changed.
+    MemberUpdated { conversation_id: ConversationId, user_id: UserId, role: MemberRole },
+    /// A message was pinned or unpinned.
+    Pinned { conversation_id: ConversationId, seq: i64, pinned: bool, by: UserId },
+    /// A user came online (first live connection on any node) or went offline (last one
+    /// closed). Carries the user's conversations: it reaches the sockets that follow any of them.
+    Presence { user_id: UserId, online: bool, last_seen_at: i64, conversations: Vec<ConversationId> },
+}
+
+/// Where an event is published: one conversation's channel, or the tenant's presence channel.
+pub enum Topic<'a> {
+    Conversation(&'a ConversationId),
+    Presence,
 }
 
 impl LiveEvent {
-    pub fn conversation_id(&self) -> &ConversationId {
+    pub fn topic(&self) -> Topic<'_> {
         match self {
-            LiveEvent::Created { message } | LiveEvent::Updated { message } => &message.conversation_id,
+            LiveEvent::Created { message } | LiveEvent::Updated { message } => {
+                Topic::Conversation(&message.conversation_id)
+            }
             LiveEvent::Typing { conversation_id, .. }
             | LiveEvent::Read { conversation_id, .. }
             | LiveEvent::Joined { conversation_id, .. }
-            | LiveEvent::Left { conversation_id, .. } => conversation_id,
+            | LiveEvent::Left { conversation_id, .. }
+            | LiveEvent::MemberUpdated { conversation_id, .. }
+            | LiveEvent::Pinned { conversation_id, .. } => Topic::Conversation(conversation_id),
+            LiveEvent::Presence { .. } => Topic::Presence,
         }
     }
 }
@@ -43,7 +61,7 @@ impl Redis {
             Ok(payload) => payload,
             Err(e) => return tracing::error!(error = %e, "could not encode a live event"),
         };
-        let published: Result<(), RedisError> = self.publish(tenant, event.conversation_id(), payload).await;
+        let published: Result<(), RedisError> = self.publish(tenant, event.topic(), payload).await;
         if let Err(e) = published {
             tracing::warn!(error = %e, "could not publish a live event");
         }

@@ -1,10 +1,12 @@
 //! The only module that talks to Redis: tenant-scoped key naming, the request rate limiter,
-//! and (with the gateway) pub/sub fan-out. Every key and channel starts with
+//! pub/sub fan-out, live connections and presence, and WebSocket tickets. Every key and channel starts with
 //! `{prefix}t:{tenant_id}:`, so tenants never share Redis state.
 
 mod bus;
 mod live;
+mod presence;
 mod rate_limit;
+mod tickets;
 
 use std::time::Duration;
 
@@ -14,7 +16,8 @@ use crate::config::RedisSettings;
 use crate::domain::TenantId;
 
 pub use bus::Delivery;
-pub use live::LiveEvent;
+pub use live::{LiveEvent, Topic};
+pub use presence::{ConnectionInfo, ConnectionView, Opened, Presence};
 pub use rate_limit::RateLimiter;
 
 #[derive(Clone)]

@@ -1,54 +1,15 @@
 //! Frames a client sends, and how each is answered. Errors use the REST error codes.
 
-use std::collections::HashMap;
-
 use actix_ws::{CloseReason, Session};
-use serde::Deserialize;
 
 use crate::chat::{self, messages::NewMessage};
 use crate::domain::ConversationId;
 use crate::error::{ApiError, ErrorCode};
 use crate::events::LiveEvent;
-use crate::http::SendMessageRequest;
 
-use super::session::{Connection, TYPING_THROTTLE, catch_up};
-
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ClientFrame {
-    /// What the client has seen: conversation id -> last seq.
-    Resume {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
-        conversations: HashMap<String, i64>,
-    },
-    Ping {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
-    },
-    /// Sends a message, with the same rules and idempotency as `POST .../messages`.
-    Send {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
-        conversation_id: String,
-        message: Box<SendMessageRequest>,
-    },
-    /// Started (`typing: true`) or stopped typing; throttled, and expiring on the receivers' side.
-    Typing { conversation_id: String, typing: bool },
-    /// Moves the read mark (`read`) or the delivered mark (`delivered`) forward.
-    Read {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
-        conversation_id: String,
-        seq: i64,
-    },
-    Delivered {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
-        conversation_id: String,
-        seq: i64,
-    },
-}
+use super::protocol::{AckResult, ClientFrame, SentMessage, ServerFrame};
+use super::relay::catch_up;
+use super::session::{Connection, TYPING_THROTTLE};
 
 /// Publishes a typing event for a conversation the socket follows; `typing: true` at most once
 /// per `TYPING_THROTTLE`. Unknown conversations are ignored (typing is best effort, unacked).
@@ -85,19 +46,23 @@ async fn mark(
     }
     .await;
     let reply = match marked {
-        Ok(marks) => serde_json::json!({
-            "type": "ack", "ref": reference,
-            "last_read_seq": marks.member.last_read_seq, "last_delivered_seq": marks.member.last_delivered_seq,
-            "unread_count": marks.unread,
-        }),
+        Ok(marks) => ServerFrame::Ack {
+            reference,
+            result: AckResult {
+                last_read_seq: Some(marks.member.last_read_seq),
+                last_delivered_seq: Some(marks.member.last_delivered_seq),
+                unread_count: Some(marks.unread),
+                ..AckResult::default()
+            },
+        },
         Err(e) => error_frame(reference, &e),
     };
-    session.text(reply.to_string()).await.map_err(|_| None)
+    session.text(reply.to_text()).await.map_err(|_| None)
 }
 
 /// An error frame with the REST error code and message.
-fn error_frame(reference: Option<String>, error: &ApiError) -> serde_json::Value {
-    serde_json::json!({ "type": "error", "ref": reference, "error": { "code": error.code().as_str(), "message": error.to_string() } })
+fn error_frame(reference: Option<String>, error: &ApiError) -> ServerFrame {
+    ServerFrame::error(reference, error.code().as_str(), error.to_string())
 }
 
 pub(super) async fn send_error(
@@ -106,10 +71,7 @@ pub(super) async fn send_error(
     code: ErrorCode,
     message: &str,
 ) -> Result<(), actix_ws::Closed> {
-    let frame = serde_json::json!({
-        "type": "error", "ref": reference, "error": { "code": code.as_str(), "message": message },
-    });
-    session.text(frame.to_string()).await
+    session.text(ServerFrame::error(reference, code.as_str(), message).to_text()).await
 }
 
 /// Handles one client frame; `Err` closes the socket with the given reason.
@@ -135,7 +97,7 @@ pub(super) async fn answer(
     };
     match frame {
         ClientFrame::Ping { reference } => {
-            session.text(serde_json::json!({ "type": "pong", "ref": reference }).to_string()).await.map_err(|_| None)
+            session.text(ServerFrame::Pong { reference }.to_text()).await.map_err(|_| None)
         }
         ClientFrame::Send { reference, conversation_id, message } => {
             let sent = async {
@@ -146,13 +108,21 @@ pub(super) async fn answer(
             }
             .await;
             let reply = match sent {
-                Ok((message, created)) => serde_json::json!({
-                    "type": "ack", "ref": reference, "created": created,
-                    "message": { "conversation_id": message.conversation_id.as_str(), "seq": message.seq, "id": message.id },
-                }),
+                Ok((message, created)) => ServerFrame::Ack {
+                    reference,
+                    result: AckResult {
+                        created: Some(created),
+                        message: Some(SentMessage {
+                            conversation_id: message.conversation_id.to_string(),
+                            seq: message.seq,
+                            id: message.id.to_string(),
+                        }),
+                        ..AckResult::default()
+                    },
+                },
                 Err(e) => error_frame(reference, &e),
             };
-            session.text(reply.to_string()).await.map_err(|_| None)
+            session.text(reply.to_text()).await.map_err(|_| None)
         }
         ClientFrame::Typing { conversation_id, typing } => {
             typing_event(connection, &conversation_id, typing).await;
@@ -174,7 +144,7 @@ pub(super) async fn answer(
                 connection.delivered.insert(id.clone(), seen.min(head));
                 catch_up(connection, session, &id, head).await.map_err(|_| None)?;
             }
-            session.text(serde_json::json!({ "type": "ack", "ref": reference }).to_string()).await.map_err(|_| None)
+            session.text(ServerFrame::Ack { reference, result: AckResult::default() }.to_text()).await.map_err(|_| None)
         }
     }
 }

@@ -3,7 +3,8 @@
 //! outbox of each local socket that follows the conversation. A socket whose outbox is full is
 //! told to close (slow consumer): nobody is buffered without bound and nobody slows the others.
 //! Membership events re-point a user's sockets, so they follow conversations they join and stop
-//! hearing from conversations they leave.
+//! hearing from conversations they leave. The hub also counts the subscriber's (re)connections:
+//! a socket that sees the count move knows events may have been lost and catches up.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc};
 
 use crate::domain::{ConversationId, TenantId, UserId};
-use crate::events::{Delivery, LiveEvent};
+use crate::events::{Delivery, LiveEvent, Topic};
 
 #[derive(Clone)]
 pub struct Outbox {
@@ -57,13 +58,39 @@ impl Registry {
     }
 }
 
+/// A name for this process, recorded on its connections ("which node holds this socket").
+struct NodeName(String);
+
+impl Default for NodeName {
+    fn default() -> Self {
+        let random = uuid::Uuid::now_v7().simple().to_string();
+        Self(format!("node-{}", &random[random.len() - 12..]))
+    }
+}
+
 #[derive(Default)]
 pub struct Hub {
+    node: NodeName,
     next_id: AtomicU64,
+    subscriptions: AtomicU64,
     registry: Mutex<Registry>,
 }
 
 impl Hub {
+    pub fn node_id(&self) -> &str {
+        &self.node.0
+    }
+
+    /// Called each time this node's Redis subscriber (re)subscribes.
+    pub fn subscribed(&self) {
+        self.subscriptions.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many times the subscriber has subscribed; a change means events may have been missed.
+    pub fn subscription_epoch(&self) -> u64 {
+        self.subscriptions.load(Ordering::SeqCst)
+    }
+
     pub fn next_socket_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -114,32 +141,18 @@ impl Hub {
             LiveEvent::Created { message } | LiveEvent::Updated { message } => message.tenant_id != delivery.tenant,
             _ => false,
         };
-        if misrouted || event.conversation_id() != &delivery.conversation {
+        let on_its_channel = match (event.topic(), &delivery.conversation) {
+            (Topic::Conversation(id), Some(channel)) => id == channel,
+            (Topic::Presence, None) => true,
+            _ => false,
+        };
+        if misrouted || !on_its_channel {
             tracing::warn!("dropping an event published on the wrong channel");
             return;
         }
         let outboxes: Vec<Outbox> = {
             let mut registry = self.registry.lock().expect("hub lock");
-            let targets: Vec<u64> = match &event {
-                LiveEvent::Joined { user_id, .. } | LiveEvent::Left { user_id, .. } => {
-                    let user = (delivery.tenant.clone(), user_id.clone());
-                    let sockets: Vec<u64> =
-                        registry.by_user.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
-                    for socket in &sockets {
-                        if matches!(event, LiveEvent::Joined { .. }) {
-                            registry.follow(*socket, &delivery.conversation);
-                        } else {
-                            registry.unfollow(*socket, &delivery.conversation);
-                        }
-                    }
-                    sockets
-                }
-                _ => registry
-                    .by_conversation
-                    .get(&(delivery.tenant.clone(), delivery.conversation.clone()))
-                    .map(|s| s.iter().copied().collect())
-                    .unwrap_or_default(),
-            };
+            let targets = registry.targets(&delivery.tenant, &event);
             targets.iter().filter_map(|s| registry.sockets.get(s).map(|entry| entry.outbox.clone())).collect()
         };
         let live = Arc::new(event);
@@ -147,6 +160,46 @@ impl Hub {
             if outbox.tx.try_send(live.clone()).is_err() {
                 outbox.slow.notify_one();
             }
+        }
+    }
+}
+
+impl Registry {
+    fn following(&self, tenant: &TenantId, conversation: &ConversationId) -> impl Iterator<Item = u64> + '_ {
+        self.by_conversation.get(&(tenant.clone(), conversation.clone())).into_iter().flatten().copied()
+    }
+
+    fn of_user(&self, tenant: &TenantId, user: &UserId) -> Vec<u64> {
+        self.by_user.get(&(tenant.clone(), user.clone())).map(|s| s.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// The local sockets an event goes to. Membership changes first re-point the member's own
+    /// sockets, then go to them and to everyone following the conversation.
+    fn targets(&mut self, tenant: &TenantId, event: &LiveEvent) -> HashSet<u64> {
+        match event {
+            LiveEvent::Joined { conversation_id, user_id, .. } | LiveEvent::Left { conversation_id, user_id } => {
+                let own = self.of_user(tenant, user_id);
+                for socket in &own {
+                    if matches!(event, LiveEvent::Joined { .. }) {
+                        self.follow(*socket, conversation_id);
+                    } else {
+                        self.unfollow(*socket, conversation_id);
+                    }
+                }
+                self.following(tenant, conversation_id).chain(own).collect()
+            }
+            LiveEvent::Presence { user_id, conversations, .. } => {
+                let own: HashSet<u64> = self.of_user(tenant, user_id).into_iter().collect();
+                conversations
+                    .iter()
+                    .flat_map(|c| self.following(tenant, c))
+                    .filter(|socket| !own.contains(socket))
+                    .collect()
+            }
+            other => match other.topic() {
+                Topic::Conversation(id) => self.following(tenant, id).collect(),
+                Topic::Presence => HashSet::new(),
+            },
         }
     }
 }

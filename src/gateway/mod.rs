@@ -1,8 +1,14 @@
-//! The WebSocket gateway: `GET /v1/ws`, one task per socket, fed by this node's hub.
+//! The WebSocket gateway: `GET /v1/ws`, one task per socket, fed by this node's hub; the
+//! protocol's types (from which `openapi/asyncapi.yaml` is generated); connection tracking and
+//! presence.
 
+pub mod asyncapi;
 mod frames;
 mod hub;
+pub mod protocol;
+mod relay;
 mod session;
+mod tracking;
 
 pub use hub::Hub;
 pub use session::connect;

@@ -212,14 +212,9 @@ pub fn message_view(m: Message, mine: &[(i64, String)], pinned: &[i64]) -> Messa
 }
 
 /// A message as the WebSocket gateway sends it (`message.new`, `message.updated`).
-pub fn message_frame(kind: &str, message: Message) -> String {
-    let conversation_id = message.conversation_id.to_string();
-    serde_json::json!({
-        "type": kind,
-        "conversation_id": conversation_id,
-        "message": message_view(message, &[], &[]),
-    })
-    .to_string()
+/// A message as live frames carry it: no per-viewer fields (`mine`, `pinned`).
+pub fn live_message_view(message: Message) -> MessageView {
+    message_view(message, &[], &[])
 }
 
 fn history_view(history: History) -> HistoryView {

@@ -12,6 +12,7 @@ mod me;
 mod messages;
 mod middleware;
 pub mod openapi;
+mod realtime;
 mod signing_keys;
 mod tenants;
 mod users;
@@ -21,7 +22,7 @@ use actix_web::web;
 use crate::error::{ApiError, ErrorCode};
 
 pub use extract::{PageQuery, ValidJson};
-pub use messages::{SendMessageRequest, message_frame};
+pub use messages::{MessageView, SendMessageRequest, live_message_view};
 pub use middleware::request_context;
 
 /// Registers every route and the extractor error handlers.
@@ -64,7 +65,11 @@ pub async fn route_not_found() -> Result<actix_web::HttpResponse, ApiError> {
 fn chat_routes(cfg: &mut web::ServiceConfig) {
     const CONVERSATION: &str = "/conversations/{conversation_id}";
     let at = |suffix: &str| format!("{CONVERSATION}{suffix}");
-    cfg.route("/ws", web::get().to(crate::gateway::connect))
+    cfg.route("/ws", web::get().to(realtime::open_socket))
+        .route("/ws/tickets", web::post().to(realtime::create_ticket))
+        .route("/users/{user_id}/presence", web::get().to(realtime::user_presence))
+        .route("/users/{user_id}/connections", web::get().to(realtime::user_connections))
+        .route(&at("/presence"), web::get().to(realtime::conversation_presence))
         .route("/users", web::get().to(users::list_users))
         .route("/users/{user_id}", web::put().to(users::put_user))
         .route("/users/{user_id}", web::get().to(users::get_user))

@@ -39,7 +39,7 @@ pub enum ErrorResponses {
     /// `validation_failed`, with per-field `details.fields`.
     #[response(status = 422)]
     Unprocessable(ErrorBody),
-    /// `rate_limited`; see `Retry-After`.
+    /// `rate_limited` (see `Retry-After`), `too_many_connections`.
     #[response(status = 429)]
     RateLimited(ErrorBody),
     /// `internal`.
@@ -153,6 +153,11 @@ impl Modify for SecuritySchemes {
         super::devices::revoke_device,
         super::devices::list_devices,
         super::devices::key_events,
+        super::realtime::open_socket,
+        super::realtime::create_ticket,
+        super::realtime::user_presence,
+        super::realtime::conversation_presence,
+        super::realtime::user_connections,
     ),
     components(schemas(ErrorBody)),
     modifiers(&SecuritySchemes),
@@ -169,6 +174,7 @@ impl Modify for SecuritySchemes {
         (name = "receipts", description = "Read and delivered marks"),
         (name = "e2e", description = "End-to-end encryption: the device key directory (see docs/e2e.md)"),
         (name = "files", description = "Uploads, downloads, sharing, signed URLs, storage usage"),
+        (name = "realtime", description = "The WebSocket gateway, its tickets, presence and live connections"),
     )
 )]
 pub struct ApiDoc;

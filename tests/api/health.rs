@@ -107,3 +107,17 @@ async fn committed_openapi_document_is_current() {
         "openapi/openapi.json is stale: run `cargo run -q -- openapi > openapi/openapi.json`"
     );
 }
+
+#[tokio::test]
+async fn committed_asyncapi_document_is_current() {
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/asyncapi.yaml"))
+        .expect("openapi/asyncapi.yaml exists");
+    let generated = confab::gateway::asyncapi::document_yaml();
+    assert!(
+        committed == generated,
+        "openapi/asyncapi.yaml is stale: run `cargo run -q -- asyncapi > openapi/asyncapi.yaml`"
+    );
+    let parsed: serde_json::Value = serde_norway::from_str(&committed).expect("the document is YAML");
+    assert_eq!(parsed["asyncapi"], "3.0.0");
+    assert_eq!(parsed["channels"]["socket"]["address"], "/v1/ws");
+}

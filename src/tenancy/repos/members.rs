@@ -64,6 +64,17 @@ impl MembersRepo {
             .await
     }
 
+    /// Whether `user` is an active member of any of `conversations`.
+    pub async fn member_of_any(
+        &self,
+        user: &UserId,
+        conversations: &[ConversationId],
+    ) -> Result<bool, mongodb::error::Error> {
+        let ids: Vec<&str> = conversations.iter().map(ConversationId::as_str).collect();
+        let filter = doc! { "user_id": user.as_str(), "conversation_id": { "$in": ids }, "banned_at": null };
+        Ok(self.members.find_one(filter).await?.is_some())
+    }
+
     /// Changes the role if it still is `from`; `None` if it is not (or the member is gone).
     pub async fn set_role(
         &self,

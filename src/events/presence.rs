@@ -1,0 +1,278 @@
+//! Live connections and presence, shared by every node through Redis. Per tenant:
+//! `conns:{user}` is a sorted set of the user's connection ids scored by when each goes stale
+//! (its last heartbeat + the stale window), `conn:{id}` a hash describing one connection (expires
+//! with it), and `last_seen` a hash of user -> last time seen online. A node that crashes stops
+//! refreshing its entries, so they drop out of every answer after the stale window: presence is
+//! derived from live connections, never from a flag someone must remember to clear.
+
+use serde::Serialize;
+
+use crate::domain::{TenantId, UserId};
+
+use super::{Redis, RedisError};
+
+/// Registers a connection unless the user is at the limit. KEYS: conns, conn, last_seen.
+/// ARGV: now, stale_at, connection id, max, user, node, client, user_agent, ttl_secs.
+/// Returns the user's live connections before this one, or -1 at the limit.
+const OPEN: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local live = redis.call('ZCARD', KEYS[1])
+if live >= tonumber(ARGV[4]) then return -1 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[9] * 1000)
+redis.call('HSET', KEYS[2], 'user_id', ARGV[5], 'node', ARGV[6], 'client', ARGV[7], 'user_agent', ARGV[8],
+  'status', 'online', 'connected_at', ARGV[1], 'last_heartbeat', ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[9])
+redis.call('HSET', KEYS[3], ARGV[5], ARGV[1])
+return live
+"#;
+
+/// Refreshes a connection (and re-creates it if Redis lost it). KEYS: conns, conn, last_seen.
+/// ARGV: now, stale_at, connection id, user, ttl_secs.
+const HEARTBEAT: &str = r#"
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5] * 1000)
+redis.call('HSET', KEYS[2], 'user_id', ARGV[4], 'status', 'online', 'last_heartbeat', ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('HSET', KEYS[3], ARGV[4], ARGV[1])
+return 1
+"#;
+
+/// Removes a connection. KEYS: conns, conn, last_seen. ARGV: now, connection id, user.
+/// Returns the user's live connections after it.
+const CLOSE: &str = r#"
+redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[1])
+return redis.call('ZCARD', KEYS[1])
+"#;
+
+/// What a new connection registers about itself.
+pub struct ConnectionInfo<'a> {
+    pub id: &'a str,
+    pub user: &'a UserId,
+    pub node: &'a str,
+    /// What the app says it is (`?client=`), e.g. `ios/2.3.1`.
+    pub client: &'a str,
+    pub user_agent: &'a str,
+}
+
+/// Outcome of registering a connection.
+pub enum Opened {
+    /// The user's first live connection: they just came online.
+    FirstOfUser,
+    Another,
+    /// The user already holds the maximum number of live connections.
+    AtLimit,
+}
+
+/// One user's presence, derived from their live connections.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Presence {
+    #[schema(value_type = String)]
+    pub user_id: UserId,
+    pub online: bool,
+    pub connections: u64,
+    /// Milliseconds since the epoch when the user was last seen online (a heartbeat, connect or
+    /// disconnect); `null` if never.
+    pub last_seen_at: Option<i64>,
+}
+
+/// One live connection, as tracked for "who is connected from where".
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ConnectionView {
+    pub connection_id: String,
+    pub user_id: String,
+    pub status: String,
+    /// The node holding the socket.
+    pub node: String,
+    pub client: String,
+    pub user_agent: String,
+    pub connected_at: i64,
+    pub last_heartbeat: i64,
+}
+
+/// A tenant's presence keys, with the stale window every entry lives by.
+pub struct PresenceRegistry<'a> {
+    redis: &'a Redis,
+    tenant: &'a TenantId,
+    stale_ms: i64,
+}
+
+impl Redis {
+    pub fn presence<'a>(&'a self, tenant: &'a TenantId, stale_after_secs: u64) -> PresenceRegistry<'a> {
+        PresenceRegistry { redis: self, tenant, stale_ms: stale_after_secs as i64 * 1000 }
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl PresenceRegistry<'_> {
+    fn conns_key(&self, user: &UserId) -> String {
+        self.redis.keys(self.tenant).key(&format!("conns:{user}"))
+    }
+
+    fn conn_key(&self, id: &str) -> String {
+        self.redis.keys(self.tenant).key(&format!("conn:{id}"))
+    }
+
+    fn last_seen_key(&self) -> String {
+        self.redis.keys(self.tenant).key("last_seen")
+    }
+
+    fn ttl_secs(&self) -> i64 {
+        self.stale_ms / 1000 + 1
+    }
+
+    pub async fn open(&self, info: &ConnectionInfo<'_>, max_per_user: u32) -> Result<Opened, RedisError> {
+        let now = now_ms();
+        let keys = [self.conns_key(info.user), self.conn_key(info.id), self.last_seen_key()];
+        let ttl = self.ttl_secs();
+        let before: i64 = self
+            .redis
+            .run(|mut conn| async move {
+                deadpool_redis::redis::cmd("EVAL")
+                    .arg(OPEN)
+                    .arg(3)
+                    .arg(&keys)
+                    .arg(now)
+                    .arg(now + self.stale_ms)
+                    .arg(info.id)
+                    .arg(max_per_user)
+                    .arg(info.user.as_str())
+                    .arg(info.node)
+                    .arg(info.client)
+                    .arg(info.user_agent)
+                    .arg(ttl)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(match before {
+            -1 => Opened::AtLimit,
+            0 => Opened::FirstOfUser,
+            _ => Opened::Another,
+        })
+    }
+
+    pub async fn heartbeat(&self, user: &UserId, id: &str) -> Result<(), RedisError> {
+        let now = now_ms();
+        let keys = [self.conns_key(user), self.conn_key(id), self.last_seen_key()];
+        let ttl = self.ttl_secs();
+        self.redis
+            .run(|mut conn| async move {
+                deadpool_redis::redis::cmd("EVAL")
+                    .arg(HEARTBEAT)
+                    .arg(3)
+                    .arg(&keys)
+                    .arg(now)
+                    .arg(now + self.stale_ms)
+                    .arg(id)
+                    .arg(user.as_str())
+                    .arg(ttl)
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .map(|_| ())
+            })
+            .await
+    }
+
+    /// Removes a connection; `true` when it was the user's last (they went offline).
+    pub async fn close(&self, user: &UserId, id: &str) -> Result<bool, RedisError> {
+        let keys = [self.conns_key(user), self.conn_key(id), self.last_seen_key()];
+        let left: i64 = self
+            .redis
+            .run(|mut conn| async move {
+                deadpool_redis::redis::cmd("EVAL")
+                    .arg(CLOSE)
+                    .arg(3)
+                    .arg(&keys)
+                    .arg(now_ms())
+                    .arg(id)
+                    .arg(user.as_str())
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(left == 0)
+    }
+
+    /// Presence of each user, in the order given.
+    pub async fn of(&self, users: &[UserId]) -> Result<Vec<Presence>, RedisError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut pipe = deadpool_redis::redis::pipe();
+        for user in users {
+            pipe.cmd("ZCOUNT").arg(self.conns_key(user)).arg(format!("({now}")).arg("+inf");
+        }
+        let names: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        let last_seen_key = self.last_seen_key();
+        let (counts, last_seen): (Vec<u64>, Vec<Option<i64>>) = self
+            .redis
+            .run(|mut conn| async move {
+                let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+                let last_seen: Vec<Option<i64>> =
+                    deadpool_redis::redis::cmd("HMGET").arg(last_seen_key).arg(&names).query_async(&mut conn).await?;
+                Ok((counts, last_seen))
+            })
+            .await?;
+        Ok(users
+            .iter()
+            .zip(counts)
+            .zip(last_seen)
+            .map(|((user, connections), last_seen_at)| Presence {
+                user_id: user.clone(),
+                online: connections > 0,
+                connections,
+                last_seen_at,
+            })
+            .collect())
+    }
+
+    /// A user's live connections.
+    pub async fn connections(&self, user: &UserId) -> Result<Vec<ConnectionView>, RedisError> {
+        let now = now_ms();
+        let key = self.conns_key(user);
+        let ids: Vec<String> = self
+            .redis
+            .run(|mut conn| async move {
+                deadpool_redis::redis::cmd("ZRANGEBYSCORE")
+                    .arg(key)
+                    .arg(format!("({now}"))
+                    .arg("+inf")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = deadpool_redis::redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGETALL").arg(self.conn_key(id));
+        }
+        let hashes: Vec<std::collections::HashMap<String, String>> =
+            self.redis.run(|mut conn| async move { pipe.query_async(&mut conn).await }).await?;
+        let field = |hash: &std::collections::HashMap<String, String>, name: &str| hash.get(name).cloned();
+        Ok(ids
+            .into_iter()
+            .zip(hashes)
+            .filter(|(_, hash)| !hash.is_empty())
+            .map(|(connection_id, hash)| ConnectionView {
+                user_id: field(&hash, "user_id").unwrap_or_default(),
+                status: field(&hash, "status").unwrap_or_default(),
+                node: field(&hash, "node").unwrap_or_default(),
+                client: field(&hash, "client").unwrap_or_default(),
+                user_agent: field(&hash, "user_agent").unwrap_or_default(),
+                connected_at: field(&hash, "connected_at").and_then(|v| v.parse().ok()).unwrap_or_default(),
+                last_heartbeat: field(&hash, "last_heartbeat").and_then(|v| v.parse().ok()).unwrap_or_default(),
+                connection_id,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,100 @@
+//! Every socket is a tracked connection (kept in Redis, shared by all nodes): it counts against
+//! `gateway.max_connections_per_user`, makes its user online, and is refreshed on every
+//! heartbeat. A user's first connection and their last one closing are announced as presence
+//! events to the sockets of everyone sharing a conversation with them. If Redis is unreachable a
+//! socket still opens (untracked, logged) and registers on its next heartbeat.
+
+use actix_web::HttpRequest;
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::auth::ActingUser;
+use crate::domain::ConversationId;
+use crate::error::{ApiError, ErrorCode};
+use crate::events::{ConnectionInfo, LiveEvent, Opened};
+
+/// Longest `?client=` description an app may give its connection.
+const MAX_CLIENT_LEN: usize = 64;
+/// User-Agent headers are kept up to this length.
+const MAX_USER_AGENT_LEN: usize = 256;
+
+#[derive(Deserialize)]
+struct ClientQuery {
+    client: Option<String>,
+}
+
+/// What the app says it is (`?client=ios/2.3.1`), checked before the upgrade.
+pub(super) fn client_of(req: &HttpRequest) -> Result<String, ApiError> {
+    let client = actix_web::web::Query::<ClientQuery>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.0.client)
+        .unwrap_or_default();
+    let printable = client.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+    if client.len() > MAX_CLIENT_LEN || !printable {
+        return Err(ApiError::validation("client", format!("at most {MAX_CLIENT_LEN} printable ASCII characters")));
+    }
+    Ok(client)
+}
+
+fn user_agent_of(req: &HttpRequest) -> String {
+    let agent = req.headers().get(actix_web::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    agent.chars().take(MAX_USER_AGENT_LEN).collect()
+}
+
+/// Registers connection `id`; 429 `too_many_connections` when the user is at the limit.
+pub(super) async fn open(
+    state: &AppState,
+    caller: &ActingUser,
+    id: &str,
+    client: &str,
+    req: &HttpRequest,
+    conversations: &[ConversationId],
+) -> Result<(), ApiError> {
+    let gateway = &state.settings.gateway;
+    let user_agent = user_agent_of(req);
+    let info =
+        ConnectionInfo { id, user: caller.user_id(), node: state.hub.node_id(), client, user_agent: &user_agent };
+    let presence = state.redis.presence(&caller.tenant.id, gateway.presence_stale_secs);
+    match presence.open(&info, gateway.max_connections_per_user).await {
+        Ok(Opened::AtLimit) => {
+            let max = gateway.max_connections_per_user;
+            Err(ApiError::new(ErrorCode::TooManyConnections, format!("at most {max} live connections per user"))
+                .with_details(serde_json::json!({ "limit": "max_connections_per_user", "value": max })))
+        }
+        Ok(Opened::FirstOfUser) => {
+            announce(state, caller, true, conversations).await;
+            Ok(())
+        }
+        Ok(Opened::Another) => Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not register a connection; it stays open untracked");
+            Ok(())
+        }
+    }
+}
+
+pub(super) async fn heartbeat(state: &AppState, caller: &ActingUser, id: &str) {
+    let presence = state.redis.presence(&caller.tenant.id, state.settings.gateway.presence_stale_secs);
+    if let Err(e) = presence.heartbeat(caller.user_id(), id).await {
+        tracing::warn!(error = %e, "could not refresh a connection");
+    }
+}
+
+pub(super) async fn close(state: &AppState, caller: &ActingUser, id: &str, conversations: &[ConversationId]) {
+    let presence = state.redis.presence(&caller.tenant.id, state.settings.gateway.presence_stale_secs);
+    match presence.close(caller.user_id(), id).await {
+        Ok(true) => announce(state, caller, false, conversations).await,
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "could not unregister a connection; it expires by itself"),
+    }
+}
+
+async fn announce(state: &AppState, caller: &ActingUser, online: bool, conversations: &[ConversationId]) {
+    let event = LiveEvent::Presence {
+        user_id: caller.user_id().clone(),
+        online,
+        last_seen_at: chrono::Utc::now().timestamp_millis(),
+        conversations: conversations.to_vec(),
+    };
+    state.redis.publish_event(&caller.tenant.id, &event).await;
+}
