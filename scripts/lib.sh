@@ -16,6 +16,8 @@ ensure_prerequisites() {
   command -v cmake >/dev/null 2>&1 || missing+=(cmake)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} with apt..."
     local sudo=""
@@ -26,6 +28,15 @@ ensure_prerequisites() {
   if ! secantusd-rs --version 2>/dev/null | grep -q "$SECANTUS_VERSION"; then
     say "building SecantusDB $SECANTUS_VERSION (secantusd-rs), once per machine; this takes about 12 minutes..."
     cargo install secantus-mdb --version "=$SECANTUS_VERSION" --ignore-rust-version --locked </dev/null
+  fi
+}
+
+# Installs the Yjs test client's npm packages from its lockfile when they are missing or stale.
+ensure_test_client() {
+  local dir=tests/yjs
+  if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    say "installing the Yjs test client's npm packages..."
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error </dev/null >/dev/null
   fi
 }
 

@@ -10,7 +10,9 @@ use actix_web::{App, HttpServer, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::chat::Sequencer;
+use crate::collab::Rooms;
 use crate::config::Settings;
+use crate::events::Channel;
 use crate::events::Redis;
 use crate::gateway::Hub;
 use crate::http;
@@ -25,6 +27,7 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub sequencer: Sequencer,
     pub hub: Arc<Hub>,
+    pub rooms: Rooms,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,7 @@ impl AppState {
             metrics: telemetry::metrics_handle(),
             sequencer: Sequencer::default(),
             hub: Arc::new(Hub::default()),
+            rooms: Rooms::default(),
         })
     }
 }
@@ -66,14 +70,16 @@ impl Application {
         let shutdown_timeout = settings.server.shutdown_timeout_secs;
         let state = AppState::new(settings).await?;
         state.store.ensure_platform_indexes().await?;
-        let hub = state.hub.clone();
-        let subscribed = hub.clone();
+        let state = web::Data::new(state);
+        let (subscribed, shared) = (state.hub.clone(), state.clone().into_inner());
         state.redis.spawn_subscriber(
             state.settings.redis.url.clone(),
             move || subscribed.subscribed(),
-            move |delivery| hub.dispatch(delivery),
+            move |delivery| match delivery.channel {
+                Channel::Document(_) => shared.rooms.dispatch(shared.hub.node_id(), delivery),
+                _ => shared.hub.dispatch(delivery),
+            },
         );
-        let state = web::Data::new(state);
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())

@@ -20,6 +20,7 @@ pub struct Settings {
     pub files: FileSettings,
     pub e2e: E2eSettings,
     pub gateway: GatewaySettings,
+    pub collab: CollabSettings,
     pub tenants: TenantSettings,
     pub log: LogSettings,
 }
@@ -115,6 +116,28 @@ pub struct E2eSettings {
     pub max_envelope_bytes: usize,
     /// Most recipient devices per envelope, and so the member-device budget of an E2E conversation.
     pub max_recipients: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CollabSettings {
+    /// Files and folders per code session.
+    pub max_items_per_session: u32,
+    /// Largest text a file may hold (bytes, UTF-8); bigger edits are refused.
+    pub max_file_bytes: usize,
+    /// Longest file or folder name (bytes).
+    pub max_name_bytes: usize,
+    /// Deepest nesting of folders (a root item has depth 1).
+    pub max_depth: usize,
+    /// Largest Yjs message a client may send.
+    pub max_message_bytes: usize,
+    /// Clients editing one file at once on one node.
+    pub max_clients_per_document: usize,
+    /// A snapshot replaces the update log after this many updates.
+    pub snapshot_every: i64,
+    /// A document without clients is snapshotted and unloaded after this long.
+    pub idle_unload_secs: u64,
+    /// Members per code session.
+    pub max_members: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +239,17 @@ url_signing_secret = ""
 max_devices_per_user = 20
 max_envelope_bytes = 65536
 max_recipients = 1000
+
+[collab]
+max_items_per_session = 1000
+max_file_bytes = 1048576
+max_name_bytes = 255
+max_depth = 32
+max_message_bytes = 1048576
+max_clients_per_document = 64
+snapshot_every = 500
+idle_unload_secs = 30
+max_members = 100
 
 [gateway]
 max_frame_bytes = 65536

@@ -4,6 +4,7 @@ pub mod app;
 pub mod auth;
 pub mod chat;
 pub mod cli;
+pub mod collab;
 pub mod config;
 pub mod domain;
 pub mod e2e;

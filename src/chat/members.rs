@@ -307,3 +307,31 @@ pub async fn set_preferences(
         .await?
         .ok_or_else(|| ApiError::not_found("member"))
 }
+
+/// Makes `user` a member because something else says so (a code session's membership);
+/// no permission checks beyond the ban list and the member limit.
+pub async fn follow(state: &AppState, db: &TenantDb, id: &ConversationId, user: &UserId) -> Result<(), ApiError> {
+    let conversation = db.conversations().get(id).await?.ok_or_else(|| ApiError::not_found("conversation"))?;
+    if admit(state, db, &conversation, user, MemberRole::Member).await?.is_some() {
+        let event = serde_json::json!({ "event": "member_added", "user_id": user.as_str() });
+        post_system(state, db, &conversation, user, format!("{user} joined the session"), event).await?;
+    }
+    Ok(())
+}
+
+/// Removes `user` because something else says so (they left a code session).
+pub async fn unfollow(state: &AppState, db: &TenantDb, id: &ConversationId, user: &UserId) -> Result<(), ApiError> {
+    let conversation = db.conversations().get(id).await?.ok_or_else(|| ApiError::not_found("conversation"))?;
+    let Some(member) = db.members().get(id, user).await?.filter(Member::is_active) else { return Ok(()) };
+    if !db.members().remove(id, user, Some(member.role)).await? {
+        return Ok(());
+    }
+    if member.role == MemberRole::Owner {
+        db.conversations().add_owners(id, -1).await?;
+    }
+    db.conversations().release_member_slot(id).await?;
+    announce_left(state, &conversation, user).await;
+    let event = serde_json::json!({ "event": "member_removed", "user_id": user.as_str() });
+    post_system(state, db, &conversation, user, format!("{user} left the session"), event).await?;
+    Ok(())
+}

@@ -5,33 +5,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{InvalidId, TenantId, UserId};
+use super::{TenantId, UserId};
 
-/// A conversation id: a UUIDv7 in its hyphenated text form (time-ordered).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ConversationId(String);
-
-impl ConversationId {
-    pub fn new() -> Self {
-        Self(uuid::Uuid::now_v7().to_string())
-    }
-
-    pub fn parse(raw: &str) -> Result<Self, InvalidId> {
-        match uuid::Uuid::parse_str(raw) {
-            Ok(id) if id.hyphenated().to_string() == raw => Ok(Self(raw.to_string())),
-            _ => Err(InvalidId("conversation ids are lowercase hyphenated UUIDs")),
-        }
-    }
-}
-
-impl Default for ConversationId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-super::ids::validated_string!(ConversationId);
+super::ids::uuid_id!(
+    /// A conversation id: a UUIDv7 in its hyphenated text form (time-ordered).
+    ConversationId,
+    "conversation ids are lowercase hyphenated UUIDs"
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

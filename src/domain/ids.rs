@@ -38,6 +38,38 @@ macro_rules! validated_string {
 }
 pub(crate) use validated_string;
 
+/// A UUIDv7 identifier in its lowercase hyphenated text form (time-ordered), made by confab.
+macro_rules! uuid_id {
+    ($(#[$meta:meta])* $name:ident, $rule:literal) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new() -> Self {
+                Self(uuid::Uuid::now_v7().to_string())
+            }
+
+            pub fn parse(raw: &str) -> Result<Self, $crate::domain::InvalidId> {
+                match uuid::Uuid::parse_str(raw) {
+                    Ok(id) if id.hyphenated().to_string() == raw => Ok(Self(raw.to_string())),
+                    _ => Err($crate::domain::InvalidId($rule)),
+                }
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        $crate::domain::ids::validated_string!($name);
+    };
+}
+pub(crate) use uuid_id;
+
 /// A tenant slug: `[a-z][a-z0-9-]{2,31}`. Safe to embed in database names and Redis keys.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

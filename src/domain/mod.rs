@@ -3,6 +3,7 @@
 
 mod audit;
 mod clock;
+mod collab;
 mod conversation;
 mod device;
 pub mod envelope;
@@ -16,6 +17,10 @@ mod user;
 
 pub use audit::{AuditActor, AuditEntry, AuditTarget, ChainBreak, GENESIS_HASH, verify_chain};
 pub use clock::now;
+pub use collab::{
+    CodeSession, ItemId, ItemKind, SessionId, SessionMember, SessionRole, Visibility, WorkspaceItem, check_item_name,
+    language_of,
+};
 pub use conversation::{
     Conversation, ConversationEncryption, ConversationId, ConversationType, LastMessage, Member, MemberRole,
 };

@@ -1,5 +1,6 @@
 //! Fan-out between nodes: events are published on per-conversation channels
-//! `{prefix}t:{tenant}:conv:{conversation}` (presence on `{prefix}t:{tenant}:presence`); each node holds ONE subscriber connection
+//! `{prefix}t:{tenant}:conv:{conversation}` (presence on `{prefix}t:{tenant}:presence`, document
+//! edits on `{prefix}t:{tenant}:doc:{item}`); each node holds ONE subscriber connection
 //! (`PSUBSCRIBE {prefix}t:*`) feeding its in-process hub. Pub/sub may drop events (it is only
 //! the fast path); receivers detect gaps by seq and fill them from MongoDB.
 
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use crate::domain::{ConversationId, TenantId};
+use crate::domain::{ConversationId, ItemId, TenantId};
 
 use super::live::Topic;
 use super::{Redis, RedisError};
@@ -18,9 +19,17 @@ const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
 /// An event as it arrives at a node.
 pub struct Delivery {
     pub tenant: TenantId,
-    /// The conversation of the channel; `None` on the presence channel.
-    pub conversation: Option<ConversationId>,
+    pub channel: Channel,
     pub payload: Vec<u8>,
+}
+
+/// Which of a tenant's channels an event came on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Channel {
+    Conversation(ConversationId),
+    Presence,
+    /// A collaborative document (a workspace file).
+    Document(ItemId),
 }
 
 impl Redis {
@@ -29,6 +38,7 @@ impl Redis {
         let channel = match topic {
             Topic::Conversation(conversation) => self.keys(tenant).key(&format!("conv:{conversation}")),
             Topic::Presence => self.keys(tenant).key("presence"),
+            Topic::Document(id) => self.keys(tenant).key(&format!("doc:{id}")),
         };
         self.run(|mut conn| async move {
             deadpool_redis::redis::cmd("PUBLISH")
@@ -83,15 +93,18 @@ async fn subscribe_once(
     Ok(())
 }
 
-/// `{prefix}t:{tenant}:conv:{conversation}` or `{prefix}t:{tenant}:presence` -> a delivery.
+/// `{prefix}t:{tenant}:conv:{conversation}`, `...:presence` or `...:doc:{item}` -> a delivery.
 fn parse_channel(prefix: &str, channel: &str, payload: Vec<u8>) -> Option<Delivery> {
     let rest = channel.strip_prefix(prefix)?.strip_prefix("t:")?;
     let (tenant, rest) = rest.split_once(':')?;
-    let conversation = match rest {
-        "presence" => None,
-        _ => Some(ConversationId::parse(rest.strip_prefix("conv:")?).ok()?),
+    let channel = if rest == "presence" {
+        Channel::Presence
+    } else if let Some(id) = rest.strip_prefix("conv:") {
+        Channel::Conversation(ConversationId::parse(id).ok()?)
+    } else {
+        Channel::Document(ItemId::parse(rest.strip_prefix("doc:")?).ok()?)
     };
-    Some(Delivery { tenant: TenantId::parse(tenant).ok()?, conversation, payload })
+    Some(Delivery { tenant: TenantId::parse(tenant).ok()?, channel, payload })
 }
 
 #[cfg(test)]
@@ -102,9 +115,12 @@ mod tests {
     fn channels_name_tenant_and_conversation() {
         let id = ConversationId::new();
         let parsed = parse_channel("cf:", &format!("cf:t:acme:conv:{id}"), b"x".to_vec()).unwrap();
-        assert_eq!((parsed.tenant.as_str(), parsed.conversation), ("acme", Some(id)));
+        assert_eq!((parsed.tenant.as_str(), parsed.channel), ("acme", Channel::Conversation(id)));
         let presence = parse_channel("cf:", "cf:t:acme:presence", b"x".to_vec()).unwrap();
-        assert_eq!(presence.conversation, None);
+        assert_eq!(presence.channel, Channel::Presence);
+        let item = ItemId::new();
+        let doc = parse_channel("cf:", &format!("cf:t:acme:doc:{item}"), b"x".to_vec()).unwrap();
+        assert_eq!(doc.channel, Channel::Document(item));
         assert!(parse_channel("cf:", "cf:t:acme:rl:1", b"x".to_vec()).is_none());
         assert!(parse_channel("cf:", "other:t:acme:conv:x", b"x".to_vec()).is_none());
     }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{ConversationId, MemberRole, Message, TenantId, UserId};
+use crate::domain::{ConversationId, ItemId, ItemKind, MemberRole, Message, SessionId, TenantId, UserId};
 
 use super::{Redis, RedisError};
 
@@ -28,12 +28,25 @@ pub enum LiveEvent {
     /// A user came online (first live connection on any node) or went offline (last one
     /// closed). Carries the user's conversations: it reaches the sockets that follow any of them.
     Presence { user_id: UserId, online: bool, last_seen_at: i64, conversations: Vec<ConversationId> },
+    /// A code session's workspace tree changed (announced on the session's conversation).
+    Workspace {
+        conversation_id: ConversationId,
+        session_id: SessionId,
+        /// `created`, `updated` (renamed or moved) or `deleted` (with its subtree).
+        change: String,
+        item_id: ItemId,
+        path: String,
+        item_kind: ItemKind,
+        by: UserId,
+    },
 }
 
-/// Where an event is published: one conversation's channel, or the tenant's presence channel.
+/// Where an event is published: one conversation's channel, the tenant's presence channel, or
+/// one collaborative document's channel.
 pub enum Topic<'a> {
     Conversation(&'a ConversationId),
     Presence,
+    Document(&'a ItemId),
 }
 
 impl LiveEvent {
@@ -47,7 +60,8 @@ impl LiveEvent {
             | LiveEvent::Joined { conversation_id, .. }
             | LiveEvent::Left { conversation_id, .. }
             | LiveEvent::MemberUpdated { conversation_id, .. }
-            | LiveEvent::Pinned { conversation_id, .. } => Topic::Conversation(conversation_id),
+            | LiveEvent::Pinned { conversation_id, .. }
+            | LiveEvent::Workspace { conversation_id, .. } => Topic::Conversation(conversation_id),
             LiveEvent::Presence { .. } => Topic::Presence,
         }
     }

@@ -3,6 +3,7 @@
 //! `{prefix}t:{tenant_id}:`, so tenants never share Redis state.
 
 mod bus;
+mod documents;
 mod live;
 mod presence;
 mod rate_limit;
@@ -15,7 +16,8 @@ use deadpool_redis::{Config, Pool, Runtime};
 use crate::config::RedisSettings;
 use crate::domain::TenantId;
 
-pub use bus::Delivery;
+pub use bus::{Channel, Delivery};
+pub use documents::{DocEvent, DocEventKind};
 pub use live::{LiveEvent, Topic};
 pub use presence::{ConnectionInfo, ConnectionView, Opened, Presence};
 pub use rate_limit::RateLimiter;

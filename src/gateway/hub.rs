@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc};
 
 use crate::domain::{ConversationId, TenantId, UserId};
-use crate::events::{Delivery, LiveEvent, Topic};
+use crate::events::{Channel, Delivery, LiveEvent, Topic};
 
 #[derive(Clone)]
 pub struct Outbox {
@@ -141,9 +141,9 @@ impl Hub {
             LiveEvent::Created { message } | LiveEvent::Updated { message } => message.tenant_id != delivery.tenant,
             _ => false,
         };
-        let on_its_channel = match (event.topic(), &delivery.conversation) {
-            (Topic::Conversation(id), Some(channel)) => id == channel,
-            (Topic::Presence, None) => true,
+        let on_its_channel = match (event.topic(), &delivery.channel) {
+            (Topic::Conversation(id), Channel::Conversation(channel)) => id == channel,
+            (Topic::Presence, Channel::Presence) => true,
             _ => false,
         };
         if misrouted || !on_its_channel {
@@ -198,7 +198,7 @@ impl Registry {
             }
             other => match other.topic() {
                 Topic::Conversation(id) => self.following(tenant, id).collect(),
-                Topic::Presence => HashSet::new(),
+                Topic::Presence | Topic::Document(_) => HashSet::new(),
             },
         }
     }

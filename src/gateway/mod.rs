@@ -9,6 +9,7 @@ pub mod protocol;
 mod relay;
 mod session;
 mod tracking;
+pub mod yjs;
 
 pub use hub::Hub;
 pub use session::connect;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::domain::MemberRole;
+use crate::domain::{ItemKind, MemberRole};
 use crate::http::{MessageView, SendMessageRequest};
 
 /// A frame from the client. Requests carry a `ref` that comes back on the `ack`, `pong` or
@@ -111,6 +111,10 @@ pub enum ServerFrame {
     /// closed); `last_seen_at` in milliseconds since the epoch.
     #[serde(rename = "presence")]
     Presence { user_id: String, online: bool, last_seen_at: i64 },
+    /// A code session's workspace tree changed: an item was `created`, `updated` (renamed or
+    /// moved) or `deleted` (with its subtree). Sent to the members of the session's chat.
+    #[serde(rename = "workspace.changed")]
+    WorkspaceChanged { session_id: String, change: String, item_id: String, path: String, kind: ItemKind, by: String },
     /// Messages the server will not replay: fetch `from_seq..=to_seq` over REST.
     #[serde(rename = "gap")]
     Gap { conversation_id: String, from_seq: i64, to_seq: i64 },

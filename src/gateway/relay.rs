@@ -125,6 +125,17 @@ pub(super) async fn relay(
             by: by.to_string(),
         }
         .to_text(),
+        LiveEvent::Workspace { session_id, change, item_id, path, item_kind, by, .. } => {
+            ServerFrame::WorkspaceChanged {
+                session_id: session_id.to_string(),
+                change: change.clone(),
+                item_id: item_id.to_string(),
+                path: path.clone(),
+                kind: *item_kind,
+                by: by.to_string(),
+            }
+            .to_text()
+        }
         LiveEvent::Read { conversation_id, user_id, last_read_seq } if user_id != me => ServerFrame::Read {
             conversation_id: conversation_id.to_string(),
             user_id: user_id.to_string(),

@@ -3,6 +3,7 @@
 
 mod api_keys;
 mod audit_log;
+mod code_sessions;
 mod conversations;
 mod devices;
 mod extract;
@@ -16,6 +17,7 @@ mod realtime;
 mod signing_keys;
 mod tenants;
 mod users;
+mod workspace;
 
 use actix_web::web;
 
@@ -53,13 +55,36 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/audit-log", web::get().to(audit_log::list_audit_log))
                 .route("/audit-log/verify", web::get().to(audit_log::verify_audit_log))
                 .route("/signing-keys", web::get().to(signing_keys::list_signing_keys))
-                .configure(chat_routes),
+                .configure(chat_routes)
+                .configure(session_routes),
         );
 }
 
 /// The answer for any path no route matches.
 pub async fn route_not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::new(ErrorCode::RouteNotFound, "no such route"))
+}
+
+fn session_routes(cfg: &mut web::ServiceConfig) {
+    const SESSION: &str = "/sessions/{session_id}";
+    let at = |suffix: &str| format!("{SESSION}{suffix}");
+    cfg.route("/sessions", web::post().to(code_sessions::create_session))
+        .route("/sessions", web::get().to(code_sessions::list_sessions))
+        .route(SESSION, web::get().to(code_sessions::get_session))
+        .route(SESSION, web::patch().to(code_sessions::update_session))
+        .route(SESSION, web::delete().to(code_sessions::delete_session))
+        .route(&at("/fork"), web::post().to(code_sessions::fork_session))
+        .route(&at("/members"), web::get().to(code_sessions::list_session_members))
+        .route(&at("/members/{user_id}"), web::put().to(code_sessions::put_session_member))
+        .route(&at("/members/{user_id}"), web::delete().to(code_sessions::remove_session_member))
+        .route(&at("/items"), web::get().to(workspace::list_items))
+        .route(&at("/items"), web::post().to(workspace::create_item))
+        .route(&at("/items/{item_id}"), web::get().to(workspace::get_item))
+        .route(&at("/items/{item_id}"), web::patch().to(workspace::update_item))
+        .route(&at("/items/{item_id}"), web::delete().to(workspace::delete_item))
+        .route(&at("/files/{item_id}/content"), web::get().to(workspace::get_content))
+        .route(&at("/files/{item_id}/content"), web::put().to(workspace::put_content))
+        .route(&at("/files/{item_id}/yjs"), web::get().to(workspace::open_document));
 }
 
 fn chat_routes(cfg: &mut web::ServiceConfig) {

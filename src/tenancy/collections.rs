@@ -81,7 +81,11 @@ pub const TENANT_COLLECTIONS: &[CollectionSpec] = &[
         name: "files",
         indexes: &[index("uploader_id_1_created_at_-1", &[("uploader_id", 1), ("created_at", -1)])],
     },
-    CollectionSpec { name: "code_sessions", indexes: &[index("owner_id_1", &[("owner_id", 1)])] },
+    CollectionSpec { name: "code_sessions", indexes: &[index("visibility_1__id_1", &[("visibility", 1), ("_id", 1)])] },
+    CollectionSpec {
+        name: "session_members",
+        indexes: &[index("user_id_1_session_id_1", &[("user_id", 1), ("session_id", 1)])],
+    },
     CollectionSpec {
         name: "workspace_items",
         indexes: &[unique("session_id_1_parent_id_1_name_1", &[("session_id", 1), ("parent_id", 1), ("name", 1)])],
@@ -89,8 +93,9 @@ pub const TENANT_COLLECTIONS: &[CollectionSpec] = &[
     CollectionSpec { name: "collab_updates", indexes: &[unique("doc_id_1_seq_1", &[("doc_id", 1), ("seq", 1)])] },
     CollectionSpec {
         name: "collab_snapshots",
-        indexes: &[index("doc_id_1_epoch_-1", &[("doc_id", 1), ("epoch", -1)])],
+        indexes: &[index("doc_id_1_epoch_1_upto_seq_-1", &[("doc_id", 1), ("epoch", 1), ("upto_seq", -1)])],
     },
+    CollectionSpec { name: "collab_counters", indexes: &[] },
     CollectionSpec { name: "events", indexes: &[index("topic_1_seq_1", &[("topic", 1), ("seq", 1)])] },
     CollectionSpec { name: "analytics_daily", indexes: &[unique("day_1_metric_1", &[("day", 1), ("metric", 1)])] },
 ];

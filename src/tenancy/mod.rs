@@ -19,7 +19,7 @@ use crate::domain::TenantId;
 
 pub use blobs::GridFsBlobs;
 pub use collections::{PLATFORM_COLLECTIONS, TENANT_COLLECTIONS};
-pub use repos::{ApiKeysRepo, AuditRepo, TenantsRepo, UsageRepo};
+pub use repos::{ApiKeysRepo, AuditRepo, SessionChanges, Snapshot, StoredUpdate, TenantsRepo, UsageRepo, binary};
 pub use tenant_db::TenantDb;
 
 /// Handle to the cluster: cheap to clone, shared by every request.

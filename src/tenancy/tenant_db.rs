@@ -8,9 +8,11 @@ use crate::domain::TenantId;
 use super::blobs::GridFsBlobs;
 use super::collections::{self, TENANT_COLLECTIONS};
 use super::repos::{
-    ConversationsRepo, DevicesRepo, FilesRepo, MembersRepo, MessagesRepo, ReactionsRepo, RelationshipsRepo, UsersRepo,
+    CodeSessionsRepo, CollabDocsRepo, ConversationsRepo, DevicesRepo, FilesRepo, MembersRepo, MessagesRepo,
+    ReactionsRepo, RelationshipsRepo, UsersRepo, WorkspaceRepo,
 };
 
+#[derive(Clone)]
 pub struct TenantDb {
     tenant: TenantId,
     db: Database,
@@ -50,6 +52,18 @@ impl TenantDb {
 
     pub fn conversations(&self) -> ConversationsRepo {
         ConversationsRepo::new(&self.db)
+    }
+
+    pub fn code_sessions(&self) -> CodeSessionsRepo {
+        CodeSessionsRepo::new(&self.db)
+    }
+
+    pub fn workspace(&self) -> WorkspaceRepo {
+        WorkspaceRepo::new(&self.db)
+    }
+
+    pub fn collab_docs(&self) -> CollabDocsRepo {
+        CollabDocsRepo::new(&self.db)
     }
 
     pub fn members(&self) -> MembersRepo {

@@ -8,6 +8,7 @@ mod chat_messages;
 mod chat_smoke;
 mod chat_users;
 mod cli;
+mod collab;
 mod e2e;
 mod errors;
 mod files;

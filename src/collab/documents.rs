@@ -1,0 +1,197 @@
+//! One Yjs document per file, behind confab's own functions (no other module names `yrs`
+//! types): the text lives in a `Y.Text` named `content`. Stored as an append-only log of
+//! updates with a gapless per-document seq, compacted into snapshots by loading the log into a
+//! document and re-encoding its state (never by concatenating updates).
+
+use yrs::updates::decoder::Decode;
+use yrs::{GetString, ReadTxn, StateVector, Text, Transact, Update};
+
+use crate::domain::{ItemId, WorkspaceItem};
+use crate::tenancy::{Snapshot, StoredUpdate, TenantDb, binary};
+
+/// The name of the shared text every editor binds to.
+pub const TEXT_NAME: &str = "content";
+
+/// A loaded document and how far the stored log has been applied to it.
+pub struct LoadedDoc {
+    pub doc: yrs::Doc,
+    pub epoch: i64,
+    /// Every stored update up to this seq is in `doc`.
+    pub applied_seq: i64,
+    /// The seq the newest snapshot covers.
+    pub snapshot_seq: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DocError {
+    #[error("storage: {0}")]
+    Storage(#[from] mongodb::error::Error),
+    #[error("a stored update does not decode: {0}")]
+    Corrupt(String),
+}
+
+/// Applies an encoded update; `false` if it does not decode.
+pub fn apply(doc: &yrs::Doc, update: &[u8]) -> bool {
+    let Ok(update) = Update::decode_v1(update) else { return false };
+    doc.transact_mut().apply_update(update).is_ok()
+}
+
+pub fn text(doc: &yrs::Doc) -> String {
+    let text = doc.get_or_insert_text(TEXT_NAME);
+    text.get_string(&doc.transact())
+}
+
+pub fn text_len(doc: &yrs::Doc) -> usize {
+    let text = doc.get_or_insert_text(TEXT_NAME);
+    text.get_string(&doc.transact()).len()
+}
+
+/// The whole state as one update.
+pub fn state(doc: &yrs::Doc) -> Vec<u8> {
+    doc.transact().encode_state_as_update_v1(&StateVector::default())
+}
+
+pub fn state_vector(doc: &yrs::Doc) -> Vec<u8> {
+    use yrs::updates::encoder::Encode;
+    doc.transact().state_vector().encode_v1()
+}
+
+/// What `doc` has that a peer with state vector `sv` lacks.
+pub fn diff(doc: &yrs::Doc, sv: &yrs::StateVector) -> Vec<u8> {
+    doc.transact().encode_diff_v1(sv)
+}
+
+/// Would applying `update` keep the text within `max_bytes`? Checked on a scratch copy only
+/// when the update could possibly pass the limit.
+pub fn fits(doc: &yrs::Doc, update: &[u8], max_bytes: usize) -> bool {
+    let current = text_len(doc);
+    if current + update.len() <= max_bytes {
+        return true;
+    }
+    let scratch = yrs::Doc::new();
+    apply(&scratch, &state(doc));
+    apply(&scratch, update);
+    text_len(&scratch) <= max_bytes
+}
+
+/// Replaces the text with `new` as one edit (keeping the common prefix and suffix, so
+/// concurrent cursors elsewhere stay put); returns the update, or `None` if nothing changed.
+pub fn replace_text(doc: &yrs::Doc, new: &str) -> Option<Vec<u8>> {
+    let text = doc.get_or_insert_text(TEXT_NAME);
+    let mut txn = doc.transact_mut();
+    let old = text.get_string(&txn);
+    if old == new {
+        return None;
+    }
+    // Yjs indexes text in UTF-16 code units by default in y-websocket peers; yrs's default
+    // offset kind is bytes, so work in chars via the char boundaries of both strings.
+    let prefix = old.chars().zip(new.chars()).take_while(|(a, b)| a == b).count();
+    let old_rest: Vec<char> = old.chars().skip(prefix).collect();
+    let new_rest: Vec<char> = new.chars().skip(prefix).collect();
+    let suffix = old_rest.iter().rev().zip(new_rest.iter().rev()).take_while(|(a, b)| a == b).count();
+    let removed: String = old_rest[..old_rest.len() - suffix].iter().collect();
+    let inserted: String = new_rest[..new_rest.len() - suffix].iter().collect();
+    let start: usize = old.chars().take(prefix).map(char::len_utf8).sum();
+    if !removed.is_empty() {
+        text.remove_range(&mut txn, start as u32, removed.len() as u32);
+    }
+    if !inserted.is_empty() {
+        text.insert(&mut txn, start as u32, &inserted);
+    }
+    Some(txn.encode_update_v1())
+}
+
+/// Loads the current epoch of a file's document: newest snapshot, then the updates after it.
+pub async fn load(db: &TenantDb, item: &WorkspaceItem) -> Result<LoadedDoc, DocError> {
+    let doc = yrs::Doc::new();
+    let repo = db.collab_docs();
+    let snapshot = repo.latest_snapshot(&item.id, item.epoch).await?;
+    let snapshot_seq = snapshot.as_ref().map_or(0, |s| s.upto_seq);
+    if let Some(snapshot) = snapshot
+        && !apply(&doc, &snapshot.state.bytes)
+    {
+        return Err(DocError::Corrupt(format!("snapshot of {} at {}", item.id, snapshot.upto_seq)));
+    }
+    let last = repo.last_seq(&item.id).await?;
+    let mut loaded = LoadedDoc { doc, epoch: item.epoch, applied_seq: snapshot_seq, snapshot_seq };
+    catch_up(db, &item.id, &mut loaded, last).await?;
+    Ok(loaded)
+}
+
+/// Applies stored updates after `applied_seq` up to `upto`. Seqs claimed but not yet written
+/// (another node is storing them) stop the watermark; they are retried later.
+pub async fn catch_up(db: &TenantDb, id: &ItemId, loaded: &mut LoadedDoc, upto: i64) -> Result<(), DocError> {
+    if upto <= loaded.applied_seq {
+        return Ok(());
+    }
+    let updates = db.collab_docs().updates(id, loaded.epoch, loaded.applied_seq + 1, upto).await?;
+    for stored in updates {
+        apply(&loaded.doc, &stored.update.bytes);
+        if stored.seq == loaded.applied_seq + 1 {
+            loaded.applied_seq = stored.seq;
+        }
+    }
+    Ok(())
+}
+
+/// Stores one update; returns its seq.
+pub async fn append(db: &TenantDb, id: &ItemId, epoch: i64, update: Vec<u8>) -> Result<i64, DocError> {
+    let repo = db.collab_docs();
+    let seq = repo.claim_seqs(id, 1).await?;
+    let stored = StoredUpdate { doc_id: id.to_string(), epoch, seq, update: binary(update) };
+    repo.append(std::slice::from_ref(&stored)).await?;
+    Ok(seq)
+}
+
+/// Replaces the stored log up to `applied_seq` with a snapshot of the document.
+pub async fn snapshot(db: &TenantDb, id: &ItemId, loaded: &mut LoadedDoc) -> Result<(), DocError> {
+    if loaded.applied_seq <= loaded.snapshot_seq {
+        return Ok(());
+    }
+    let snapshot = Snapshot {
+        doc_id: id.to_string(),
+        epoch: loaded.epoch,
+        upto_seq: loaded.applied_seq,
+        state: binary(state(&loaded.doc)),
+    };
+    db.collab_docs().compact(&snapshot).await?;
+    loaded.snapshot_seq = loaded.applied_seq;
+    Ok(())
+}
+
+/// Writes a new document for a file: used for files created with content and for forks.
+pub async fn create_with_text(db: &TenantDb, item: &WorkspaceItem, content: &str) -> Result<(), DocError> {
+    let doc = yrs::Doc::new();
+    if let Some(update) = replace_text(&doc, content) {
+        append(db, &item.id, item.epoch, update).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacing_text_produces_an_update_others_can_apply() {
+        let server = yrs::Doc::new();
+        let first = replace_text(&server, "fn main() {}\n").unwrap();
+        let client = yrs::Doc::new();
+        assert!(apply(&client, &first));
+        let second = replace_text(&server, "fn main() { println!(\"ü\"); }\n").unwrap();
+        assert!(apply(&client, &second));
+        assert_eq!(text(&client), "fn main() { println!(\"ü\"); }\n");
+        assert!(replace_text(&server, "fn main() { println!(\"ü\"); }\n").is_none());
+    }
+
+    #[test]
+    fn size_checks_use_the_resulting_text() {
+        let doc = yrs::Doc::new();
+        replace_text(&doc, "abc");
+        let other = yrs::Doc::new();
+        apply(&other, &state(&doc));
+        let big = replace_text(&other, &"x".repeat(100)).unwrap();
+        assert!(!fits(&doc, &big, 50));
+        assert!(fits(&doc, &big, 200));
+    }
+}

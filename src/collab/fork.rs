@@ -1,0 +1,66 @@
+//! Forking: a new session owned by the caller with a copy of the tree (new ids, same shape)
+//! and every file's current text as the first state of a fresh document.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::app::AppState;
+use crate::auth::ActingUser;
+use crate::domain::{CodeSession, ItemId, ItemKind, SessionId, WorkspaceItem, now};
+use crate::error::{ApiError, ErrorCode};
+
+use super::sessions::{self, NewSession, access};
+use super::{documents, rooms};
+
+pub async fn fork(
+    state: &Arc<AppState>,
+    caller: &ActingUser,
+    id: &SessionId,
+    name: Option<String>,
+) -> Result<CodeSession, ApiError> {
+    let db = state.store.tenant_db(&caller.scope());
+    let (source, _) = access(&db, caller, id).await?;
+    let items = db.workspace().tree(id).await?;
+    let max = state.settings.collab.max_items_per_session;
+    let new = NewSession {
+        name: name.unwrap_or_else(|| format!("{} (fork)", source.name)),
+        description: source.description.clone(),
+        language: source.language.clone(),
+        visibility: crate::domain::Visibility::Private,
+        tags: source.tags.clone(),
+    };
+    let forked = sessions::create(state, caller, new).await?;
+    let count = items.len() as u32;
+    if !db.code_sessions().reserve_items(&forked.id, count, max).await? {
+        return Err(ApiError::new(ErrorCode::LimitReached, "the session has too many items to fork"));
+    }
+    let ids: HashMap<ItemId, ItemId> = items.iter().map(|i| (i.id.clone(), ItemId::new())).collect();
+    let at = now();
+    let mut copies = Vec::with_capacity(items.len());
+    let mut texts = Vec::new();
+    for item in &items {
+        let copy = WorkspaceItem {
+            id: ids[&item.id].clone(),
+            session_id: forked.id.clone(),
+            parent_id: item.parent().and_then(|p| ids.get(&p)).map(ToString::to_string).unwrap_or_default(),
+            version: 1,
+            epoch: 1,
+            last_modified_by: caller.user_id().clone(),
+            created_at: at,
+            updated_at: at,
+            ..item.clone()
+        };
+        if item.kind == ItemKind::File {
+            texts.push((copy.clone(), rooms::read(state, &db, item).await?));
+        }
+        copies.push(copy);
+    }
+    db.workspace().insert_many(&copies).await?;
+    for (copy, text) in texts {
+        documents::create_with_text(&db, &copy, &text).await.map_err(ApiError::internal)?;
+    }
+    let mut forked = db.code_sessions().get(&forked.id).await?.ok_or_else(|| ApiError::not_found("session"))?;
+    forked.forked_from = Some(source.id.clone());
+    db.code_sessions().set_forked_from(&forked.id, &source.id).await?;
+    Ok(forked)
+}

@@ -1,0 +1,399 @@
+//! One file's document held open on this node: a task that owns the Yjs document and the
+//! awareness states, speaks the y-websocket sync protocol with each local client, stores edits
+//! (batched: every update that arrived meanwhile is merged into one stored update with one seq),
+//! relays them to the other local clients and publishes them to the other nodes. Viewers'
+//! updates are dropped; awareness is relayed, never stored, and cleared when a client leaves.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use yrs::sync::{Awareness, AwarenessUpdate, Message, MessageReader, SyncMessage};
+use yrs::updates::decoder::{Decode, DecoderV1};
+use yrs::updates::encoder::Encode;
+
+use crate::app::AppState;
+use crate::domain::{UserId, WorkspaceItem};
+use crate::error::{ApiError, ErrorCode};
+use crate::events::{DocEvent, DocEventKind};
+use crate::tenancy::{TenantDb, binary};
+
+use super::documents::{self, LoadedDoc};
+
+/// Commands queued per room before senders wait.
+pub const COMMAND_CAPACITY: usize = 1024;
+/// How often a room stores pending edits it could not store at once and checks for idleness.
+const TICK: Duration = Duration::from_millis(500);
+/// Every this many ticks a room looks for stored updates it never heard of (lost events).
+const REPAIR_EVERY_TICKS: u32 = 6;
+/// A seq claimed but still not stored after this long was lost (its node died mid-write).
+const GAP_GIVE_UP: Duration = Duration::from_secs(10);
+/// Commands handled before pending edits are stored; bounds a batch.
+const MAX_BATCH: usize = 256;
+
+/// What a room sends a client's socket.
+pub enum Outgoing {
+    Binary(Vec<u8>),
+    /// Close with this code and reason (4400-4499 tell y-websocket not to reconnect).
+    Close(u16, &'static str),
+}
+
+pub struct ClientLink {
+    pub id: u64,
+    pub user: UserId,
+    pub can_edit: bool,
+    pub tx: mpsc::Sender<Outgoing>,
+}
+
+pub enum Command {
+    Join { client: ClientLink, reply: oneshot::Sender<Result<(), ApiError>> },
+    Message { client: u64, bytes: Vec<u8> },
+    Leave { client: u64 },
+    Replace { text: String, by: UserId, reply: oneshot::Sender<Result<(), ApiError>> },
+    Read { reply: oneshot::Sender<String> },
+    Remote(DocEvent),
+}
+
+struct Client {
+    link: ClientLink,
+    /// Awareness client ids this socket has spoken for, cleared when it leaves.
+    awareness_ids: HashSet<yrs::block::ClientID>,
+}
+
+pub(super) struct Room {
+    pub(super) state: Arc<AppState>,
+    pub(super) db: TenantDb,
+    pub(super) item: WorkspaceItem,
+    pub(super) loaded: LoadedDoc,
+    awareness: Awareness,
+    clients: HashMap<u64, Client>,
+    /// Applied locally, not yet stored.
+    pending: Vec<Vec<u8>>,
+    pending_by: Option<UserId>,
+    /// The highest seq heard of from other nodes.
+    known_seq: i64,
+    /// Since when the stored log has had a hole below `known_seq`.
+    gap_since: Option<Instant>,
+    idle_since: Option<Instant>,
+}
+
+fn encode(message: &Message) -> Vec<u8> {
+    message.encode_v1()
+}
+
+impl Room {
+    pub(super) fn new(state: Arc<AppState>, db: TenantDb, item: WorkspaceItem, loaded: LoadedDoc) -> Self {
+        let known_seq = loaded.applied_seq;
+        Self {
+            state,
+            db,
+            item,
+            loaded,
+            awareness: Awareness::new(yrs::Doc::new()),
+            clients: HashMap::new(),
+            pending: Vec::new(),
+            pending_by: None,
+            known_seq,
+            gap_since: None,
+            idle_since: Some(Instant::now()),
+        }
+    }
+
+    /// Runs until the room has been idle long enough; then stores a snapshot and ends.
+    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>, on_unload: impl FnOnce()) {
+        let idle_unload = Duration::from_secs(self.state.settings.collab.idle_unload_secs);
+        let mut tick = tokio::time::interval(TICK);
+        let mut ticks = 0u32;
+        loop {
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some(command) = command else { break };
+                    self.handle(command).await;
+                    for _ in 0..MAX_BATCH {
+                        match commands.try_recv() {
+                            Ok(command) => self.handle(command).await,
+                            Err(_) => break,
+                        }
+                    }
+                    self.flush().await;
+                }
+                _ = tick.tick() => {
+                    ticks += 1;
+                    self.flush().await;
+                    if ticks.is_multiple_of(REPAIR_EVERY_TICKS) || self.known_seq > self.loaded.applied_seq {
+                        self.repair().await;
+                    }
+                    if self.idle_since.is_some_and(|at| at.elapsed() >= idle_unload) {
+                        break;
+                    }
+                }
+            }
+        }
+        on_unload();
+        commands.close();
+        while let Ok(command) = commands.try_recv() {
+            self.handle(command).await;
+        }
+        self.flush().await;
+        if let Err(e) = documents::snapshot(&self.db, &self.item.id, &mut self.loaded).await {
+            tracing::warn!(error = %e, "could not snapshot a document on unload");
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Join { client, reply } => {
+                let _ = reply.send(self.join(client));
+            }
+            Command::Message { client, bytes } => self.receive(client, &bytes).await,
+            Command::Leave { client } => self.leave(client).await,
+            Command::Replace { text, by, reply } => {
+                let replaced = self.replace(&text, by).await;
+                let _ = reply.send(replaced);
+            }
+            Command::Read { reply } => {
+                let _ = reply.send(documents::text(&self.loaded.doc));
+            }
+            Command::Remote(event) => self.remote(event).await,
+        }
+    }
+
+    fn join(&mut self, client: ClientLink) -> Result<(), ApiError> {
+        let max = self.state.settings.collab.max_clients_per_document;
+        if self.clients.len() >= max {
+            return Err(ApiError::new(ErrorCode::LimitReached, format!("at most {max} clients per file"))
+                .with_details(serde_json::json!({ "limit": "max_clients_per_document", "value": max })));
+        }
+        let sv = yrs::StateVector::decode_v1(&documents::state_vector(&self.loaded.doc)).unwrap_or_default();
+        let mut hello = vec![Outgoing::Binary(encode(&Message::Sync(SyncMessage::SyncStep1(sv))))];
+        if let Ok(update) = self.awareness.update()
+            && !update.clients.is_empty()
+        {
+            hello.push(Outgoing::Binary(encode(&Message::Awareness(update))));
+        }
+        for frame in hello {
+            let _ = client.tx.try_send(frame);
+        }
+        self.clients.insert(client.id, Client { link: client, awareness_ids: HashSet::new() });
+        self.idle_since = None;
+        Ok(())
+    }
+
+    /// Sends a frame to every local client but `except`; drops clients that fell behind.
+    fn broadcast(&mut self, frame: &[u8], except: Option<u64>) {
+        let mut behind = Vec::new();
+        for (id, client) in &self.clients {
+            if Some(*id) != except && client.link.tx.try_send(Outgoing::Binary(frame.to_vec())).is_err() {
+                behind.push(*id);
+            }
+        }
+        for id in behind {
+            // Dropping the sender ends the socket, which reconnects and resyncs.
+            self.clients.remove(&id);
+        }
+    }
+
+    fn send_to(&self, client: u64, frame: Vec<u8>) {
+        if let Some(client) = self.clients.get(&client) {
+            let _ = client.link.tx.try_send(Outgoing::Binary(frame));
+        }
+    }
+
+    fn close(&mut self, client: u64, code: u16, reason: &'static str) {
+        if let Some(client) = self.clients.get(&client) {
+            let _ = client.link.tx.try_send(Outgoing::Close(code, reason));
+        }
+    }
+
+    async fn receive(&mut self, client: u64, bytes: &[u8]) {
+        let Some(can_edit) = self.clients.get(&client).map(|c| c.link.can_edit) else { return };
+        let mut decoder = DecoderV1::from(bytes);
+        let messages: Vec<_> = MessageReader::new(&mut decoder).collect();
+        for message in messages {
+            match message {
+                Ok(Message::Sync(SyncMessage::SyncStep1(sv))) => {
+                    let diff = documents::diff(&self.loaded.doc, &sv);
+                    self.send_to(client, encode(&Message::Sync(SyncMessage::SyncStep2(diff))));
+                }
+                Ok(Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update))) => {
+                    if can_edit {
+                        self.edit(client, update);
+                    }
+                }
+                Ok(Message::Awareness(update)) => self.awareness_from(client, update).await,
+                Ok(Message::AwarenessQuery) => {
+                    if let Ok(update) = self.awareness.update() {
+                        self.send_to(client, encode(&Message::Awareness(update)));
+                    }
+                }
+                Ok(Message::Auth(_) | Message::Custom(..)) => {}
+                Err(_) => return self.close(client, 4400, "invalid_message"),
+            }
+        }
+    }
+
+    fn edit(&mut self, client: u64, update: Vec<u8>) {
+        let max = self.state.settings.collab.max_file_bytes;
+        if !documents::fits(&self.loaded.doc, &update, max) {
+            return self.close(client, 4413, "file_too_large");
+        }
+        if !documents::apply(&self.loaded.doc, &update) {
+            return self.close(client, 4400, "invalid_update");
+        }
+        self.broadcast(&encode(&Message::Sync(SyncMessage::Update(update.clone()))), Some(client));
+        self.pending_by = self.clients.get(&client).map(|c| c.link.user.clone());
+        self.pending.push(update);
+    }
+
+    async fn awareness_from(&mut self, client: u64, update: AwarenessUpdate) {
+        if let Some(entry) = self.clients.get_mut(&client) {
+            entry.awareness_ids.extend(update.clients.keys().copied());
+        }
+        let frame = encode(&Message::Awareness(update.clone()));
+        let _ = self.awareness.apply_update(update);
+        self.broadcast(&frame, Some(client));
+        self.publish(DocEventKind::Awareness, 0, frame).await;
+    }
+
+    async fn leave(&mut self, client: u64) {
+        let Some(left) = self.clients.remove(&client) else { return };
+        if self.clients.is_empty() {
+            self.idle_since = Some(Instant::now());
+        }
+        let ids: Vec<yrs::block::ClientID> = left.awareness_ids.into_iter().collect();
+        if ids.is_empty() {
+            return;
+        }
+        for id in &ids {
+            self.awareness.remove_state(*id);
+        }
+        if let Ok(update) = self.awareness.update_with_clients(ids) {
+            let frame = encode(&Message::Awareness(update));
+            self.broadcast(&frame, None);
+            self.publish(DocEventKind::Awareness, 0, frame).await;
+        }
+    }
+
+    async fn replace(&mut self, text: &str, by: UserId) -> Result<(), ApiError> {
+        let max = self.state.settings.collab.max_file_bytes;
+        if text.len() > max {
+            return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("files hold at most {max} bytes"))
+                .with_details(serde_json::json!({ "limit": "max_file_bytes", "value": max })));
+        }
+        if let Some(update) = documents::replace_text(&self.loaded.doc, text) {
+            self.broadcast(&encode(&Message::Sync(SyncMessage::Update(update.clone()))), None);
+            self.pending.push(update);
+            self.pending_by = Some(by);
+        }
+        self.flush().await;
+        if self.pending.is_empty() { Ok(()) } else { Err(ApiError::unavailable("the edit could not be stored yet")) }
+    }
+
+    async fn remote(&mut self, event: DocEvent) {
+        match event.kind {
+            DocEventKind::Update if event.epoch == self.loaded.epoch => {
+                if documents::apply(&self.loaded.doc, &event.bytes.bytes) {
+                    self.broadcast(&encode(&Message::Sync(SyncMessage::Update(event.bytes.bytes))), None);
+                }
+                if event.seq == self.loaded.applied_seq + 1 {
+                    self.loaded.applied_seq = event.seq;
+                }
+                self.known_seq = self.known_seq.max(event.seq);
+            }
+            DocEventKind::Update if event.epoch < self.loaded.epoch => {}
+            DocEventKind::Awareness => {
+                let mut decoder = DecoderV1::from(event.bytes.bytes.as_slice());
+                if let Ok(Message::Awareness(update)) = Message::decode(&mut decoder) {
+                    let _ = self.awareness.apply_update(update);
+                    self.broadcast(&event.bytes.bytes, None);
+                }
+            }
+            DocEventKind::Reset | DocEventKind::Update => {
+                let ids: Vec<u64> = self.clients.keys().copied().collect();
+                for id in ids {
+                    self.close(id, 4409, "document_reset");
+                }
+                self.clients.clear();
+                self.idle_since = Some(Instant::now() - Duration::from_secs(3600));
+            }
+        }
+    }
+
+    /// Stores what was applied locally since the last flush as one update, then tells the
+    /// other nodes. On failure the edits stay pending and are retried on the next tick.
+    async fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let merged = if self.pending.len() == 1 {
+            self.pending[0].clone()
+        } else {
+            match yrs::merge_updates_v1(&self.pending) {
+                Ok(merged) => merged,
+                Err(e) => return tracing::error!(error = %e, "could not merge document updates"),
+            }
+        };
+        let seq = match documents::append(&self.db, &self.item.id, self.loaded.epoch, merged.clone()).await {
+            Ok(seq) => seq,
+            Err(e) => return tracing::warn!(error = %e, "could not store document updates; retrying"),
+        };
+        self.pending.clear();
+        if seq == self.loaded.applied_seq + 1 {
+            self.loaded.applied_seq = seq;
+        }
+        self.known_seq = self.known_seq.max(seq);
+        self.publish(DocEventKind::Update, seq, merged).await;
+        let by = self.pending_by.take().unwrap_or_else(|| self.item.last_modified_by.clone());
+        let size = documents::text_len(&self.loaded.doc) as u64;
+        if let Err(e) = self.db.workspace().record_content(&self.item.id, size, &by, crate::domain::now()).await {
+            tracing::warn!(error = %e, "could not record a file's size");
+        }
+        if self.loaded.applied_seq - self.loaded.snapshot_seq >= self.state.settings.collab.snapshot_every
+            && let Err(e) = documents::snapshot(&self.db, &self.item.id, &mut self.loaded).await
+        {
+            tracing::warn!(error = %e, "could not snapshot a document");
+        }
+    }
+
+    /// Applies stored updates this node never heard of (a lost pub/sub event, or seqs another
+    /// node claimed before storing them) and passes them to the local clients.
+    async fn repair(&mut self) {
+        let Ok(last) = self.db.collab_docs().last_seq(&self.item.id).await else { return };
+        let upto = last.max(self.known_seq);
+        if upto <= self.loaded.applied_seq {
+            return;
+        }
+        let repo = self.db.collab_docs();
+        let Ok(updates) = repo.updates(&self.item.id, self.loaded.epoch, self.loaded.applied_seq + 1, upto).await
+        else {
+            return;
+        };
+        let gap_expired = self.gap_since.is_some_and(|at| at.elapsed() >= GAP_GIVE_UP);
+        for stored in updates {
+            if documents::apply(&self.loaded.doc, &stored.update.bytes) {
+                self.broadcast(&encode(&Message::Sync(SyncMessage::Update(stored.update.bytes))), None);
+            }
+            if stored.seq == self.loaded.applied_seq + 1 || gap_expired {
+                self.loaded.applied_seq = stored.seq;
+            }
+        }
+        self.gap_since = match (self.loaded.applied_seq < upto, self.gap_since) {
+            (false, _) => None,
+            (true, None) => Some(Instant::now()),
+            (true, since) if !gap_expired => since,
+            (true, _) => Some(Instant::now()),
+        };
+    }
+
+    async fn publish(&self, kind: DocEventKind, seq: i64, bytes: Vec<u8>) {
+        let event = DocEvent {
+            origin: self.state.hub.node_id().to_string(),
+            kind,
+            epoch: self.loaded.epoch,
+            seq,
+            bytes: binary(bytes),
+        };
+        self.state.redis.publish_doc_event(&self.item.tenant_id, &self.item.id, &event).await;
+    }
+}

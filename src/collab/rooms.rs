@@ -1,0 +1,147 @@
+//! This node's open documents: one room per (tenant, file), opened on first use and closed
+//! when idle. Edits from other nodes reach the room through this registry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::app::AppState;
+use crate::domain::{ItemId, TenantId, UserId, WorkspaceItem};
+use crate::error::ApiError;
+use crate::events::{Channel, Delivery, DocEvent, DocEventKind};
+use crate::tenancy::TenantDb;
+
+use super::documents;
+use super::room::{COMMAND_CAPACITY, ClientLink, Command, Room};
+
+type RoomKey = (TenantId, ItemId);
+
+#[derive(Default)]
+pub struct Rooms {
+    open: Mutex<HashMap<RoomKey, mpsc::Sender<Command>>>,
+}
+
+impl Rooms {
+    fn get(&self, key: &RoomKey) -> Option<mpsc::Sender<Command>> {
+        self.open.lock().expect("rooms lock").get(key).filter(|tx| !tx.is_closed()).cloned()
+    }
+
+    /// The room of a file, loading its document if this node does not hold it yet.
+    pub async fn open(
+        state: &Arc<AppState>,
+        db: &TenantDb,
+        item: &WorkspaceItem,
+    ) -> Result<mpsc::Sender<Command>, ApiError> {
+        let key = (item.tenant_id.clone(), item.id.clone());
+        if let Some(tx) = state.rooms.get(&key) {
+            return Ok(tx);
+        }
+        let loaded = documents::load(db, item).await.map_err(ApiError::internal)?;
+        let mut open = state.rooms.open.lock().expect("rooms lock");
+        if let Some(tx) = open.get(&key).filter(|tx| !tx.is_closed()) {
+            return Ok(tx.clone());
+        }
+        let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+        open.insert(key.clone(), tx.clone());
+        let room = Room::new(state.clone(), db.clone(), item.clone(), loaded);
+        let registry = state.clone();
+        let own = tx.clone();
+        tokio::spawn(async move {
+            room.run(rx, move || {
+                let mut open = registry.rooms.open.lock().expect("rooms lock");
+                if open.get(&key).is_some_and(|current| current.same_channel(&own)) {
+                    open.remove(&key);
+                }
+            })
+            .await;
+        });
+        Ok(tx)
+    }
+
+    /// Hands an event from another node to the room of its document, if open here.
+    pub fn dispatch(&self, node: &str, delivery: Delivery) {
+        let Channel::Document(item) = delivery.channel else { return };
+        let Ok(event) = mongodb::bson::from_slice::<DocEvent>(&delivery.payload) else {
+            return tracing::warn!("dropping an undecodable document event");
+        };
+        if event.origin == node {
+            return;
+        }
+        if let Some(tx) = self.get(&(delivery.tenant, item)) {
+            // A full room misses this event; it finds stored updates again by seq.
+            let _ = tx.try_send(Command::Remote(event));
+        }
+    }
+}
+
+/// Sends a command and waits for the room's answer; a room that just closed is reopened once.
+async fn ask<T>(
+    state: &Arc<AppState>,
+    db: &TenantDb,
+    item: &WorkspaceItem,
+    command: impl Fn(oneshot::Sender<T>) -> Command,
+) -> Result<T, ApiError> {
+    for _ in 0..2 {
+        let room = Rooms::open(state, db, item).await?;
+        let (reply, answer) = oneshot::channel();
+        if room.send(command(reply)).await.is_err() {
+            continue;
+        }
+        if let Ok(answer) = answer.await {
+            return Ok(answer);
+        }
+    }
+    Err(ApiError::unavailable("the document is being reloaded; retry"))
+}
+
+pub async fn join(
+    state: &Arc<AppState>,
+    db: &TenantDb,
+    item: &WorkspaceItem,
+    client: impl Fn() -> ClientLink,
+) -> Result<mpsc::Sender<Command>, ApiError> {
+    for _ in 0..2 {
+        let room = Rooms::open(state, db, item).await?;
+        let (reply, answer) = oneshot::channel();
+        if room.send(Command::Join { client: client(), reply }).await.is_err() {
+            continue;
+        }
+        match answer.await {
+            Ok(joined) => return joined.map(|()| room),
+            Err(_) => continue,
+        }
+    }
+    Err(ApiError::unavailable("the document is being reloaded; retry"))
+}
+
+/// The file's current text.
+pub async fn read(state: &Arc<AppState>, db: &TenantDb, item: &WorkspaceItem) -> Result<String, ApiError> {
+    ask(state, db, item, |reply| Command::Read { reply }).await
+}
+
+/// Replaces the file's text as one edit that connected editors see like any other.
+pub async fn replace(
+    state: &Arc<AppState>,
+    db: &TenantDb,
+    item: &WorkspaceItem,
+    text: &str,
+    by: &UserId,
+) -> Result<(), ApiError> {
+    ask(state, db, item, |reply| Command::Replace { text: text.to_string(), by: by.clone(), reply }).await?
+}
+
+/// Tells every node to drop a document (deleted or re-created): its clients are closed.
+pub async fn reset(state: &AppState, item: &WorkspaceItem) {
+    let event = DocEvent {
+        origin: String::new(),
+        kind: DocEventKind::Reset,
+        epoch: item.epoch,
+        seq: 0,
+        bytes: crate::tenancy::binary(Vec::new()),
+    };
+    if let Some(tx) = state.rooms.get(&(item.tenant_id.clone(), item.id.clone())) {
+        let _ = tx.send(Command::Remote(event.clone())).await;
+    }
+    state.redis.publish_doc_event(&item.tenant_id, &item.id, &event).await;
+}

@@ -1,0 +1,197 @@
+//! Live collaborative editing with a real Yjs peer: `tests/yjs/client.mjs` runs the published
+//! `yjs` + `y-websocket` packages in Node, driven line by line from these tests.
+
+use std::process::Stdio;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::helpers::{ChatTenant, TestApp, spawn_app};
+
+/// One Node process holding one Y.Doc connected to one file.
+struct YjsPeer {
+    child: Child,
+    stdin: ChildStdin,
+    replies: Lines<BufReader<ChildStdout>>,
+}
+
+impl YjsPeer {
+    async fn connect(app: &TestApp, session: &str, item: &str, token: &str, name: &str) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/yjs/client.mjs");
+        let mut child = Command::new("node")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs (scripts/test installs the client's packages)");
+        let stdin = child.stdin.take().unwrap();
+        let replies = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut peer = Self { child, stdin, replies };
+        let url = format!("{}/v1/sessions/{session}/files/{item}/yjs", app.address.replace("http://", "ws://"));
+        peer.ok(json!({"cmd": "connect", "url": url, "token": token, "client_name": name})).await;
+        peer
+    }
+
+    async fn ask(&mut self, command: Value) -> Value {
+        let line = format!("{command}\n");
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(30), self.replies.next_line())
+            .await
+            .expect("the client answers")
+            .unwrap()
+            .expect("a reply line");
+        serde_json::from_str(&reply).unwrap()
+    }
+
+    async fn ok(&mut self, command: Value) -> Value {
+        let reply = self.ask(command.clone()).await;
+        assert_eq!(reply["ok"], true, "{command} -> {reply}");
+        reply
+    }
+
+    async fn text(&mut self) -> String {
+        self.ok(json!({"cmd": "text"})).await["text"].as_str().unwrap().to_string()
+    }
+
+    async fn wait_text(&mut self, expected: &str) {
+        self.ok(json!({"cmd": "wait_text", "equals": expected, "timeout_ms": 15000})).await;
+    }
+}
+
+struct Workspace {
+    tenant: ChatTenant,
+    session: String,
+    file: String,
+    owner: String,
+}
+
+/// A session owned by alice with one file, `main.py`.
+async fn workspace(app: &TestApp) -> Workspace {
+    let tenant = app.chat_tenant().await;
+    let owner = app.user(&tenant, "alice").await;
+    let created = app.call(Method::POST, "/v1/sessions", &owner, Some(json!({"name": "demo"}))).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let session = created.body["id"].as_str().unwrap().to_string();
+    let body = json!({"name": "main.py", "kind": "file", "content": "print('hi')\n"});
+    let file = app.call(Method::POST, &format!("/v1/sessions/{session}/items"), &owner, Some(body)).await;
+    assert_eq!(file.status, StatusCode::CREATED, "{}", file.text);
+    Workspace { tenant, session, file: file.body["id"].as_str().unwrap().to_string(), owner }
+}
+
+/// Adds `user` to the session with `role` and returns their token.
+async fn member(app: &TestApp, ws: &Workspace, user: &str, role: &str) -> String {
+    let token = app.user(&ws.tenant, user).await;
+    let path = format!("/v1/sessions/{}/members/{user}", ws.session);
+    let added = app.call(Method::PUT, &path, &ws.owner, Some(json!({"role": role}))).await;
+    assert_eq!(added.status, StatusCode::OK, "{}", added.text);
+    token
+}
+
+async fn stored_text(app: &TestApp, ws: &Workspace, token: &str) -> String {
+    let path = format!("/v1/sessions/{}/files/{}/content", ws.session, ws.file);
+    let reply = app.call(Method::GET, &path, token, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    reply.text
+}
+
+#[tokio::test]
+async fn editors_on_two_nodes_converge_and_a_fresh_node_loads_the_same_text() {
+    let first = spawn_app().await;
+    let second = first.second_node().await;
+    let ws = workspace(&first).await;
+    let bob = member(&first, &ws, "bob", "editor").await;
+    let mut alice_peer = YjsPeer::connect(&first, &ws.session, &ws.file, &ws.owner, "alice").await;
+    let mut bob_peer = YjsPeer::connect(&second, &ws.session, &ws.file, &bob, "bob").await;
+    assert_eq!(bob_peer.text().await, "print('hi')\n", "a new client receives the stored text");
+    let typing_a = json!({"cmd": "type", "text": "a".repeat(60), "delay_ms": 2});
+    let typing_b = json!({"cmd": "type", "text": "b".repeat(60), "delay_ms": 2});
+    let (a, b) = tokio::join!(alice_peer.ask(typing_a), bob_peer.ask(typing_b));
+    assert_eq!((a["ok"].as_bool(), b["ok"].as_bool()), (Some(true), Some(true)));
+    let expected_len = "print('hi')\n".len() + 120;
+    for peer in [&mut alice_peer, &mut bob_peer] {
+        peer.ok(json!({"cmd": "wait_text", "length": expected_len, "timeout_ms": 15000})).await;
+    }
+    let converged = alice_peer.text().await;
+    assert_eq!(bob_peer.text().await, converged, "both editors see the same text");
+    assert_eq!(converged.matches('a').count(), 60);
+    assert_eq!(converged.matches('b').count(), 60);
+    // A node that never held the document loads it from MongoDB alone, like after a restart.
+    let third = first.second_node().await;
+    assert_eq!(stored_text(&third, &ws, &ws.owner).await, converged);
+    let carol = member(&first, &ws, "carol", "viewer").await;
+    let mut carol_peer = YjsPeer::connect(&third, &ws.session, &ws.file, &carol, "carol").await;
+    assert_eq!(carol_peer.text().await, converged);
+}
+
+#[tokio::test]
+async fn a_viewers_edits_never_reach_anyone() {
+    let app = spawn_app().await;
+    let ws = workspace(&app).await;
+    let viewer = member(&app, &ws, "vic", "viewer").await;
+    let mut editor_peer = YjsPeer::connect(&app, &ws.session, &ws.file, &ws.owner, "alice").await;
+    let mut viewer_peer = YjsPeer::connect(&app, &ws.session, &ws.file, &viewer, "vic").await;
+    viewer_peer.ok(json!({"cmd": "insert", "index": 0, "text": "VIEWER"})).await;
+    editor_peer.ok(json!({"cmd": "insert", "index": 0, "text": "# ok\n"})).await;
+    // The viewer still receives edits: once it has the editor's, its own went out before them.
+    viewer_peer.ok(json!({"cmd": "wait_text", "contains": "# ok", "timeout_ms": 15000})).await;
+    editor_peer.wait_text("# ok\nprint('hi')\n").await;
+    assert_eq!(stored_text(&app, &ws, &ws.owner).await, "# ok\nprint('hi')\n");
+    let put = app
+        .request(Method::PUT, &format!("/v1/sessions/{}/files/{}/content", ws.session, ws.file))
+        .bearer_auth(&viewer)
+        .body("nope");
+    let refused = app.send(put).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text);
+}
+
+#[tokio::test]
+async fn awareness_reaches_others_across_nodes_and_is_cleared_when_a_client_vanishes() {
+    let first = spawn_app().await;
+    let second = first.second_node().await;
+    let ws = workspace(&first).await;
+    let bob = member(&first, &ws, "bob", "editor").await;
+    let mut bob_peer = YjsPeer::connect(&second, &ws.session, &ws.file, &bob, "bob").await;
+    let mut alice_peer = YjsPeer::connect(&first, &ws.session, &ws.file, &ws.owner, "alice").await;
+    let cursor = json!({"user": {"name": "alice", "color": "#f00"}, "cursor": {"anchor": 1, "head": 3}});
+    alice_peer.ok(json!({"cmd": "awareness_set", "state": cursor})).await;
+    bob_peer.ok(json!({"cmd": "wait_awareness", "count": 1, "timeout_ms": 15000})).await;
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        seen = bob_peer.ok(json!({"cmd": "awareness"})).await;
+        if seen["states"][0]["state"]["cursor"]["head"] == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen["states"][0]["state"]["user"]["name"], "alice", "{seen}");
+    assert_eq!(seen["states"][0]["state"]["cursor"]["head"], 3, "{seen}");
+    // Killed without a goodbye: the server clears what the socket spoke for.
+    alice_peer.child.kill().await.unwrap();
+    bob_peer.ok(json!({"cmd": "wait_awareness", "count": 0, "timeout_ms": 15000})).await;
+}
+
+#[tokio::test]
+async fn replacing_content_over_rest_reaches_connected_editors_as_an_edit() {
+    let app = spawn_app().await;
+    let ws = workspace(&app).await;
+    let mut peer = YjsPeer::connect(&app, &ws.session, &ws.file, &ws.owner, "alice").await;
+    let put = app
+        .request(Method::PUT, &format!("/v1/sessions/{}/files/{}/content", ws.session, ws.file))
+        .bearer_auth(&ws.owner)
+        .body("print('replaced')\n");
+    let replaced = app.send(put).await;
+    assert_eq!(replaced.status, StatusCode::NO_CONTENT, "{}", replaced.text);
+    peer.wait_text("print('replaced')\n").await;
+    peer.ok(json!({"cmd": "insert", "index": 0, "text": "# edited\n"})).await;
+    let expected = "# edited\nprint('replaced')\n";
+    for _ in 0..50 {
+        if stored_text(&app, &ws, &ws.owner).await == expected {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the editor's change after the replacement was not stored");
+}
