@@ -76,6 +76,8 @@ pub(super) struct Room {
     /// Since when the stored log has had a hole below `known_seq`.
     gap_since: Option<Instant>,
     idle_since: Option<Instant>,
+    /// The document was deleted or re-created: nothing more is stored for it.
+    dropped: bool,
 }
 
 fn encode(message: &Message) -> Vec<u8> {
@@ -97,6 +99,7 @@ impl Room {
             known_seq,
             gap_since: None,
             idle_since: Some(Instant::now()),
+            dropped: false,
         }
     }
 
@@ -124,7 +127,7 @@ impl Room {
                     if ticks.is_multiple_of(REPAIR_EVERY_TICKS) || self.known_seq > self.loaded.applied_seq {
                         self.repair().await;
                     }
-                    if self.idle_since.is_some_and(|at| at.elapsed() >= idle_unload) {
+                    if self.dropped || self.idle_since.is_some_and(|at| at.elapsed() >= idle_unload) {
                         break;
                     }
                 }
@@ -134,6 +137,9 @@ impl Room {
         commands.close();
         while let Ok(command) = commands.try_recv() {
             self.handle(command).await;
+        }
+        if self.dropped {
+            return;
         }
         self.flush().await;
         if let Err(e) = documents::snapshot(&self.db, &self.item.id, &mut self.loaded).await {
@@ -160,6 +166,9 @@ impl Room {
     }
 
     fn join(&mut self, client: ClientLink) -> Result<(), ApiError> {
+        if self.dropped {
+            return Err(ApiError::not_found("item"));
+        }
         let max = self.state.settings.collab.max_clients_per_document;
         if self.clients.len() >= max {
             return Err(ApiError::new(ErrorCode::LimitReached, format!("at most {max} clients per file"))
@@ -276,6 +285,9 @@ impl Room {
     }
 
     async fn replace(&mut self, text: &str, by: UserId) -> Result<(), ApiError> {
+        if self.dropped {
+            return Err(ApiError::not_found("item"));
+        }
         let max = self.state.settings.collab.max_file_bytes;
         if text.len() > max {
             return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("files hold at most {max} bytes"))
@@ -315,7 +327,8 @@ impl Room {
                     self.close(id, 4409, "document_reset");
                 }
                 self.clients.clear();
-                self.idle_since = Some(Instant::now() - Duration::from_secs(3600));
+                self.pending.clear();
+                self.dropped = true;
             }
         }
     }
@@ -323,7 +336,7 @@ impl Room {
     /// Stores what was applied locally since the last flush as one update, then tells the
     /// other nodes. On failure the edits stay pending and are retried on the next tick.
     async fn flush(&mut self) {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() || self.dropped {
             return;
         }
         let merged = if self.pending.len() == 1 {

@@ -86,14 +86,6 @@ impl WorkspaceRepo {
         self.items.update_one(doc! { "_id": id.as_str() }, update).await.map(|_| ())
     }
 
-    /// Starts a new document generation; returns the item with its new epoch.
-    pub async fn next_epoch(&self, id: &ItemId) -> Result<Option<WorkspaceItem>, mongodb::error::Error> {
-        self.items
-            .find_one_and_update(doc! { "_id": id.as_str() }, doc! { "$inc": { "epoch": 1, "version": 1 } })
-            .return_document(ReturnDocument::After)
-            .await
-    }
-
     pub async fn delete_many(&self, session: &SessionId, ids: &[ItemId]) -> Result<u64, mongodb::error::Error> {
         let ids: Vec<&str> = ids.iter().map(ItemId::as_str).collect();
         let deleted = self.items.delete_many(doc! { "session_id": session.as_str(), "_id": { "$in": ids } }).await?;
