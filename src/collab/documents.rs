@@ -1,4 +1,4 @@
-//! One Yjs document per file, behind confab's own functions (no other module names `yrs`
+//! One Yjs document per file, behind confab's own functions (nothing outside `collab/` names `yrs`
 //! types): the text lives in a `Y.Text` named `content`. Stored as an append-only log of
 //! updates with a gapless per-document seq, compacted into snapshots by loading the log into a
 //! document and re-encoding its state (never by concatenating updates).
