@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::app::AppState;
 use crate::domain::{TenantId, UserId};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 use super::acting_user::{load_active_user, user_of_token};
 use super::api_key::{BASE62, hash_key, random_string};
@@ -61,9 +61,21 @@ pub async fn socket_user(req: &HttpRequest) -> Result<ActingUser, ApiError> {
     ActingUser::from_request(req, &mut Payload::None).await
 }
 
-/// Whether the client offered subprotocols (and so must be answered with `SUBPROTOCOL`).
-pub fn offers_subprotocols(req: &HttpRequest) -> bool {
-    offered_protocols(req).next().is_some()
+/// Whether to answer with `SUBPROTOCOL`: yes when the client offered it, no when it offered
+/// nothing; a client offering subprotocols without it is refused (400), since the server may
+/// only name one the client offered and a browser fails a handshake that names none.
+pub fn answer_subprotocol(req: &HttpRequest) -> Result<bool, ApiError> {
+    if offered_protocols(req).any(|p| p == SUBPROTOCOL) {
+        return Ok(true);
+    }
+    if offered_protocols(req).next().is_none() {
+        return Ok(false);
+    }
+    Err(ApiError::new(
+        ErrorCode::InvalidRequest,
+        format!("offer the subprotocol '{SUBPROTOCOL}' (with the token, if any)"),
+    )
+    .with_details(serde_json::json!({ "header": "sec-websocket-protocol" })))
 }
 
 fn offered_protocols(req: &HttpRequest) -> impl Iterator<Item = &str> {

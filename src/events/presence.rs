@@ -12,7 +12,7 @@ use crate::domain::{TenantId, UserId};
 use super::{Redis, RedisError};
 
 /// Registers a connection unless the user is at the limit. KEYS: conns, conn, last_seen.
-/// ARGV: now, stale_at, connection id, max, user, node, client, user_agent, ttl_secs.
+/// ARGV: now, stale_at, connection id, max, user, node, client, user_agent, ttl_secs, connected_at.
 /// Returns the user's live connections before this one, or -1 at the limit.
 const OPEN: &str = r#"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -21,18 +21,20 @@ if live >= tonumber(ARGV[4]) then return -1 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[9] * 1000)
 redis.call('HSET', KEYS[2], 'user_id', ARGV[5], 'node', ARGV[6], 'client', ARGV[7], 'user_agent', ARGV[8],
-  'status', 'online', 'connected_at', ARGV[1], 'last_heartbeat', ARGV[1])
+  'status', 'online', 'connected_at', ARGV[10], 'last_heartbeat', ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[9])
 redis.call('HSET', KEYS[3], ARGV[5], ARGV[1])
 return live
 "#;
 
-/// Refreshes a connection (and re-creates it if Redis lost it). KEYS: conns, conn, last_seen.
-/// ARGV: now, stale_at, connection id, user, ttl_secs.
+/// Refreshes a connection, re-creating it whole if it expired or Redis lost it. KEYS: conns,
+/// conn, last_seen. ARGV: now, stale_at, connection id, user, ttl_secs, node, client, user_agent,
+/// connected_at.
 const HEARTBEAT: &str = r#"
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[5] * 1000)
-redis.call('HSET', KEYS[2], 'user_id', ARGV[4], 'status', 'online', 'last_heartbeat', ARGV[1])
+redis.call('HSET', KEYS[2], 'user_id', ARGV[4], 'node', ARGV[6], 'client', ARGV[7], 'user_agent', ARGV[8],
+  'status', 'online', 'connected_at', ARGV[9], 'last_heartbeat', ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[1])
 return 1
@@ -56,6 +58,8 @@ pub struct ConnectionInfo<'a> {
     /// What the app says it is (`?client=`), e.g. `ios/2.3.1`.
     pub client: &'a str,
     pub user_agent: &'a str,
+    /// Milliseconds since the epoch.
+    pub connected_at: i64,
 }
 
 /// Outcome of registering a connection.
@@ -147,6 +151,7 @@ impl PresenceRegistry<'_> {
                     .arg(info.client)
                     .arg(info.user_agent)
                     .arg(ttl)
+                    .arg(info.connected_at)
                     .query_async(&mut conn)
                     .await
             })
@@ -158,9 +163,9 @@ impl PresenceRegistry<'_> {
         })
     }
 
-    pub async fn heartbeat(&self, user: &UserId, id: &str) -> Result<(), RedisError> {
+    pub async fn heartbeat(&self, info: &ConnectionInfo<'_>) -> Result<(), RedisError> {
         let now = now_ms();
-        let keys = [self.conns_key(user), self.conn_key(id), self.last_seen_key()];
+        let keys = [self.conns_key(info.user), self.conn_key(info.id), self.last_seen_key()];
         let ttl = self.ttl_secs();
         self.redis
             .run(|mut conn| async move {
@@ -170,9 +175,13 @@ impl PresenceRegistry<'_> {
                     .arg(&keys)
                     .arg(now)
                     .arg(now + self.stale_ms)
-                    .arg(id)
-                    .arg(user.as_str())
+                    .arg(info.id)
+                    .arg(info.user.as_str())
                     .arg(ttl)
+                    .arg(info.node)
+                    .arg(info.client)
+                    .arg(info.user_agent)
+                    .arg(info.connected_at)
                     .query_async::<i64>(&mut conn)
                     .await
                     .map(|_| ())

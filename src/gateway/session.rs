@@ -15,7 +15,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::app::AppState;
 use crate::auth::ActingUser;
-use crate::auth::socket::{SUBPROTOCOL, offers_subprotocols, socket_user};
+use crate::auth::socket::{SUBPROTOCOL, answer_subprotocol, socket_user};
 use crate::domain::{ConversationId, Scope};
 use crate::error::{ApiError, ErrorCode};
 use crate::events::LiveEvent;
@@ -31,6 +31,8 @@ use super::tracking;
 pub(super) const TYPING_EXPIRY: Duration = Duration::from_secs(5);
 /// Least time between two `typing: true` events a socket publishes for one conversation.
 pub(super) const TYPING_THROTTLE: Duration = Duration::from_secs(2);
+/// How long a closing socket waits to send its close frame (a client not reading never takes it).
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 pub(super) struct Connection {
     pub(super) state: Arc<AppState>,
@@ -48,6 +50,7 @@ pub async fn connect(
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let answer_protocol = answer_subprotocol(&req)?;
     let caller = socket_user(&req).await?;
     caller.require(Scope::ChatRead)?;
     // Browsers always send Origin; other clients may not, and are allowed.
@@ -65,18 +68,13 @@ pub async fn connect(
     let ids: Vec<ConversationId> = memberships.iter().map(|m| m.conversation_id.clone()).collect();
     let conversations = db.conversations().get_many(&ids).await?;
     let delivered: HashMap<ConversationId, i64> = conversations.iter().map(|c| (c.id.clone(), c.last_seq)).collect();
-    let connection_id = uuid::Uuid::now_v7().to_string();
-    tracking::open(&state, &caller, &connection_id, &client, &req, &ids).await?;
-    let upgraded = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("not a WebSocket upgrade: {e}")));
-    let (mut response, session, stream) = match upgraded {
-        Ok(upgraded) => upgraded,
-        Err(e) => {
-            tracking::close(&state, &caller, &connection_id, &ids).await;
-            return Err(e);
-        }
-    };
-    if offers_subprotocols(&req) {
+    // The handshake is checked first, so a request that cannot upgrade never counts as online.
+    let (mut response, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("not a WebSocket upgrade: {e}")))?;
+    let tracked = tracking::Tracked::new(client, &req);
+    tracking::open(&state, &caller, &tracked, &ids).await?;
+    let connection_id = tracked.id.clone();
+    if answer_protocol {
         response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
     }
     let (tx, rx) = mpsc::channel(state.settings.gateway.outbox_capacity);
@@ -95,19 +93,18 @@ pub async fn connect(
     actix_web::rt::spawn(async move {
         let stream = stream.max_frame_size(state.settings.gateway.max_frame_bytes).aggregate_continuations();
         let mut connection = Connection { state: state.clone(), caller, db, delivered, typing_sent: HashMap::new() };
-        let reason =
-            run(&mut connection, &connection_id, session.clone(), stream, rx, &outbox.slow, ready.to_text()).await;
+        let reason = run(&mut connection, &tracked, session.clone(), stream, rx, &outbox.slow, ready.to_text()).await;
         state.hub.unregister(socket);
         let followed: Vec<ConversationId> = connection.delivered.keys().cloned().collect();
-        tracking::close(&state, &connection.caller, &connection_id, &followed).await;
-        let _ = session.close(reason).await;
+        tracking::close(&state, &connection.caller, &tracked.id, &followed).await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, session.close(reason)).await;
     });
     Ok(response)
 }
 
 async fn run(
     connection: &mut Connection,
-    connection_id: &str,
+    tracked: &tracking::Tracked,
     mut session: Session,
     mut stream: actix_ws::AggregatedMessageStream,
     mut outbox: mpsc::Receiver<Arc<LiveEvent>>,
@@ -120,6 +117,8 @@ async fn run(
     let limits = connection.state.settings.gateway.clone();
     let mut heartbeat = tokio::time::interval(Duration::from_secs(limits.heartbeat_secs));
     let idle_timeout = Duration::from_secs(limits.idle_timeout_secs);
+    // A client that takes no frame for as long as it may stay silent has stopped reading.
+    let stall = idle_timeout;
     let catch_up_every = Duration::from_secs(limits.catch_up_secs);
     let mut budget = FrameBudget::new(limits.max_frames_per_sec);
     let mut last_heard = Instant::now();
@@ -133,36 +132,37 @@ async fn run(
                 match incoming {
                     AggregatedMessage::Text(text) => {
                         if !budget.take() {
-                            let refused = send_error(&mut session, None, ErrorCode::RateLimited, "too many frames per second").await;
-                            if refused.is_err() {
-                                return None;
+                            let refused = send_error(&mut session, None, ErrorCode::RateLimited, "too many frames per second");
+                            if let Err(reason) = bounded(stall, refused, |_| None).await {
+                                return reason;
                             }
                             continue;
                         }
-                        if let Err(reason) = answer(connection, &mut session, &text).await {
+                        if let Err(reason) = bounded(stall, answer(connection, &mut session, &text), |reason| reason).await {
                             return reason;
                         }
                     }
                     AggregatedMessage::Ping(bytes) => {
-                        if session.pong(&bytes).await.is_err() {
-                            return None;
+                        if let Err(reason) = bounded(stall, session.pong(&bytes), |_| None).await {
+                            return reason;
                         }
                     }
                     AggregatedMessage::Close(reason) => return reason,
                     AggregatedMessage::Binary(_) => {
-                        let _ = send_error(&mut session, None, ErrorCode::InvalidRequest, "frames are JSON text").await;
+                        let refused = send_error(&mut session, None, ErrorCode::InvalidRequest, "frames are JSON text");
+                        if let Err(reason) = bounded(stall, refused, |_| None).await {
+                            return reason;
+                        }
                     }
                     AggregatedMessage::Pong(_) => {}
                 }
             }
             Some(live) = outbox.recv() => {
-                if relay(connection, &mut session, &live).await.is_err() {
-                    return None;
+                if let Err(reason) = bounded(stall, relay(connection, &mut session, &live), |_| None).await {
+                    return reason;
                 }
             }
-            _ = slow.notified() => {
-                return Some(CloseReason { code: CloseCode::Policy, description: Some("slow_consumer".into()) });
-            }
+            _ = slow.notified() => return Some(slow_consumer()),
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > idle_timeout {
                     return Some(CloseReason { code: CloseCode::Away, description: Some("idle_timeout".into()) });
@@ -170,20 +170,39 @@ async fn run(
                 if let Some(reason) = revoked(connection).await {
                     return Some(CloseReason { code: CloseCode::Policy, description: Some(reason.into()) });
                 }
-                tracking::heartbeat(&connection.state, &connection.caller, connection_id).await;
+                tracking::heartbeat(&connection.state, &connection.caller, tracked).await;
                 let current = connection.state.hub.subscription_epoch();
                 if current != epoch || last_sweep.elapsed() >= catch_up_every {
                     epoch = current;
                     last_sweep = Instant::now();
-                    if sweep(connection, &mut session).await.is_err() {
-                        return None;
+                    if let Err(reason) = bounded(stall, sweep(connection, &mut session), |_| None).await {
+                        return reason;
                     }
                 }
-                if session.ping(b"").await.is_err() {
-                    return None;
+                if let Err(reason) = bounded(stall, session.ping(b""), |_| None).await {
+                    return reason;
                 }
             }
         }
+    }
+}
+
+fn slow_consumer() -> CloseReason {
+    CloseReason { code: CloseCode::Policy, description: Some("slow_consumer".into()) }
+}
+
+/// Runs a step that writes to the client. The writes wait while the client is not reading (its
+/// TCP window is full), so a client that takes nothing within `stall` is closed as a slow
+/// consumer instead of holding the socket's task (and its heartbeats and checks) forever.
+async fn bounded<E>(
+    stall: Duration,
+    step: impl Future<Output = Result<(), E>>,
+    closed: impl FnOnce(E) -> Option<CloseReason>,
+) -> Result<(), Option<CloseReason>> {
+    match tokio::time::timeout(stall, step).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(closed(e)),
+        Err(_) => Err(Some(slow_consumer())),
     }
 }
 

@@ -41,21 +41,46 @@ fn user_agent_of(req: &HttpRequest) -> String {
     agent.chars().take(MAX_USER_AGENT_LEN).collect()
 }
 
-/// Registers connection `id`; 429 `too_many_connections` when the user is at the limit.
+/// One socket's connection record, as registered and refreshed.
+pub(super) struct Tracked {
+    pub(super) id: String,
+    client: String,
+    user_agent: String,
+    connected_at: i64,
+}
+
+impl Tracked {
+    pub(super) fn new(client: String, req: &HttpRequest) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            client,
+            user_agent: user_agent_of(req),
+            connected_at: chrono::Utc::now().timestamp_millis(),
+        }
+    }
+
+    fn info<'a>(&'a self, state: &'a AppState, caller: &'a ActingUser) -> ConnectionInfo<'a> {
+        ConnectionInfo {
+            id: &self.id,
+            user: caller.user_id(),
+            node: state.hub.node_id(),
+            client: &self.client,
+            user_agent: &self.user_agent,
+            connected_at: self.connected_at,
+        }
+    }
+}
+
+/// Registers a connection; 429 `too_many_connections` when the user is at the limit.
 pub(super) async fn open(
     state: &AppState,
     caller: &ActingUser,
-    id: &str,
-    client: &str,
-    req: &HttpRequest,
+    tracked: &Tracked,
     conversations: &[ConversationId],
 ) -> Result<(), ApiError> {
     let gateway = &state.settings.gateway;
-    let user_agent = user_agent_of(req);
-    let info =
-        ConnectionInfo { id, user: caller.user_id(), node: state.hub.node_id(), client, user_agent: &user_agent };
     let presence = state.redis.presence(&caller.tenant.id, gateway.presence_stale_secs);
-    match presence.open(&info, gateway.max_connections_per_user).await {
+    match presence.open(&tracked.info(state, caller), gateway.max_connections_per_user).await {
         Ok(Opened::AtLimit) => {
             let max = gateway.max_connections_per_user;
             Err(ApiError::new(ErrorCode::TooManyConnections, format!("at most {max} live connections per user"))
@@ -73,9 +98,9 @@ pub(super) async fn open(
     }
 }
 
-pub(super) async fn heartbeat(state: &AppState, caller: &ActingUser, id: &str) {
+pub(super) async fn heartbeat(state: &AppState, caller: &ActingUser, tracked: &Tracked) {
     let presence = state.redis.presence(&caller.tenant.id, state.settings.gateway.presence_stale_secs);
-    if let Err(e) = presence.heartbeat(caller.user_id(), id).await {
+    if let Err(e) = presence.heartbeat(&tracked.info(state, caller)).await {
         tracing::warn!(error = %e, "could not refresh a connection");
     }
 }

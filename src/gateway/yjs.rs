@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::app::AppState;
-use crate::auth::socket::{SUBPROTOCOL, offers_subprotocols, socket_user};
+use crate::auth::socket::{SUBPROTOCOL, answer_subprotocol, socket_user};
 use crate::collab::{ClientLink, Command, Outgoing, rooms, tree};
 use crate::domain::{ItemId, SessionId};
 use crate::error::{ApiError, ErrorCode};
@@ -40,6 +40,7 @@ pub async fn connect(
     let (session, item) = path.into_inner();
     let session = SessionId::parse(&session).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.0))?;
     let item = ItemId::parse(&item).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.0))?;
+    let answer_protocol = answer_subprotocol(&req)?;
     let caller = socket_user(&req).await?;
     let state = state.into_inner();
     let (db, file, role) = tree::file(&state, &caller, &session, &item).await?;
@@ -52,7 +53,7 @@ pub async fn connect(
     drop(tx);
     let (mut response, mut session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("not a WebSocket upgrade: {e}")))?;
-    if offers_subprotocols(&req) {
+    if answer_protocol {
         response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
     }
     let limits = (state.settings.collab.max_message_bytes, state.settings.gateway.clone());
