@@ -8,6 +8,7 @@ mod chat_messages;
 mod chat_smoke;
 mod chat_users;
 mod cli;
+mod code_sessions;
 mod collab;
 mod e2e;
 mod errors;
