@@ -61,6 +61,19 @@ pub async fn socket_user(req: &HttpRequest) -> Result<ActingUser, ApiError> {
     ActingUser::from_request(req, &mut Payload::None).await
 }
 
+/// Browsers always send `Origin`; one not in the tenant's `allowed_origins` (when set) is refused.
+/// Clients without `Origin` (servers, mobile apps) are allowed.
+pub fn check_origin(req: &HttpRequest, tenant: &crate::domain::Tenant) -> Result<(), ApiError> {
+    let origin = req.headers().get(actix_web::http::header::ORIGIN).and_then(|v| v.to_str().ok());
+    let allowed = &tenant.allowed_origins;
+    match origin {
+        Some(origin) if !allowed.is_empty() && !allowed.iter().any(|a| a == origin) => {
+            Err(ApiError::new(ErrorCode::Forbidden, "this origin may not open WebSockets for the tenant"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Whether to answer with `SUBPROTOCOL`: yes when the client offered it, no when it offered
 /// nothing; a client offering subprotocols without it is refused (400), since the server may
 /// only name one the client offered and a browser fails a handshake that names none.

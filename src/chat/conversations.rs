@@ -160,6 +160,7 @@ pub async fn create(
         last_message: None,
         last_activity_at: now,
         pinned_seqs: Vec::new(),
+        managed_by: None,
         created_at: now,
         updated_at: now,
     };

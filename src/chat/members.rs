@@ -13,9 +13,14 @@ use crate::tenancy::TenantDb;
 use super::conversations::{as_member, new_member, require_moderator, visible};
 use super::messages::post_system;
 
+/// Membership changes through the chat API: not in direct conversations (fixed members) nor in
+/// conversations whose membership follows something else (a code session's chat).
 fn not_in_direct(conversation: &Conversation) -> Result<(), ApiError> {
     if conversation.kind == ConversationType::Direct {
         Err(ApiError::new(ErrorCode::Forbidden, "direct conversations have fixed members"))
+    } else if let Some(manager) = &conversation.managed_by {
+        Err(ApiError::new(ErrorCode::Forbidden, "this conversation's members follow its code session")
+            .with_details(serde_json::json!({ "managed_by": manager })))
     } else {
         Ok(())
     }
@@ -126,6 +131,7 @@ pub async fn join(state: &AppState, caller: &ActingUser, id: &ConversationId) ->
     if let Some(member) = member {
         return Ok(member);
     }
+    not_in_direct(&conversation)?;
     let Some(member) = admit(state, &db, &conversation, caller.user_id(), MemberRole::Member).await? else {
         return db.members().get(id, caller.user_id()).await?.ok_or_else(|| ApiError::not_found("member"));
     };
@@ -230,7 +236,8 @@ pub async fn ban(state: &AppState, caller: &ActingUser, id: &ConversationId, use
 pub async fn unban(state: &AppState, caller: &ActingUser, id: &ConversationId, user: &UserId) -> Result<(), ApiError> {
     caller.require(Scope::ChatWrite)?;
     let db = state.store.tenant_db(&caller.scope());
-    let (_, actor) = as_member(&db, caller, id).await?;
+    let (conversation, actor) = as_member(&db, caller, id).await?;
+    not_in_direct(&conversation)?;
     require_moderator(&actor)?;
     db.members().unban(id, user).await?;
     Ok(())
@@ -310,11 +317,31 @@ pub async fn set_preferences(
 
 /// Makes `user` a member because something else says so (a code session's membership);
 /// no permission checks beyond the ban list and the member limit.
-pub async fn follow(state: &AppState, db: &TenantDb, id: &ConversationId, user: &UserId) -> Result<(), ApiError> {
+/// `moderator` makes them an admin (a session owner moderates its chat), else a plain member.
+pub async fn follow(
+    state: &AppState,
+    db: &TenantDb,
+    id: &ConversationId,
+    user: &UserId,
+    moderator: bool,
+) -> Result<(), ApiError> {
     let conversation = db.conversations().get(id).await?.ok_or_else(|| ApiError::not_found("conversation"))?;
-    if admit(state, db, &conversation, user, MemberRole::Member).await?.is_some() {
-        let event = serde_json::json!({ "event": "member_added", "user_id": user.as_str() });
-        post_system(state, db, &conversation, user, format!("{user} joined the session"), event).await?;
+    let role = if moderator { MemberRole::Admin } else { MemberRole::Member };
+    match db.members().get(id, user).await?.filter(Member::is_active) {
+        Some(member) if member.role != MemberRole::Owner && member.role != role => {
+            if let Some(updated) = db.members().set_role(id, user, member.role, role).await? {
+                let changed =
+                    LiveEvent::MemberUpdated { conversation_id: id.clone(), user_id: user.clone(), role: updated.role };
+                state.redis.publish_event(&conversation.tenant_id, &changed).await;
+            }
+        }
+        Some(_) => {}
+        None => {
+            if admit(state, db, &conversation, user, role).await?.is_some() {
+                let event = serde_json::json!({ "event": "member_added", "user_id": user.as_str() });
+                post_system(state, db, &conversation, user, format!("{user} joined the session"), event).await?;
+            }
+        }
     }
     Ok(())
 }

@@ -75,10 +75,12 @@ pub async fn create(state: &AppState, caller: &ActingUser, new: NewSession) -> R
         forked_from: None,
         conversation_id: conversation.conversation.id,
         item_count: 0,
+        owner_count: 1,
         created_at: at,
         updated_at: at,
         last_accessed_at: at,
     };
+    db.conversations().set_managed_by(&session.conversation_id, &format!("code_session:{}", session.id)).await?;
     db.code_sessions().insert(&session).await?;
     let owner = member_record(&session, caller.user_id(), SessionRole::Owner);
     db.code_sessions().add_member(&owner).await?;
@@ -108,13 +110,23 @@ pub async fn get(
     Ok(found)
 }
 
-/// Sessions the caller is a member of and tenant-visible ones, in id order.
-pub async fn list(state: &AppState, caller: &ActingUser, page: PageRequest) -> Result<Page<CodeSession>, ApiError> {
+/// Sessions the caller is a member of and tenant-visible ones, in id order, with the caller's role.
+pub async fn list(
+    state: &AppState,
+    caller: &ActingUser,
+    page: PageRequest,
+) -> Result<Page<(CodeSession, SessionRole)>, ApiError> {
     caller.require(Scope::ChatRead)?;
     let db = state.store.tenant_db(&caller.scope());
-    let mine = db.code_sessions().sessions_of(caller.user_id()).await?;
-    let found = db.code_sessions().page_visible(&mine, page.after.as_deref(), page.limit + 1).await?;
-    Ok(Page::from_overfetch(found, page.limit, |s| s.id.to_string()))
+    let mine = db.code_sessions().memberships_of(caller.user_id()).await?;
+    let ids: Vec<SessionId> = mine.iter().map(|m| m.session_id.clone()).collect();
+    let found = db.code_sessions().page_visible(&ids, page.after.as_deref(), page.limit + 1).await?;
+    let page = Page::from_overfetch(found, page.limit, |s| s.id.to_string());
+    let role_of = |s: &CodeSession| mine.iter().find(|m| m.session_id == s.id).map_or(SessionRole::Viewer, |m| m.role);
+    Ok(Page {
+        items: page.items.into_iter().map(|s| (role_of(&s), s)).map(|(r, s)| (s, r)).collect(),
+        next_cursor: page.next_cursor,
+    })
 }
 
 pub async fn update(
@@ -176,14 +188,21 @@ pub async fn put_member(
         if existing.role == role {
             return Ok(existing);
         }
-        if existing.role == SessionRole::Owner && db.code_sessions().count_owners(id).await? <= 1 {
+        let demoting_owner = existing.role == SessionRole::Owner;
+        if demoting_owner && !db.code_sessions().release_owner(id).await? {
             return Err(ApiError::new(ErrorCode::LastOwner, "a session needs at least one owner"));
         }
-        return db
-            .code_sessions()
-            .set_role(id, user, existing.role, role)
-            .await?
-            .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "the member changed meanwhile; retry"));
+        let Some(updated) = db.code_sessions().set_role(id, user, existing.role, role).await? else {
+            if demoting_owner {
+                db.code_sessions().add_owner(id).await?;
+            }
+            return Err(ApiError::new(ErrorCode::Conflict, "the member changed meanwhile; retry"));
+        };
+        if role == SessionRole::Owner {
+            db.code_sessions().add_owner(id).await?;
+        }
+        members::follow(state, &db, &session.conversation_id, user, role == SessionRole::Owner).await?;
+        return Ok(updated);
     }
     let max = state.settings.collab.max_members;
     if db.code_sessions().members(id).await?.len() >= max {
@@ -191,8 +210,13 @@ pub async fn put_member(
             .with_details(serde_json::json!({ "limit": "max_members", "value": max })));
     }
     let member = member_record(&session, user, role);
-    db.code_sessions().add_member(&member).await?;
-    members::follow(state, &db, &session.conversation_id, user).await?;
+    if !db.code_sessions().add_member(&member).await? {
+        return Err(ApiError::new(ErrorCode::Conflict, "the member was added meanwhile; retry"));
+    }
+    if role == SessionRole::Owner {
+        db.code_sessions().add_owner(id).await?;
+    }
+    members::follow(state, &db, &session.conversation_id, user, role == SessionRole::Owner).await?;
     Ok(member)
 }
 
@@ -210,11 +234,14 @@ pub async fn remove_member(
         require(my_role, SessionRole::Owner)?;
     }
     let target = db.code_sessions().member(id, user).await?.ok_or_else(|| ApiError::not_found("member"))?;
-    if target.role == SessionRole::Owner && db.code_sessions().count_owners(id).await? <= 1 {
+    let owner = target.role == SessionRole::Owner;
+    if owner && !db.code_sessions().release_owner(id).await? {
         return Err(ApiError::new(ErrorCode::LastOwner, "the last owner must make someone else owner before leaving"));
     }
     if db.code_sessions().remove_member(id, user).await? {
         members::unfollow(state, &db, &session.conversation_id, user).await?;
+    } else if owner {
+        db.code_sessions().add_owner(id).await?;
     }
     Ok(())
 }

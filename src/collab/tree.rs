@@ -66,7 +66,8 @@ pub async fn list(state: &AppState, caller: &ActingUser, id: &SessionId) -> Resu
     let mut paths = paths(&items);
     let mut placed: Vec<Placed> =
         items.into_iter().filter_map(|item| paths.remove(&item.id).map(|path| Placed { item, path })).collect();
-    placed.sort_by(|a, b| a.path.cmp(&b.path));
+    // Segment by segment, so a folder's contents follow it directly (`src`, `src/lib`, `src-old`).
+    placed.sort_by(|a, b| a.path.split('/').cmp(b.path.split('/')));
     Ok(placed)
 }
 

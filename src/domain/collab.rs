@@ -61,12 +61,20 @@ pub struct CodeSession {
     pub conversation_id: ConversationId,
     /// Items in the tree (kept under `collab.max_items_per_session`).
     pub item_count: u32,
+    /// Members with the owner role; never taken below one (so owners leaving or demoting each
+    /// other at once cannot leave the session without an owner).
+    #[serde(default = "one")]
+    pub owner_count: u32,
     #[serde(with = "chrono_datetime_as_bson_datetime")]
     pub created_at: DateTime<Utc>,
     #[serde(with = "chrono_datetime_as_bson_datetime")]
     pub updated_at: DateTime<Utc>,
     #[serde(with = "chrono_datetime_as_bson_datetime")]
     pub last_accessed_at: DateTime<Utc>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -90,6 +90,10 @@ pub struct Conversation {
     #[serde(with = "chrono_datetime_as_bson_datetime")]
     pub last_activity_at: DateTime<Utc>,
     pub pinned_seqs: Vec<i64>,
+    /// Set when something else owns the membership (`code_session:<id>`): members follow it and
+    /// cannot be added, removed or re-roled through the chat API.
+    #[serde(default)]
+    pub managed_by: Option<String>,
     #[serde(with = "chrono_datetime_as_bson_datetime")]
     pub created_at: DateTime<Utc>,
     #[serde(with = "chrono_datetime_as_bson_datetime")]

@@ -15,7 +15,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::app::AppState;
 use crate::auth::ActingUser;
-use crate::auth::socket::{SUBPROTOCOL, answer_subprotocol, socket_user};
+use crate::auth::socket::{SUBPROTOCOL, answer_subprotocol, check_origin, socket_user};
 use crate::domain::{ConversationId, Scope};
 use crate::error::{ApiError, ErrorCode};
 use crate::events::LiveEvent;
@@ -53,15 +53,7 @@ pub async fn connect(
     let answer_protocol = answer_subprotocol(&req)?;
     let caller = socket_user(&req).await?;
     caller.require(Scope::ChatRead)?;
-    // Browsers always send Origin; other clients may not, and are allowed.
-    let origin = req.headers().get(actix_web::http::header::ORIGIN).and_then(|v| v.to_str().ok());
-    let allowed = &caller.tenant.allowed_origins;
-    if let Some(origin) = origin
-        && !allowed.is_empty()
-        && !allowed.iter().any(|a| a == origin)
-    {
-        return Err(ApiError::new(ErrorCode::Forbidden, "this origin may not open WebSockets for the tenant"));
-    }
+    check_origin(&req, &caller.tenant)?;
     let client = tracking::client_of(&req)?;
     let db = state.store.tenant_db(&caller.scope());
     let memberships = db.members().of_user(caller.user_id()).await?;

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::app::AppState;
-use crate::auth::socket::{SUBPROTOCOL, answer_subprotocol, socket_user};
+use crate::auth::socket::{SUBPROTOCOL, answer_subprotocol, check_origin, socket_user};
 use crate::collab::{ClientLink, Command, Outgoing, rooms, tree};
 use crate::domain::{ItemId, SessionId};
 use crate::error::{ApiError, ErrorCode};
@@ -42,6 +42,7 @@ pub async fn connect(
     let item = ItemId::parse(&item).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.0))?;
     let answer_protocol = answer_subprotocol(&req)?;
     let caller = socket_user(&req).await?;
+    check_origin(&req, &caller.tenant)?;
     let state = state.into_inner();
     let (db, file, role) = tree::file(&state, &caller, &session, &item).await?;
     let wanted_epoch = web::Query::<EpochQuery>::from_query(req.query_string()).ok().and_then(|q| q.0.epoch);

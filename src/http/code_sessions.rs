@@ -160,7 +160,7 @@ pub async fn list_sessions(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let page = sessions::list(&state, &caller, query.into_inner().into_page_request(&state)?).await?;
-    let items = page.items.into_iter().map(|s| session_view(s, None)).collect();
+    let items = page.items.into_iter().map(|(s, role)| session_view(s, Some(role))).collect();
     Ok(HttpResponse::Ok().json(SessionPage { items, next_cursor: page.next_cursor }))
 }
 

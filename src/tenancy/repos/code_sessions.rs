@@ -1,6 +1,6 @@
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use mongodb::bson::{self, Document, doc};
+use mongodb::bson::{self, doc};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 
@@ -175,8 +175,18 @@ impl CodeSessionsRepo {
         Ok(removed.deleted_count == 1)
     }
 
-    pub async fn count_owners(&self, id: &SessionId) -> Result<u64, mongodb::error::Error> {
-        let filter: Document = doc! { "session_id": id.as_str(), "role": "owner" };
-        self.members.count_documents(filter).await
+    /// Takes one owner off the count unless that would leave none; `false` when it would.
+    pub async fn release_owner(&self, id: &SessionId) -> Result<bool, mongodb::error::Error> {
+        let filter = doc! { "_id": id.as_str(), "owner_count": { "$gt": 1 } };
+        Ok(self.sessions.update_one(filter, doc! { "$inc": { "owner_count": -1 } }).await?.modified_count == 1)
+    }
+
+    pub async fn add_owner(&self, id: &SessionId) -> Result<(), mongodb::error::Error> {
+        self.sessions.update_one(doc! { "_id": id.as_str() }, doc! { "$inc": { "owner_count": 1 } }).await.map(|_| ())
+    }
+
+    /// The caller's memberships, by session.
+    pub async fn memberships_of(&self, user: &UserId) -> Result<Vec<SessionMember>, mongodb::error::Error> {
+        self.members.find(doc! { "user_id": user.as_str() }).await?.try_collect().await
     }
 }

@@ -40,6 +40,11 @@ impl ConversationsRepo {
         }
     }
 
+    pub async fn set_managed_by(&self, id: &ConversationId, manager: &str) -> Result<(), mongodb::error::Error> {
+        let update = doc! { "$set": { "managed_by": manager } };
+        self.conversations.update_one(doc! { "_id": id.as_str() }, update).await.map(|_| ())
+    }
+
     pub async fn get(&self, id: &ConversationId) -> Result<Option<Conversation>, mongodb::error::Error> {
         self.conversations.find_one(doc! { "_id": id.as_str() }).await
     }
