@@ -9,7 +9,8 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::chat::Sequencer;
+use crate::caches::Caches;
+use crate::chat::Committers;
 use crate::collab::Rooms;
 use crate::config::Settings;
 use crate::events::Channel;
@@ -25,7 +26,8 @@ pub struct AppState {
     pub store: Store,
     pub redis: Redis,
     pub metrics: PrometheusHandle,
-    pub sequencer: Sequencer,
+    pub committers: Committers,
+    pub caches: Caches,
     pub hub: Arc<Hub>,
     pub rooms: Rooms,
 }
@@ -45,12 +47,15 @@ impl AppState {
     pub async fn new(settings: Settings) -> Result<Self, StartupError> {
         let store = Store::connect(&settings.mongodb).await?;
         let redis = Redis::connect(&settings.redis)?;
+        let committers = Committers::new(settings.chat.send_batch_max, settings.chat.send_queue_capacity);
+        let caches = Caches::new(&settings.cache);
         Ok(Self {
             settings: Arc::new(settings),
             store,
             redis,
             metrics: telemetry::metrics_handle(),
-            sequencer: Sequencer::default(),
+            committers,
+            caches,
             hub: Arc::new(Hub::default()),
             rooms: Rooms::default(),
         })
@@ -77,6 +82,10 @@ impl Application {
             move || subscribed.subscribed(),
             move |delivery| match delivery.channel {
                 Channel::Document(_) => shared.rooms.dispatch(shared.hub.node_id(), delivery),
+                Channel::Cache => match bson::from_slice(&delivery.payload) {
+                    Ok(event) => shared.caches.apply(&delivery.tenant, &event),
+                    Err(e) => tracing::warn!(error = %e, "undecodable cache notice"),
+                },
                 _ => shared.hub.dispatch(delivery),
             },
         );

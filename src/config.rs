@@ -21,6 +21,7 @@ pub struct Settings {
     pub e2e: E2eSettings,
     pub gateway: GatewaySettings,
     pub collab: CollabSettings,
+    pub cache: CacheSettings,
     pub tenants: TenantSettings,
     pub log: LogSettings,
 }
@@ -41,6 +42,16 @@ pub struct MongoSettings {
     /// Prefix of every database confab creates: `{prefix}platform`, `{prefix}t_{tenant}`.
     pub db_prefix: String,
     pub server_selection_timeout_ms: u64,
+}
+
+/// Per-node copies of tenants, users and memberships (see `caches`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CacheSettings {
+    /// Longest a copy is used; also how long a change made on another node can go unseen
+    /// when its Redis notice is lost. 0 turns the copies off.
+    pub ttl_ms: u64,
+    /// Most copies of each kind a node keeps.
+    pub max_entries: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +101,10 @@ pub struct ChatSettings {
     /// Longest name / description of a conversation, display name of a user.
     pub max_name_chars: usize,
     pub max_description_chars: usize,
+    /// Most messages a tenant's sends are stored together in (one insert; see `chat::commit`).
+    pub send_batch_max: usize,
+    /// Sends queued per tenant and node while a batch is being stored; senders wait beyond it.
+    pub send_queue_capacity: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +231,10 @@ jwt_issuer = "confab"
 user_token_default_ttl_secs = 3600
 user_token_max_ttl_secs = 2592000
 
+[cache]
+ttl_ms = 2000
+max_entries = 100000
+
 [chat]
 max_custom_data_bytes = 4096
 max_batch_ids = 100
@@ -224,6 +243,8 @@ max_mentions = 50
 max_pins = 50
 max_client_msg_id_len = 64
 max_search_terms = 10
+send_batch_max = 256
+send_queue_capacity = 4096
 max_name_chars = 100
 max_description_chars = 1000
 

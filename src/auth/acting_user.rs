@@ -100,7 +100,8 @@ pub(super) async fn load_active_user(
     id: &UserId,
     missing: impl FnOnce() -> ApiError,
 ) -> Result<User, ApiError> {
-    let user = state.store.tenant_db(scope).users().get(id).await?.ok_or_else(missing)?;
+    let users = state.store.tenant_db(scope).users();
+    let user = state.caches.user(&scope.tenant, id, users.get(id)).await?.ok_or_else(missing)?;
     if !user.is_active() {
         return Err(ApiError::new(ErrorCode::UserDeactivated, "this user is deactivated"));
     }

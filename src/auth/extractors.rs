@@ -133,7 +133,7 @@ pub(super) async fn authenticate_key(state: &web::Data<AppState>, token: &str) -
 /// Loads the tenant a credential belongs to. Call `admit` only once the credential is verified,
 /// so unauthenticated requests neither learn the tenant's status nor spend its rate limit.
 pub(super) async fn tenant_of(state: &web::Data<AppState>, id: &TenantId) -> Result<Tenant, ApiError> {
-    state.store.tenants().get(id).await?.ok_or_else(ApiError::unauthorized)
+    state.caches.tenant(id, state.store.tenants().get(id)).await?.ok_or_else(ApiError::unauthorized)
 }
 
 /// Lets a verified credential in if its tenant is active, counting the request against the

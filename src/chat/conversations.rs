@@ -73,6 +73,20 @@ pub async fn as_member(
     }
 }
 
+/// `as_member` for sending, through this node's cache (see `caches`): a send relies only on what
+/// never changes about a conversation (its kind, encryption and direct pair) and on the
+/// membership being active, which a removal forgets at once.
+pub async fn as_sender(
+    state: &AppState,
+    db: &TenantDb,
+    caller: &ActingUser,
+    id: &ConversationId,
+) -> Result<(Conversation, Member), ApiError> {
+    let load = async { as_member(db, caller, id).await.map(Some) };
+    let found = state.caches.membership(db.tenant_id(), id, caller.user_id(), load).await?;
+    found.ok_or_else(|| ApiError::not_found("conversation"))
+}
+
 pub fn require_moderator(member: &Member) -> Result<(), ApiError> {
     if member.role.can_moderate() {
         Ok(())

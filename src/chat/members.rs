@@ -7,7 +7,7 @@ use crate::domain::{
     Conversation, ConversationId, ConversationType, Member, MemberRole, Page, PageRequest, Scope, UserId,
 };
 use crate::error::{ApiError, ErrorCode};
-use crate::events::LiveEvent;
+use crate::events::{CacheEvent, LiveEvent};
 use crate::tenancy::TenantDb;
 
 use super::conversations::{as_member, new_member, require_moderator, visible};
@@ -78,8 +78,11 @@ pub(super) async fn announce_joined(state: &AppState, member: &Member) {
     state.redis.publish_event(&member.tenant_id, &event).await;
 }
 
-/// Tells the user's open sockets to stop following the conversation.
+/// Tells the user's open sockets to stop following the conversation, and every node to forget
+/// the user's cached membership (so they cannot send any more).
 async fn announce_left(state: &AppState, conversation: &Conversation, user: &UserId) {
+    let forget = CacheEvent::Member { conversation_id: conversation.id.clone(), user_id: user.clone() };
+    state.caches.forget(&state.redis, &conversation.tenant_id, forget).await;
     let event = LiveEvent::Left { conversation_id: conversation.id.clone(), user_id: user.clone() };
     state.redis.publish_event(&conversation.tenant_id, &event).await;
 }

@@ -10,12 +10,9 @@ use crate::domain::{
 use crate::error::{ApiError, ErrorCode};
 use crate::events::LiveEvent;
 use crate::tenancy::TenantDb;
-use crate::tenancy::repos::Inserted;
 
-use super::conversations::{as_member, require_moderator, visible};
+use super::conversations::{as_member, as_sender, require_moderator, visible};
 
-/// Most attempts to claim a seq when other nodes keep winning.
-const MAX_SEQ_ATTEMPTS: usize = 64;
 /// Characters of text kept in a conversation's `last_message.preview`.
 const PREVIEW_CHARS: usize = 100;
 /// Default and largest page of history.
@@ -132,8 +129,13 @@ pub async fn send(
     caller.require(Scope::ChatWrite)?;
     check_new_message(state, caller, &new)?;
     let db = state.store.tenant_db(&caller.scope());
-    let (conversation, _member) = as_member(&db, caller, id).await?;
-    if let Some(original) = db.messages().by_client_id(id, caller.user_id(), &new.client_msg_id).await? {
+    let (conversation, _member) = as_sender(state, &db, caller, id).await?;
+    // A repeat of a plain message is recognised when it is stored (the group commit's unique
+    // index); one with files or an envelope is answered before those are checked again, since
+    // the files are shared by now and the recipients' devices may have changed since.
+    if (new.envelope.is_some() || !new.file_ids.is_empty())
+        && let Some(original) = db.messages().by_client_id(id, caller.user_id(), &new.client_msg_id).await?
+    {
         follow_up(&db, &original).await?;
         return Ok((original, false));
     }
@@ -199,47 +201,32 @@ pub async fn send(
     store(state, &db, message).await
 }
 
-/// Claims the next seq for `message` and stores it (see `Sequencer` for why this is gapless).
-pub(super) async fn store(state: &AppState, db: &TenantDb, mut message: Message) -> Result<(Message, bool), ApiError> {
-    let id = message.conversation_id.clone();
-    let _turn = state.sequencer.lock(&id).await;
-    for _ in 0..MAX_SEQ_ATTEMPTS {
-        let head = db.conversations().get(&id).await?.ok_or_else(|| ApiError::not_found("conversation"))?;
-        message.seq = head.last_seq + 1;
-        match db.messages().insert(&message).await? {
-            Inserted::Stored => {
-                if let Some(parent) = message.reply_to {
-                    db.messages().add_reply_count(&id, parent, 1).await?;
-                }
-                follow_up(db, &message).await?;
-                state.redis.publish_event(&message.tenant_id, &LiveEvent::Created { message: message.clone() }).await;
-                return Ok((message, true));
-            }
-            Inserted::Duplicate(original) => {
-                follow_up(db, &original).await?;
-                return Ok((*original, false));
-            }
-            Inserted::SeqTaken => db.conversations().advance_seq(&id, message.seq).await?,
-        }
-    }
-    Err(ApiError::unavailable("could not claim a message seq: too much contention"))
+/// Stores `message` at its conversation's next seq through this node's group commit
+/// (see `commit`), or returns the original of a repeated `client_msg_id` (`false`).
+pub(super) async fn store(state: &AppState, db: &TenantDb, message: Message) -> Result<(Message, bool), ApiError> {
+    state.committers.store(db, &state.redis, message).await
 }
 
 /// What a stored message implies elsewhere: the conversation's newest message and seq counter,
 /// and the sharing of its files. All of it is idempotent, so a retry of a send that failed
 /// half-way (the message stored, these not) completes it.
-async fn follow_up(db: &TenantDb, message: &Message) -> Result<(), ApiError> {
+pub(super) async fn follow_up(db: &TenantDb, message: &Message) -> Result<(), mongodb::error::Error> {
     db.conversations().record_last_message(&message.conversation_id, &last_message_of(message)).await?;
+    share_files(db, message).await
+}
+
+/// Shares the uploads a message carries with its conversation.
+pub(super) async fn share_files(db: &TenantDb, message: &Message) -> Result<(), mongodb::error::Error> {
     let files: Vec<FileId> = message
         .attachments
         .iter()
         .filter_map(|a| a.file_id.as_deref())
         .filter_map(|id| FileId::parse(id).ok())
         .collect();
-    if !files.is_empty() {
-        db.files().share_with(&files, &message.conversation_id).await?;
+    if files.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    db.files().share_with(&files, &message.conversation_id).await
 }
 
 pub fn last_message_of(message: &Message) -> LastMessage {

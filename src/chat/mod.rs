@@ -1,6 +1,7 @@
 //! Chat use cases: users and their tokens, relationships, conversations, members, messages,
 //! reactions and pins, receipts and unread counts, search. Rules live here; `http/` only maps.
 
+mod commit;
 pub mod conversations;
 mod encrypted;
 pub mod members;
@@ -10,10 +11,9 @@ pub mod reactions;
 pub mod receipts;
 pub mod relationships;
 pub mod search;
-mod sequencer;
 pub mod users;
 
-pub use sequencer::Sequencer;
+pub use commit::Committers;
 
 use crate::error::ApiError;
 

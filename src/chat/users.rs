@@ -4,8 +4,9 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::app::AppState;
 use crate::auth::{AnyCaller, TenantCaller, jwt};
-use crate::domain::{Page, PageRequest, Scope, User, UserId, UserKind, UserSettings};
+use crate::domain::{Page, PageRequest, Scope, TenantId, User, UserId, UserKind, UserSettings};
 use crate::error::{ApiError, ErrorCode};
+use crate::events::CacheEvent;
 use crate::tenancy::repos::{TenantCounter, UserChanges};
 
 /// A user's profile as the tenant describes it (PUT replaces all of it).
@@ -84,6 +85,7 @@ pub async fn upsert_user(
         settings: Some(profile.settings),
     };
     let user = users.update(&id, changes, now).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    forget_user(state, &caller.tenant.id, &id).await;
     Ok((user, false))
 }
 
@@ -137,7 +139,14 @@ pub async fn update_user(
         settings: patch.settings,
     };
     let users = state.store.tenant_db(&caller.scope()).users();
-    users.update(id, changes, crate::domain::now()).await?.ok_or_else(|| ApiError::not_found("user"))
+    let user = users.update(id, changes, crate::domain::now()).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    forget_user(state, caller.tenant_id(), id).await;
+    Ok(user)
+}
+
+/// Drops the cached copies of a changed user on every node.
+async fn forget_user(state: &AppState, tenant: &TenantId, id: &UserId) {
+    state.caches.forget(&state.redis, tenant, CacheEvent::User { user_id: id.clone() }).await;
 }
 
 /// Deactivates (`active = false`) or reactivates a user. Deactivated users keep their data and
@@ -150,7 +159,9 @@ pub async fn set_active(state: &AppState, caller: &TenantCaller, id: &UserId, ac
         return Ok(current);
     }
     let at = (!active).then(crate::domain::now);
-    users.set_deactivated(id, at).await?.ok_or_else(|| ApiError::not_found("user"))
+    let user = users.set_deactivated(id, at).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    forget_user(state, caller.tenant_id(), id).await;
+    Ok(user)
 }
 
 /// Mints a token for an active user, valid for `ttl_secs` (default and maximum from settings).

@@ -30,16 +30,14 @@ pub enum Channel {
     Presence,
     /// A collaborative document (a workspace file).
     Document(ItemId),
+    /// Notices that a cached copy changed (see `caches`).
+    Cache,
 }
 
 impl Redis {
     /// Publishes `payload` to every node; best effort (the caller's data is already stored).
     pub async fn publish(&self, tenant: &TenantId, topic: Topic<'_>, payload: Vec<u8>) -> Result<(), RedisError> {
-        let channel = match topic {
-            Topic::Conversation(conversation) => self.keys(tenant).key(&format!("conv:{conversation}")),
-            Topic::Presence => self.keys(tenant).key("presence"),
-            Topic::Document(id) => self.keys(tenant).key(&format!("doc:{id}")),
-        };
+        let channel = self.channel(tenant, topic);
         self.run(|mut conn| async move {
             deadpool_redis::redis::cmd("PUBLISH")
                 .arg(channel)
@@ -49,6 +47,27 @@ impl Redis {
                 .map(|_| ())
         })
         .await
+    }
+
+    /// Publishes each `(topic, payload)` in order, in one round trip.
+    pub async fn publish_all(&self, tenant: &TenantId, messages: Vec<(Topic<'_>, Vec<u8>)>) -> Result<(), RedisError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = deadpool_redis::redis::pipe();
+        for (topic, payload) in messages {
+            pipe.cmd("PUBLISH").arg(self.channel(tenant, topic)).arg(payload).ignore();
+        }
+        self.run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await }).await
+    }
+
+    fn channel(&self, tenant: &TenantId, topic: Topic<'_>) -> String {
+        match topic {
+            Topic::Conversation(conversation) => self.keys(tenant).key(&format!("conv:{conversation}")),
+            Topic::Presence => self.keys(tenant).key("presence"),
+            Topic::Document(id) => self.keys(tenant).key(&format!("doc:{id}")),
+            Topic::Cache => self.keys(tenant).key("cache"),
+        }
     }
 
     /// Runs this node's subscriber until the process ends, handing each event to `deliver`.
@@ -93,12 +112,14 @@ async fn subscribe_once(
     Ok(())
 }
 
-/// `{prefix}t:{tenant}:conv:{conversation}`, `...:presence` or `...:doc:{item}` -> a delivery.
+/// `{prefix}t:{tenant}:conv:{conversation}`, `...:presence`, `...:cache` or `...:doc:{item}` -> a delivery.
 fn parse_channel(prefix: &str, channel: &str, payload: Vec<u8>) -> Option<Delivery> {
     let rest = channel.strip_prefix(prefix)?.strip_prefix("t:")?;
     let (tenant, rest) = rest.split_once(':')?;
     let channel = if rest == "presence" {
         Channel::Presence
+    } else if rest == "cache" {
+        Channel::Cache
     } else if let Some(id) = rest.strip_prefix("conv:") {
         Channel::Conversation(ConversationId::parse(id).ok()?)
     } else {
@@ -118,6 +139,7 @@ mod tests {
         assert_eq!((parsed.tenant.as_str(), parsed.channel), ("acme", Channel::Conversation(id)));
         let presence = parse_channel("cf:", "cf:t:acme:presence", b"x".to_vec()).unwrap();
         assert_eq!(presence.channel, Channel::Presence);
+        assert_eq!(parse_channel("cf:", "cf:t:acme:cache", b"x".to_vec()).unwrap().channel, Channel::Cache);
         let item = ItemId::new();
         let doc = parse_channel("cf:", &format!("cf:t:acme:doc:{item}"), b"x".to_vec()).unwrap();
         assert_eq!(doc.channel, Channel::Document(item));

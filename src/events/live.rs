@@ -47,6 +47,16 @@ pub enum Topic<'a> {
     Conversation(&'a ConversationId),
     Presence,
     Document(&'a ItemId),
+    Cache,
+}
+
+/// Tells every node to forget its copy of something that changed (see `caches`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CacheEvent {
+    Tenant,
+    User { user_id: UserId },
+    Member { conversation_id: ConversationId, user_id: UserId },
 }
 
 impl LiveEvent {
@@ -70,6 +80,31 @@ impl LiveEvent {
 impl Redis {
     /// Publishes an event to every node. Best effort: stored data is already in MongoDB and
     /// sockets fill gaps from there; a failure is logged.
+    /// Publishes a cache notice; best effort (copies expire anyway).
+    pub async fn publish_cache_event(&self, tenant: &TenantId, event: &CacheEvent) {
+        let published = match bson::to_vec(event) {
+            Ok(payload) => self.publish(tenant, Topic::Cache, payload).await,
+            Err(e) => return tracing::error!(error = %e, "could not encode a cache notice"),
+        };
+        if let Err(e) = published {
+            tracing::warn!(error = %e, "could not publish a cache notice");
+        }
+    }
+
+    /// Publishes several events in one pipeline, in order; best effort like `publish_event`.
+    pub async fn publish_events(&self, tenant: &TenantId, events: &[LiveEvent]) {
+        let mut messages = Vec::with_capacity(events.len());
+        for event in events {
+            match bson::to_vec(event) {
+                Ok(payload) => messages.push((event.topic(), payload)),
+                Err(e) => tracing::error!(error = %e, "could not encode a live event"),
+            }
+        }
+        if let Err(e) = self.publish_all(tenant, messages).await {
+            tracing::warn!(error = %e, "could not publish live events");
+        }
+    }
+
     pub async fn publish_event(&self, tenant: &TenantId, event: &LiveEvent) {
         let payload = match bson::to_vec(event) {
             Ok(payload) => payload,

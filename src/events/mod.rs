@@ -18,7 +18,7 @@ use crate::domain::TenantId;
 
 pub use bus::{Channel, Delivery};
 pub use documents::{DocEvent, DocEventKind};
-pub use live::{LiveEvent, Topic};
+pub use live::{CacheEvent, LiveEvent, Topic};
 pub use presence::{ConnectionInfo, ConnectionView, Opened, Presence};
 pub use rate_limit::RateLimiter;
 

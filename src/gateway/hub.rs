@@ -198,7 +198,7 @@ impl Registry {
             }
             other => match other.topic() {
                 Topic::Conversation(id) => self.following(tenant, id).collect(),
-                Topic::Presence | Topic::Document(_) => HashSet::new(),
+                Topic::Presence | Topic::Document(_) | Topic::Cache => HashSet::new(),
             },
         }
     }

@@ -9,6 +9,7 @@ use crate::app::AppState;
 use crate::auth::OperatorCaller;
 use crate::domain::{Page, PageRequest, PlanName, SigningKey, Tenant, TenantId, TenantLimitsPatch, TenantStatus};
 use crate::error::{ApiError, ErrorCode};
+use crate::events::CacheEvent;
 use crate::tenancy::repos::TenantUpdate;
 
 use super::audit::{self, AuditRecord};
@@ -132,6 +133,7 @@ pub async fn create_tenant(state: &AppState, caller: &OperatorCaller, new: NewTe
         .update(&tenant.id, activate, crate::domain::now())
         .await?
         .ok_or_else(|| ApiError::not_found("tenant"))?;
+    forget_tenant(state, &tenant.id).await;
     let record = AuditRecord::new(caller.actor(), "tenant.create", "tenant", tenant.id.as_str())
         .with_details(serde_json::json!({ "name": &tenant.name, "plan": tenant.plan.as_str() }));
     audit::append(&state.store, &tenant.id, record).await?;
@@ -214,6 +216,7 @@ pub async fn update_tenant(
         .update(id, update, crate::domain::now())
         .await?
         .ok_or_else(|| ApiError::not_found("tenant"))?;
+    forget_tenant(state, id).await;
     let action = match changes.status {
         Some(TenantStatus::Suspended) if current.status != TenantStatus::Suspended => "tenant.suspend",
         Some(TenantStatus::Active) if current.status != TenantStatus::Active => "tenant.reactivate",
@@ -231,6 +234,7 @@ pub async fn delete_tenant(state: &AppState, caller: &OperatorCaller, id: &Tenan
     get_tenant(state, caller, id).await?;
     let deleting = TenantUpdate { status: Some(TenantStatus::Deleting), ..Default::default() };
     tenants.update(id, deleting, crate::domain::now()).await?;
+    forget_tenant(state, id).await;
     let record = AuditRecord::new(caller.actor(), "tenant.delete", "tenant", id.as_str());
     audit::append(&state.store, id, record).await?;
     state.store.api_keys().delete_for_tenant(id).await?;
@@ -238,7 +242,13 @@ pub async fn delete_tenant(state: &AppState, caller: &OperatorCaller, id: &Tenan
     state.store.usage().delete(id).await?;
     let deleted = TenantUpdate { status: Some(TenantStatus::Deleted), ..Default::default() };
     tenants.update(id, deleted, crate::domain::now()).await?;
+    forget_tenant(state, id).await;
     Ok(())
+}
+
+/// Drops the cached copies of a changed tenant on every node.
+async fn forget_tenant(state: &AppState, id: &TenantId) {
+    state.caches.forget(&state.redis, id, CacheEvent::Tenant).await;
 }
 
 /// Adds a new JWT signing key; new tokens use it, tokens signed with older keys stay valid
@@ -256,6 +266,7 @@ pub async fn rotate_signing_key(
     if !state.store.tenants().add_signing_key(id, &key).await? {
         return Err(ApiError::not_found("tenant"));
     }
+    forget_tenant(state, id).await;
     let record = AuditRecord::new(caller.actor(), "tenant.signing_key.rotate", "tenant", id.as_str())
         .with_details(serde_json::json!({ "kid": &key.kid }));
     audit::append(&state.store, id, record).await?;

@@ -177,12 +177,18 @@ impl TestApp {
 
     /// Another confab node sharing this one's MongoDB databases, Redis keys and operator token.
     pub async fn second_node(&self) -> TestApp {
-        spawn_app_with(&[
+        self.second_node_with(&[]).await
+    }
+
+    /// `second_node` with extra settings.
+    pub async fn second_node_with(&self, extra: &[(&'static str, String)]) -> TestApp {
+        let mut settings = vec![
             ("mongodb.db_prefix", self.db_prefix.clone()),
             ("redis.key_prefix", self.redis_prefix.clone()),
             ("auth.operator_token", self.operator_token.clone()),
-        ])
-        .await
+        ];
+        settings.extend(extra.iter().cloned());
+        spawn_app_with(&settings).await
     }
 
     pub async fn mongo(&self) -> mongodb::Client {

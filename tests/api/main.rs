@@ -18,4 +18,5 @@ mod health;
 mod helpers;
 mod isolation;
 mod realtime;
+mod send_path;
 mod tenants;

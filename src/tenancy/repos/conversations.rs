@@ -1,3 +1,5 @@
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Document, doc};
@@ -8,6 +10,7 @@ use crate::domain::{Conversation, ConversationId, LastMessage};
 use crate::tenancy::is_duplicate_key;
 
 pub struct ConversationsRepo {
+    db: Database,
     conversations: Collection<Conversation>,
 }
 
@@ -26,9 +29,22 @@ fn time(t: DateTime<Utc>) -> bson::DateTime {
     bson::DateTime::from_chrono(t)
 }
 
+/// Filter and update that record `last` unless a newer message is already recorded.
+fn last_message_update(id: &ConversationId, last: &LastMessage) -> Result<(Document, Document), bson::ser::Error> {
+    let filter = doc! {
+        "_id": id.as_str(),
+        "$or": [ { "last_message": null }, { "last_message.seq": { "$lte": last.seq } } ],
+    };
+    let update = doc! {
+        "$set": { "last_message": bson::to_bson(last)?, "last_activity_at": time(last.created_at) },
+        "$max": { "last_seq": last.seq },
+    };
+    Ok((filter, update))
+}
+
 impl ConversationsRepo {
     pub(in crate::tenancy) fn new(db: &Database) -> Self {
-        Self { conversations: db.collection("conversations") }
+        Self { db: db.clone(), conversations: db.collection("conversations") }
     }
 
     /// Inserts; `Ok(false)` when its `unique_key` exists (a direct conversation of the same pair).
@@ -178,21 +194,58 @@ impl ConversationsRepo {
             .map(|_| ())
     }
 
+    /// The `last_seq` of each of `ids` that exists.
+    pub async fn heads(&self, ids: &[&ConversationId]) -> Result<HashMap<ConversationId, i64>, mongodb::error::Error> {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(rename = "_id")]
+            id: ConversationId,
+            last_seq: i64,
+        }
+        let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+        let heads: Vec<Head> = self
+            .conversations
+            .clone_with_type::<Head>()
+            .find(doc! { "_id": { "$in": ids } })
+            .projection(doc! { "last_seq": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(heads.into_iter().map(|h| (h.id, h.last_seq)).collect())
+    }
+
     /// Records `last` as the newest message unless a newer one is already recorded.
     pub async fn record_last_message(
         &self,
         id: &ConversationId,
         last: &LastMessage,
     ) -> Result<(), mongodb::error::Error> {
-        let filter = doc! {
-            "_id": id.as_str(),
-            "$or": [ { "last_message": null }, { "last_message.seq": { "$lte": last.seq } } ],
-        };
-        let update = doc! {
-            "$set": { "last_message": bson::to_bson(last)?, "last_activity_at": time(last.created_at) },
-            "$max": { "last_seq": last.seq },
-        };
+        let (filter, update) = last_message_update(id, last)?;
         self.conversations.update_one(filter, update).await.map(|_| ())
+    }
+
+    /// `record_last_message` for several conversations in one round trip.
+    pub async fn record_last_messages(
+        &self,
+        lasts: &[(&ConversationId, LastMessage)],
+    ) -> Result<(), mongodb::error::Error> {
+        if let [(id, last)] = lasts {
+            return self.record_last_message(id, last).await;
+        }
+        let mut updates = Vec::with_capacity(lasts.len());
+        for (id, last) in lasts {
+            let (q, u) = last_message_update(id, last)?;
+            updates.push(doc! { "q": q, "u": u });
+        }
+        let reply =
+            self.db.run_command(doc! { "update": "conversations", "updates": updates, "ordered": false }).await?;
+        match reply.get_array("writeErrors") {
+            Ok(errors) if !errors.is_empty() => {
+                tracing::error!(?errors, "recording the newest messages failed");
+                Err(mongodb::error::Error::custom("recording the newest messages failed"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Replaces the preview of message `seq` if it is still the newest (after an edit or delete).

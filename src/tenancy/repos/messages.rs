@@ -5,7 +5,6 @@ use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 
 use crate::domain::{ConversationId, EditedText, Message, UserId};
-use crate::tenancy::is_duplicate_key;
 
 /// Edits kept per message.
 const EDIT_HISTORY_KEPT: i32 = 10;
@@ -14,8 +13,14 @@ pub struct MessagesRepo {
     messages: Collection<Message>,
 }
 
-pub enum Inserted {
-    Stored,
+/// What an ordered insert of several messages did: the first `stored` are in, and the one after
+/// them, if any, failed for `failure`; the rest were not attempted.
+pub struct InsertedRun {
+    pub stored: usize,
+    pub failure: Option<RunFailure>,
+}
+
+pub enum RunFailure {
     /// Another message holds this seq already.
     SeqTaken,
     /// The sender already sent this `client_msg_id`: here is the original.
@@ -31,18 +36,29 @@ impl MessagesRepo {
         Self { messages: db.collection("messages") }
     }
 
-    /// Inserts at the message's seq, telling apart a taken seq from a repeated `client_msg_id`.
-    pub async fn insert(&self, message: &Message) -> Result<Inserted, mongodb::error::Error> {
-        match self.messages.insert_one(message).await {
-            Ok(_) => Ok(Inserted::Stored),
-            Err(e) if is_duplicate_key(&e) => {
-                match self.by_client_id(&message.conversation_id, &message.sender_id, &message.client_msg_id).await? {
-                    Some(original) => Ok(Inserted::Duplicate(Box::new(original))),
-                    None => Ok(Inserted::SeqTaken),
-                }
+    /// Inserts in order, stopping at the first message whose seq or `client_msg_id` is taken, so
+    /// what is stored of each conversation is a run without holes.
+    pub async fn insert_run(&self, messages: &[&Message]) -> Result<InsertedRun, mongodb::error::Error> {
+        use mongodb::error::ErrorKind;
+        let Err(e) = self.messages.insert_many(messages.iter().copied()).ordered(true).await else {
+            return Ok(InsertedRun { stored: messages.len(), failure: None });
+        };
+        let first = match &*e.kind {
+            ErrorKind::InsertMany(failure) if failure.write_concern_error.is_none() => {
+                failure.write_errors.as_ref().and_then(|errors| errors.iter().min_by_key(|w| w.index))
             }
-            Err(e) => Err(e),
-        }
+            _ => None,
+        };
+        let Some(first) = first.filter(|w| w.code == 11000 && w.index < messages.len()) else {
+            return Err(e);
+        };
+        let failed = messages[first.index];
+        let failure = match self.by_client_id(&failed.conversation_id, &failed.sender_id, &failed.client_msg_id).await?
+        {
+            Some(original) => RunFailure::Duplicate(Box::new(original)),
+            None => RunFailure::SeqTaken,
+        };
+        Ok(InsertedRun { stored: first.index, failure: Some(failure) })
     }
 
     pub async fn by_client_id(

@@ -24,7 +24,7 @@ pub use conversations::{ConversationChanges, ConversationsRepo};
 pub use devices::DevicesRepo;
 pub use files::FilesRepo;
 pub use members::MembersRepo;
-pub use messages::{Inserted, MessagesRepo};
+pub use messages::{InsertedRun, MessagesRepo, RunFailure};
 pub use reactions::ReactionsRepo;
 pub use relationships::RelationshipsRepo;
 pub use tenants::{TenantCounter, TenantUpdate, TenantsRepo};

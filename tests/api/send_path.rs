@@ -1,0 +1,199 @@
+//! The fast send path: group commit across many conversations and two nodes (gapless seqs,
+//! repeats answered with the original, counters and newest messages right), and the per-node
+//! caches of tenants, users and memberships, which a change must reach on every node at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{Reply, TestApp, spawn_app_with};
+
+/// Copies that would outlive any test: only the notices between nodes can make them go.
+fn long_lived_caches() -> Vec<(&'static str, String)> {
+    vec![("cache.ttl_ms", "600000".into())]
+}
+
+async fn two_nodes() -> (TestApp, TestApp) {
+    let first = spawn_app_with(&long_lived_caches()).await;
+    let second = first.second_node_with(&long_lived_caches()).await;
+    (first, second)
+}
+
+fn messages(conversation: &str) -> String {
+    format!("/v1/conversations/{conversation}/messages")
+}
+
+async fn send(node: &TestApp, token: &str, conversation: &str, client_msg_id: &str) -> Reply {
+    let body = json!({"client_msg_id": client_msg_id, "text": format!("text of {client_msg_id}")});
+    node.call(Method::POST, &messages(conversation), token, Some(body)).await
+}
+
+/// Retries `attempt` until its reply satisfies `done` or five seconds pass (the caches here
+/// live ten minutes, so only a notice from the other node can make it in time).
+async fn eventually(mut attempt: impl AsyncFnMut(u32) -> Reply, done: impl Fn(&Reply) -> bool) -> Reply {
+    let started = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let reply = attempt(n).await;
+        if done(&reply) || started.elapsed() > Duration::from_secs(5) {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn refused(reply: &Reply) -> bool {
+    reply.status != StatusCode::CREATED && reply.status != StatusCode::OK
+}
+
+async fn seqs_of(node: &TestApp, token: &str, conversation: &str) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let path = format!("{}?after_seq={after}&limit=200", messages(conversation));
+        let page = node.call(Method::GET, &path, token, None).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        let items = page.body["items"].as_array().unwrap();
+        out.extend(
+            items.iter().map(|m| (m["seq"].as_i64().unwrap(), m["client_msg_id"].as_str().unwrap().to_string())),
+        );
+        if !page.body["has_more_after"].as_bool().unwrap() {
+            return out;
+        }
+        after = out.last().unwrap().0;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_sends_over_many_conversations_on_two_nodes_stay_gapless_and_idempotent() {
+    let (first, second) = two_nodes().await;
+    let tenant = first.chat_tenant().await;
+    let mut tokens = Vec::new();
+    for i in 0..6 {
+        tokens.push(first.user(&tenant, &format!("sender{i}")).await);
+    }
+    let members: Vec<String> = (1..6).map(|i| format!("sender{i}")).collect();
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    let mut conversations = Vec::new();
+    for _ in 0..8 {
+        conversations.push(first.conversation(&tokens[0], "group", &members).await);
+    }
+    // Every sender sends 10 messages to every conversation, from both nodes at once, and sends
+    // each of them twice (a retry racing its original).
+    let mut sends = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        for conversation in &conversations {
+            for n in 0..10 {
+                let id = format!("s{i}-m{n}");
+                sends.push((&first, token, conversation, id.clone()));
+                sends.push((&second, token, conversation, id));
+            }
+        }
+    }
+    let replies = futures_util::future::join_all(sends.into_iter().map(|(node, token, conversation, id)| async move {
+        let reply = send(node, token, conversation, &id).await;
+        (conversation.clone(), id, reply)
+    }))
+    .await;
+    let mut originals: BTreeMap<(String, String), (StatusCode, Value)> = BTreeMap::new();
+    for (conversation, id, reply) in replies {
+        assert!(matches!(reply.status, StatusCode::CREATED | StatusCode::OK), "{}", reply.text);
+        let key = (conversation, id);
+        match originals.get(&key) {
+            None => {
+                originals.insert(key, (reply.status, reply.body));
+            }
+            Some((status, body)) => {
+                assert_ne!(*status, reply.status, "exactly one of the two is the original: {key:?}");
+                assert_eq!(body["id"], reply.body["id"], "a repeat returns the original");
+                assert_eq!(body["seq"], reply.body["seq"]);
+            }
+        }
+    }
+    for conversation in &conversations {
+        let stored = seqs_of(&second, &tokens[1], conversation).await;
+        let numbers: Vec<i64> = stored.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(numbers, (1..=60).collect::<Vec<_>>(), "gapless in {conversation}");
+        let ids: BTreeSet<&str> = stored.iter().map(|(_, id)| id.as_str()).collect();
+        assert_eq!(ids.len(), 60, "each client_msg_id stored once");
+        for (seq, id) in &stored {
+            let answered = &originals[&(conversation.clone(), id.clone())].1;
+            assert_eq!(answered["seq"], *seq, "the answer named the stored seq");
+        }
+        let view = first.call(Method::GET, &format!("/v1/conversations/{conversation}"), &tokens[2], None).await;
+        assert_eq!(view.body["last_seq"], 60, "{}", view.text);
+        assert_eq!(view.body["last_message"]["seq"], 60, "{}", view.text);
+    }
+}
+
+#[tokio::test]
+async fn a_removed_member_can_no_longer_send_on_either_node() {
+    let (first, second) = two_nodes().await;
+    let tenant = first.chat_tenant().await;
+    let owner = first.user(&tenant, "owner").await;
+    let leaver = first.user(&tenant, "leaver").await;
+    let conversation = first.conversation(&owner, "group", &["leaver"]).await;
+    // Both nodes now hold the leaver's membership.
+    assert_eq!(send(&first, &leaver, &conversation, "warm-1").await.status, StatusCode::CREATED);
+    assert_eq!(send(&second, &leaver, &conversation, "warm-2").await.status, StatusCode::CREATED);
+    let removed =
+        first.call(Method::DELETE, &format!("/v1/conversations/{conversation}/members/leaver"), &owner, None).await;
+    assert!(removed.status.is_success(), "{}", removed.text);
+    let here = send(&first, &leaver, &conversation, "after-here").await;
+    assert_eq!(here.status, StatusCode::NOT_FOUND, "refused at once where it happened: {}", here.text);
+    let there =
+        eventually(async |n| send(&second, &leaver, &conversation, &format!("after-there-{n}")).await, refused).await;
+    assert_eq!(there.status, StatusCode::NOT_FOUND, "refused on the other node too: {}", there.text);
+    let stored = seqs_of(&first, &owner, &conversation).await;
+    assert!(stored.iter().all(|(_, id)| !id.starts_with("after-here")), "{stored:?}");
+}
+
+#[tokio::test]
+async fn a_deactivated_user_is_refused_on_both_nodes() {
+    let (first, second) = two_nodes().await;
+    let tenant = first.chat_tenant().await;
+    let owner = first.user(&tenant, "owner").await;
+    let quitter = first.user(&tenant, "quitter").await;
+    let conversation = first.conversation(&owner, "group", &["quitter"]).await;
+    assert_eq!(send(&first, &quitter, &conversation, "warm-1").await.status, StatusCode::CREATED);
+    assert_eq!(send(&second, &quitter, &conversation, "warm-2").await.status, StatusCode::CREATED);
+    let gone = first.call(Method::DELETE, "/v1/users/quitter", &tenant.key, None).await;
+    assert!(gone.status.is_success(), "{}", gone.text);
+    let here = send(&first, &quitter, &conversation, "after-here").await;
+    assert_eq!(here.status, StatusCode::FORBIDDEN, "{}", here.text);
+    assert_eq!(here.body["error"]["code"], "user_deactivated", "{}", here.text);
+    let there =
+        eventually(async |n| send(&second, &quitter, &conversation, &format!("after-there-{n}")).await, refused).await;
+    assert_eq!(there.status, StatusCode::FORBIDDEN, "{}", there.text);
+    let back = first.call(Method::POST, "/v1/users/quitter/reactivate", &tenant.key, None).await;
+    assert!(back.status.is_success(), "{}", back.text);
+    let again = eventually(
+        async |n| send(&second, &quitter, &conversation, &format!("back-{n}")).await,
+        |r| r.status == StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CREATED, "reactivation reaches the other node: {}", again.text);
+}
+
+#[tokio::test]
+async fn a_suspended_tenant_is_refused_on_both_nodes() {
+    let (first, second) = two_nodes().await;
+    let tenant = first.chat_tenant().await;
+    let user = first.user(&tenant, "someone").await;
+    for node in [&first, &second] {
+        assert_eq!(node.call(Method::GET, "/v1/me", &user, None).await.status, StatusCode::OK);
+    }
+    let suspended = first
+        .admin(Method::PATCH, &format!("/admin/v1/tenants/{}", tenant.id), Some(json!({"status": "suspended"})))
+        .await;
+    assert!(suspended.status.is_success(), "{}", suspended.text);
+    let here = first.call(Method::GET, "/v1/me", &user, None).await;
+    assert_eq!(here.body["error"]["code"], "tenant_suspended", "{}", here.text);
+    let there =
+        eventually(async |_| second.call(Method::GET, "/v1/me", &user, None).await, |r| r.status != StatusCode::OK)
+            .await;
+    assert_eq!(there.body["error"]["code"], "tenant_suspended", "{}", there.text);
+}
