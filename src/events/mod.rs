@@ -27,6 +27,7 @@ pub struct Redis {
     pool: Pool,
     prefix: String,
     timeout: Duration,
+    leases: rate_limit::Leases,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +51,7 @@ impl Redis {
         pool_config.timeouts.recycle = Some(timeout);
         config.pool = Some(pool_config);
         let pool = config.create_pool(Some(Runtime::Tokio1))?;
-        Ok(Self { pool, prefix: settings.key_prefix.clone(), timeout })
+        Ok(Self { pool, prefix: settings.key_prefix.clone(), timeout, leases: Default::default() })
     }
 
     pub fn keys(&self, tenant: &TenantId) -> TenantKeys {
