@@ -8,16 +8,31 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytestring::ByteString;
 
 use tokio::sync::{Notify, mpsc};
 
 use crate::domain::{ConversationId, TenantId, UserId};
 use crate::events::{Channel, Delivery, LiveEvent, Topic};
 
+/// An event as every local socket receives it. A message's frame is the same for every recipient,
+/// so the first socket to send it encodes it and the others reuse the bytes.
+pub struct SharedEvent {
+    pub event: LiveEvent,
+    pub(super) frame: OnceLock<ByteString>,
+}
+
+impl SharedEvent {
+    pub fn new(event: LiveEvent) -> Self {
+        Self { event, frame: OnceLock::new() }
+    }
+}
+
 #[derive(Clone)]
 pub struct Outbox {
-    pub tx: mpsc::Sender<Arc<LiveEvent>>,
+    pub tx: mpsc::Sender<Arc<SharedEvent>>,
     /// Notified when the socket must close because it fell behind.
     pub slow: Arc<Notify>,
 }
@@ -155,7 +170,7 @@ impl Hub {
             let targets = registry.targets(&delivery.tenant, &event);
             targets.iter().filter_map(|s| registry.sockets.get(s).map(|entry| entry.outbox.clone())).collect()
         };
-        let live = Arc::new(event);
+        let live = Arc::new(SharedEvent::new(event));
         for outbox in outboxes {
             if outbox.tx.try_send(live.clone()).is_err() {
                 outbox.slow.notify_one();

@@ -4,11 +4,13 @@
 //! message once, in seq order.
 
 use actix_ws::Session;
+use bytestring::ByteString;
 
 use crate::domain::{ConversationId, Message};
 use crate::events::LiveEvent;
 use crate::http::live_message_view;
 
+use super::hub::SharedEvent;
 use super::protocol::ServerFrame;
 use super::session::{Connection, TYPING_EXPIRY};
 
@@ -76,17 +78,22 @@ pub(super) async fn sweep(connection: &mut Connection, session: &mut Session) ->
 pub(super) async fn relay(
     connection: &mut Connection,
     session: &mut Session,
-    event: &LiveEvent,
+    shared: &SharedEvent,
 ) -> Result<(), actix_ws::Closed> {
     let me = connection.caller.user_id();
-    let frame = match event {
-        LiveEvent::Created { message } => return deliver(connection, session, message).await,
+    let shared_frame = |message: &Message, updated| {
+        shared.frame.get_or_init(|| message_frame(message.clone(), updated).into()).clone()
+    };
+    let frame = match &shared.event {
+        LiveEvent::Created { message } => {
+            return deliver(connection, session, message, shared_frame(message, false)).await;
+        }
         LiveEvent::Updated { message } => {
             // A change to a message the client has not been sent yet reaches it with the message.
             if connection.delivered.get(&message.conversation_id).is_none_or(|d| message.seq > *d) {
                 return Ok(());
             }
-            message_frame(message.clone(), true)
+            return session.text(shared_frame(message, true)).await;
         }
         LiveEvent::Typing { conversation_id, user_id, typing } if user_id != me => ServerFrame::Typing {
             conversation_id: conversation_id.to_string(),
@@ -151,11 +158,12 @@ pub(super) async fn relay(
     session.text(frame).await
 }
 
-/// Sends a live message once, after anything missing before it.
+/// Sends a live message (`frame`) once, after anything missing before it.
 async fn deliver(
     connection: &mut Connection,
     session: &mut Session,
     message: &Message,
+    frame: ByteString,
 ) -> Result<(), actix_ws::Closed> {
     let id = &message.conversation_id;
     let Some(&delivered) = connection.delivered.get(id) else { return Ok(()) };
@@ -165,7 +173,7 @@ async fn deliver(
     if message.seq > delivered + 1 {
         catch_up(connection, session, id, message.seq - 1).await?;
     }
-    session.text(message_frame(message.clone(), false)).await?;
+    session.text(frame).await?;
     connection.delivered.insert(id.clone(), message.seq);
     Ok(())
 }

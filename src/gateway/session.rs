@@ -18,11 +18,10 @@ use crate::auth::ActingUser;
 use crate::auth::socket::{SUBPROTOCOL, answer_subprotocol, check_origin, socket_user};
 use crate::domain::{ConversationId, Scope};
 use crate::error::{ApiError, ErrorCode};
-use crate::events::LiveEvent;
 use crate::tenancy::TenantDb;
 
 use super::frames::{answer, send_error};
-use super::hub::Outbox;
+use super::hub::{Outbox, SharedEvent};
 use super::protocol::{ConversationHead, ServerFrame};
 use super::relay::{relay, sweep};
 use super::tracking;
@@ -99,7 +98,7 @@ async fn run(
     tracked: &tracking::Tracked,
     mut session: Session,
     mut stream: actix_ws::AggregatedMessageStream,
-    mut outbox: mpsc::Receiver<Arc<LiveEvent>>,
+    mut outbox: mpsc::Receiver<Arc<SharedEvent>>,
     slow: &Notify,
     ready: String,
 ) -> Option<CloseReason> {
