@@ -41,9 +41,11 @@ pub fn text(doc: &yrs::Doc) -> String {
     text.get_string(&doc.transact())
 }
 
+/// The text's length in UTF-8 bytes, without materialising it (documents use yrs's default
+/// byte offsets, and the branch keeps its length).
 pub fn text_len(doc: &yrs::Doc) -> usize {
     let text = doc.get_or_insert_text(TEXT_NAME);
-    text.get_string(&doc.transact()).len()
+    text.len(&doc.transact()) as usize
 }
 
 /// The whole state as one update.
@@ -193,5 +195,14 @@ mod tests {
         let big = replace_text(&other, &"x".repeat(100)).unwrap();
         assert!(!fits(&doc, &big, 50));
         assert!(fits(&doc, &big, 200));
+    }
+
+    #[test]
+    fn text_length_is_in_utf8_bytes() {
+        let doc = yrs::Doc::new();
+        replace_text(&doc, "héllo wörld ✓");
+        assert_eq!(text_len(&doc), "héllo wörld ✓".len());
+        replace_text(&doc, "ü");
+        assert_eq!(text_len(&doc), 2);
     }
 }
