@@ -93,6 +93,9 @@ pub async fn usage(state: &AppState, caller: &TenantCaller) -> Result<Usage, Api
 
 /// Files a message refers to: each must exist and be the sender's own upload.
 pub async fn for_message(state: &AppState, caller: &ActingUser, ids: &[FileId]) -> Result<Vec<StoredFile>, ApiError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let db = state.store.tenant_db(&caller.scope());
     let found = db.files().get_many(ids).await?;
     let mut files = Vec::with_capacity(ids.len());
