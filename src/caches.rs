@@ -1,5 +1,7 @@
 //! Short-lived, per-node copies of what nearly every request reads: the caller's tenant, the
-//! caller's user record and a sender's membership of a conversation.
+//! caller's user record, their active membership of a conversation, and conversations as far as
+//! they never change (kind, encryption, the pair of a direct one: callers needing the live
+//! counters read those fresh).
 //!
 //! A change made through confab forgets the copy on this node at once and on the other nodes
 //! through Redis (`CacheEvent` on the tenant's `cache` channel). Pub/sub may drop that notice, so
@@ -21,7 +23,8 @@ use crate::events::{CacheEvent, Redis};
 pub struct Caches {
     tenants: TtlMap<TenantId, Tenant>,
     users: TtlMap<(TenantId, UserId), User>,
-    members: TtlMap<(TenantId, ConversationId, UserId), (Conversation, Member)>,
+    members: TtlMap<(TenantId, ConversationId, UserId), Member>,
+    conversations: TtlMap<(TenantId, ConversationId), Conversation>,
 }
 
 impl Caches {
@@ -31,6 +34,7 @@ impl Caches {
             tenants: TtlMap::new(ttl, settings.max_entries),
             users: TtlMap::new(ttl, settings.max_entries),
             members: TtlMap::new(ttl, settings.max_entries),
+            conversations: TtlMap::new(ttl, settings.max_entries),
         }
     }
 
@@ -48,18 +52,32 @@ impl Caches {
         self.users.get_or_load(&(tenant.clone(), id.clone()), load).await
     }
 
-    /// A conversation with the user's active membership of it; `None` (not kept) otherwise.
+    /// The user's active membership of a conversation; `None` (not kept) otherwise.
     pub async fn membership<E, F>(
         &self,
         tenant: &TenantId,
         conversation: &ConversationId,
         user: &UserId,
         load: F,
-    ) -> Result<Option<(Conversation, Member)>, E>
+    ) -> Result<Option<Member>, E>
     where
-        F: Future<Output = Result<Option<(Conversation, Member)>, E>>,
+        F: Future<Output = Result<Option<Member>, E>>,
     {
         self.members.get_or_load(&(tenant.clone(), conversation.clone(), user.clone()), load).await
+    }
+
+    /// A conversation, for what never changes about it: its `last_seq`, counters and names may be
+    /// stale.
+    pub async fn conversation<E, F>(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        load: F,
+    ) -> Result<Option<Conversation>, E>
+    where
+        F: Future<Output = Result<Option<Conversation>, E>>,
+    {
+        self.conversations.get_or_load(&(tenant.clone(), id.clone()), load).await
     }
 
     /// Forgets the copy here and tells the other nodes to.

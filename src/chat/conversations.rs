@@ -73,7 +73,7 @@ pub async fn as_member(
     }
 }
 
-/// `as_member` for sending, through this node's cache (see `caches`): a send relies only on what
+/// `as_member` for sending, through this node's caches (see `caches`): a send relies only on what
 /// never changes about a conversation (its kind, encryption and direct pair) and on the
 /// membership being active, which a removal forgets at once.
 pub async fn as_sender(
@@ -82,9 +82,47 @@ pub async fn as_sender(
     caller: &ActingUser,
     id: &ConversationId,
 ) -> Result<(Conversation, Member), ApiError> {
-    let load = async { as_member(db, caller, id).await.map(Some) };
-    let found = state.caches.membership(db.tenant_id(), id, caller.user_id(), load).await?;
-    found.ok_or_else(|| ApiError::not_found("conversation"))
+    let not_found = || ApiError::not_found("conversation");
+    let (tenant, caches) = (db.tenant_id(), &state.caches);
+    let conversation = caches.conversation(tenant, id, db.conversations().get(id)).await?.ok_or_else(not_found)?;
+    match cached_member(state, db, caller, id).await? {
+        Some(member) => Ok((conversation, member)),
+        None if conversation.kind == ConversationType::Channel && !conversation.private => {
+            Err(ApiError::new(ErrorCode::NotAMember, "join this channel first"))
+        }
+        None => Err(not_found()),
+    }
+}
+
+/// `visible` for reading history: the conversation fresh (its `last_seq` bounds the read), the
+/// membership through this node's cache.
+pub async fn readable(
+    state: &AppState,
+    db: &TenantDb,
+    caller: &ActingUser,
+    id: &ConversationId,
+) -> Result<(Conversation, Option<Member>), ApiError> {
+    let not_found = || ApiError::not_found("conversation");
+    let (conversation, member) = futures_util::try_join!(
+        async { db.conversations().get(id).await.map_err(ApiError::from) },
+        cached_member(state, db, caller, id),
+    )?;
+    let conversation = conversation.ok_or_else(not_found)?;
+    let public = conversation.kind == ConversationType::Channel && !conversation.private;
+    if member.is_none() && !public {
+        return Err(not_found());
+    }
+    Ok((conversation, member))
+}
+
+async fn cached_member(
+    state: &AppState,
+    db: &TenantDb,
+    caller: &ActingUser,
+    id: &ConversationId,
+) -> Result<Option<Member>, ApiError> {
+    let load = async { db.members().get(id, caller.user_id()).await.map(|m| m.filter(Member::is_active)) };
+    Ok(state.caches.membership(db.tenant_id(), id, caller.user_id(), load).await?)
 }
 
 pub fn require_moderator(member: &Member) -> Result<(), ApiError> {

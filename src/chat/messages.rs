@@ -11,7 +11,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::events::LiveEvent;
 use crate::tenancy::TenantDb;
 
-use super::conversations::{as_member, as_sender, require_moderator, visible};
+use super::conversations::{as_member, as_sender, readable, require_moderator};
 
 /// Characters of text kept in a conversation's `last_message.preview`.
 const PREVIEW_CHARS: usize = 100;
@@ -271,7 +271,7 @@ pub async fn history(
             .with_details(serde_json::json!({ "param": "limit" })));
     }
     let db = state.store.tenant_db(&caller.scope());
-    let (conversation, _) = visible(&db, caller, id).await?;
+    let (conversation, _) = readable(state, &db, caller, id).await?;
     let last = conversation.last_seq;
     let n = i64::from(limit);
     let anchor = match window {
@@ -308,7 +308,7 @@ pub async fn get_one(
 ) -> Result<History, ApiError> {
     caller.require(Scope::ChatRead)?;
     let db = state.store.tenant_db(&caller.scope());
-    let (conversation, _) = visible(&db, caller, id).await?;
+    let (conversation, _) = readable(state, &db, caller, id).await?;
     let message = db.messages().get(id, seq).await?.ok_or_else(|| ApiError::not_found("message"))?;
     let my_reactions = db.reactions().mine(id, caller.user_id(), seq, seq).await?;
     Ok(History {
@@ -332,7 +332,7 @@ pub async fn replies(
 ) -> Result<History, ApiError> {
     caller.require(Scope::ChatRead)?;
     let db = state.store.tenant_db(&caller.scope());
-    let (conversation, _) = visible(&db, caller, id).await?;
+    let (conversation, _) = readable(state, &db, caller, id).await?;
     db.messages().get(id, parent).await?.ok_or_else(|| ApiError::not_found("message"))?;
     let mut messages = db.messages().replies(id, parent, after, limit + 1).await?;
     let has_more_after = messages.len() > limit as usize;

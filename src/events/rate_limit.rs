@@ -26,12 +26,14 @@ const MAX_SLICE: u32 = 500;
 #[derive(Clone, Default)]
 pub struct Leases(Arc<Mutex<HashMap<TenantId, Lease>>>);
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Lease {
     second: u64,
     left: u32,
     /// The window is spent across the nodes: refuse until the next second.
     exhausted: bool,
+    /// Held while a slice is being taken, so that a burst takes one slice, not one each.
+    taking: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Leases {
@@ -47,6 +49,12 @@ impl Leases {
         lease.exhausted.then_some(false)
     }
 
+    /// The tenant's turn to take a slice.
+    fn turn(&self, tenant: &TenantId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut leases = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        leases.entry(tenant.clone()).or_default().taking.clone()
+    }
+
     /// Keeps what is left of a granted slice after this request took one.
     fn keep(&self, tenant: &TenantId, second: u64, granted: u32) {
         let mut leases = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -55,7 +63,7 @@ impl Leases {
         }
         let lease = leases.entry(tenant.clone()).or_default();
         if lease.second != second {
-            *lease = Lease { second, ..Lease::default() };
+            *lease = Lease { second, taking: lease.taking.clone(), ..Lease::default() };
         }
         match granted {
             0 => lease.exhausted = true,
@@ -83,10 +91,18 @@ impl<'a> RateLimiter<'a> {
     pub async fn check(&self, tenant: &TenantId, per_second: u32) -> Result<(), ApiError> {
         let second = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
         let leases = &self.redis.leases;
-        match leases.spend(tenant, second) {
-            Some(true) => return Ok(()),
-            Some(false) => return Err(limited(per_second)),
-            None => {}
+        let spent = |leases: &Leases| match leases.spend(tenant, second) {
+            Some(true) => Some(Ok(())),
+            Some(false) => Some(Err(limited(per_second))),
+            None => None,
+        };
+        if let Some(done) = spent(leases) {
+            return done;
+        }
+        let turn = leases.turn(tenant);
+        let _turn = turn.lock().await;
+        if let Some(done) = spent(leases) {
+            return done;
         }
         let size = (per_second / SLICES_PER_LIMIT).clamp(1, MAX_SLICE);
         let key = self.redis.keys(tenant).key(&format!("rl:{second}"));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestApp, spawn_app_with};
+use crate::helpers::{ChatTenant, Reply, TestApp, spawn_app_with};
 
 /// Copies that would outlive any test: only the notices between nodes can make them go.
 fn long_lived_caches() -> Vec<(&'static str, String)> {
@@ -70,7 +70,10 @@ async fn seqs_of(node: &TestApp, token: &str, conversation: &str) -> Vec<(i64, S
 #[tokio::test]
 async fn concurrent_sends_over_many_conversations_on_two_nodes_stay_gapless_and_idempotent() {
     let (first, second) = two_nodes().await;
-    let tenant = first.chat_tenant().await;
+    // The burst below is beyond the default request rate.
+    let id = first.create_tenant_with(json!({"limits": {"requests_per_second": 100000}})).await;
+    let (key, _) = first.issue_key(&id, None).await;
+    let tenant = ChatTenant { id, key };
     let mut tokens = Vec::new();
     for i in 0..6 {
         tokens.push(first.user(&tenant, &format!("sender{i}")).await);
@@ -130,7 +133,7 @@ async fn concurrent_sends_over_many_conversations_on_two_nodes_stay_gapless_and_
 }
 
 #[tokio::test]
-async fn a_removed_member_can_no_longer_send_on_either_node() {
+async fn a_removed_member_can_no_longer_send_or_read_on_either_node() {
     let (first, second) = two_nodes().await;
     let tenant = first.chat_tenant().await;
     let owner = first.user(&tenant, "owner").await;
@@ -139,6 +142,9 @@ async fn a_removed_member_can_no_longer_send_on_either_node() {
     // Both nodes now hold the leaver's membership.
     assert_eq!(send(&first, &leaver, &conversation, "warm-1").await.status, StatusCode::CREATED);
     assert_eq!(send(&second, &leaver, &conversation, "warm-2").await.status, StatusCode::CREATED);
+    for node in [&first, &second] {
+        assert_eq!(node.call(Method::GET, &messages(&conversation), &leaver, None).await.status, StatusCode::OK);
+    }
     let removed =
         first.call(Method::DELETE, &format!("/v1/conversations/{conversation}/members/leaver"), &owner, None).await;
     assert!(removed.status.is_success(), "{}", removed.text);
@@ -147,6 +153,10 @@ async fn a_removed_member_can_no_longer_send_on_either_node() {
     let there =
         eventually(async |n| send(&second, &leaver, &conversation, &format!("after-there-{n}")).await, refused).await;
     assert_eq!(there.status, StatusCode::NOT_FOUND, "refused on the other node too: {}", there.text);
+    for node in [&first, &second] {
+        let read = node.call(Method::GET, &messages(&conversation), &leaver, None).await;
+        assert_eq!(read.status, StatusCode::NOT_FOUND, "history is closed too: {}", read.text);
+    }
     let stored = seqs_of(&first, &owner, &conversation).await;
     assert!(stored.iter().all(|(_, id)| !id.starts_with("after-here")), "{stored:?}");
 }
