@@ -58,8 +58,8 @@ impl Params {
             Mode::Quick => Self {
                 mode,
                 levels: vec![8, 32, 128],
-                ceiling_secs: 3.0,
-                open_secs: 4.0,
+                ceiling_secs: 2.5,
+                open_secs: 3.0,
                 max_in_flight: 2048,
                 s1_users: 32,
                 s2_conversations: 1,

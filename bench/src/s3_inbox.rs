@@ -153,7 +153,7 @@ mod tests {
         let receiver = Arc::new(Receiver::default());
         receiver.record(&board, &Stamp { t: Some(now_us()), p: Some(phase) });
         receiver.record(&board, &Stamp { t: Some(now_us()), p: Some(phase + 5) });
-        let drained = drain(&[receiver.clone()], 1, Duration::from_millis(50)).await;
+        let drained = drain(std::slice::from_ref(&receiver), 1, Duration::from_millis(50)).await;
         assert_eq!(drained.received, 1);
         assert_eq!(receiver.strays.load(Ordering::Relaxed), 1);
     }
