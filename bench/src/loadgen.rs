@@ -224,7 +224,12 @@ where
             break;
         }
     }
-    let best = tried.iter().max_by(|a, b| a.rate.total_cmp(&b.rate)).cloned().ok_or("no concurrency levels to try")?;
+    // The first best level: at an equal rate, fewer workers means less queueing.
+    let best = tried
+        .iter()
+        .fold(None::<&Level>, |best, l| if best.is_some_and(|b| b.rate >= l.rate) { best } else { Some(l) })
+        .cloned()
+        .ok_or("no concurrency levels to try")?;
     Ok(Ceiling { levels: tried, best })
 }
 
