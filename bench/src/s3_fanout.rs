@@ -119,6 +119,7 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
         let members: Vec<&User> = users[..k].iter().collect();
         let conversation = stack.group(&sender, &members).await?;
         eprintln!("  K={k}: connecting {} more subscribers...", k.saturating_sub(subs.len()));
+        let connecting = Instant::now();
         let opened = futures_util::stream::iter(subs.len()..k)
             .map(|i| {
                 let node = if i % 2 == 0 { &stack.node_a } else { &stack.node_b };
@@ -131,6 +132,7 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
             subs.push(sub?);
         }
         wait_joined(&subs[..k], &conversation).await?;
+        let connect_secs = connecting.elapsed().as_secs_f64();
         let run = Fanout { stack: stack.clone(), sender: sender.clone(), conversation, board: board.clone() };
         let measured = run.measure(ctx, &subs[..k]).await?;
         let frame_bytes = frame_len.load(Ordering::Relaxed).max(200);
@@ -144,7 +146,7 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
         if measured.errors > 0 {
             problems.push(format!("K={k}: {} sends failed", measured.errors));
         }
-        details.push(json!({"subscribers": k, "frame_bytes": frame_bytes, "confab": measured.details,
+        details.push(json!({"subscribers": k, "connect_and_join_secs": connect_secs, "frame_bytes": frame_bytes, "confab": measured.details,
             "closed_sockets": closed.len(), "reference_relay": relay}));
     }
     drop(subs); // the listening tasks hold the sockets; they end when the run ends
