@@ -1,0 +1,141 @@
+//! S5 collaborative editing: a synthetic trace of single-character edits (`s5_trace`) sent as
+//! y-websocket update messages through one file's socket, as fast as the socket takes them.
+//! "Applied" is when the room answers a sync step 1 sent after the last update (a room handles
+//! one socket's messages in order). "Persisted" is when the document rebuilt from MongoDB
+//! (newest snapshot + the updates after it) has exactly the trace's final text. The figure is
+//! updates / time-to-persisted; the reference is applying the same updates to a local `yrs` doc.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use mongodb::bson::{Document, doc};
+use reqwest::Method;
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::report::{Figure, Target};
+use crate::s5_trace::{self, Trace};
+use crate::stack::{open_socket, ws_base};
+use crate::{BoxError, Ctx, Measured};
+
+const SEED: u64 = 20_240_601;
+/// Messages written before the socket is flushed (a browser's socket batches the same way).
+const FLUSH_EVERY: usize = 256;
+/// How long the document may take to be applied and stored before the run counts as failed.
+const PERSIST_WAIT: Duration = Duration::from_secs(300);
+const POLL: Duration = Duration::from_millis(20);
+
+/// The stored document's text (snapshot + later updates), as any node would load it.
+async fn stored_text(db: &mongodb::Database, item: &str, epoch: i64) -> Result<String, BoxError> {
+    let snapshot = db
+        .collection::<Document>("collab_snapshots")
+        .find_one(doc! { "doc_id": item, "epoch": epoch })
+        .sort(doc! { "upto_seq": -1 })
+        .await?;
+    let upto = snapshot.as_ref().and_then(|s| s.get_i64("upto_seq").ok()).unwrap_or(0);
+    let state = snapshot.as_ref().and_then(|s| s.get_binary_generic("state").ok()).cloned();
+    let filter = doc! { "doc_id": item, "epoch": epoch, "seq": { "$gt": upto } };
+    let stored: Vec<Document> =
+        db.collection::<Document>("collab_updates").find(filter).sort(doc! { "seq": 1 }).await?.try_collect().await?;
+    let updates: Vec<Vec<u8>> = stored.iter().filter_map(|u| u.get_binary_generic("update").ok().cloned()).collect();
+    Ok(s5_trace::rebuild(state.as_deref(), &updates)?)
+}
+
+pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
+    let (stack, p) = (ctx.stack.clone(), &ctx.params);
+    let tenant = stack.create_tenant("s5").await?;
+    let editor = stack.user(&tenant, "editor".into()).await?;
+    let node = &stack.node_a;
+    let session =
+        stack.call(node, Method::POST, "/v1/sessions", &editor.token, Some(&json!({"name": "bench"}))).await?;
+    let session = session["id"].as_str().ok_or("no session id")?.to_string();
+    let body = json!({"name": "trace.txt", "kind": "file"});
+    let path = format!("/v1/sessions/{session}/items");
+    let item = stack.call(node, Method::POST, &path, &editor.token, Some(&body)).await?;
+    let epoch = item["epoch"].as_i64().ok_or("no epoch")?;
+    let item = item["id"].as_str().ok_or("no item id")?.to_string();
+
+    let edits = p.s5_edits;
+    eprintln!("  generating a trace of {edits} edits...");
+    let trace: Trace = tokio::task::spawn_blocking(move || s5_trace::generate(edits, SEED)).await?;
+    let updates = trace.updates.clone();
+    let (local_secs, local_text) = tokio::task::spawn_blocking(move || s5_trace::apply_locally(&updates)).await??;
+    if local_text != trace.final_text {
+        return Err("the trace does not replay to its own text".into());
+    }
+    let local_rate = edits as f64 / local_secs;
+    eprintln!("  local yrs applies {local_rate:.0} updates/s; sending through the socket...");
+
+    let url = format!("{}/v1/sessions/{session}/files/{item}/yjs?epoch={epoch}", ws_base(node));
+    let socket = open_socket(&url, &editor.token, None, None).await?;
+    let (mut sink, mut stream) = socket.split();
+    let (answered_tx, answered) = oneshot::channel::<Result<(), String>>();
+    let (asked_tx, mut asked) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut answered_tx = Some(answered_tx);
+        let outcome = loop {
+            match stream.next().await {
+                Some(Ok(WsMessage::Binary(bytes))) if *asked.borrow_and_update() && s5_trace::is_sync_step2(&bytes) => {
+                    break Ok(());
+                }
+                Some(Ok(WsMessage::Close(frame))) => break Err(format!("the server closed the socket: {frame:?}")),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Err(format!("socket error: {e}")),
+                None => break Err("the socket ended".to_string()),
+            }
+        };
+        if let Some(tx) = answered_tx.take() {
+            let _ = tx.send(outcome);
+        }
+        // Keep reading (pings) until the run drops the socket.
+        while let Some(Ok(_)) = stream.next().await {}
+    });
+
+    let started = Instant::now();
+    let mut bytes_sent = 0usize;
+    for (i, update) in trace.updates.iter().enumerate() {
+        let message = s5_trace::sync_update(update.clone());
+        bytes_sent += message.len();
+        sink.feed(WsMessage::Binary(message.into())).await?;
+        if (i + 1) % FLUSH_EVERY == 0 {
+            sink.flush().await?;
+        }
+    }
+    sink.flush().await?;
+    let sent_secs = started.elapsed().as_secs_f64();
+    asked_tx.send(true)?;
+    sink.send(WsMessage::Binary(s5_trace::sync_step1(trace.state_vector.clone()).into())).await?;
+    tokio::time::timeout(PERSIST_WAIT, answered).await.map_err(|_| "the room never answered")???;
+    let applied_secs = started.elapsed().as_secs_f64();
+
+    let db = stack.tenant_db(&tenant);
+    let mut polls = 0;
+    let persisted_secs = loop {
+        polls += 1;
+        if stored_text(&db, &item, epoch).await? == trace.final_text {
+            break started.elapsed().as_secs_f64();
+        }
+        if started.elapsed() > PERSIST_WAIT {
+            return Err("the stored document never reached the trace's final text".into());
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let _ = sink.close().await;
+    let rate = edits as f64 / persisted_secs;
+    eprintln!("  sent in {sent_secs:.2} s, applied at {applied_secs:.2} s, persisted at {persisted_secs:.2} s");
+
+    let figures = vec![
+        Figure::new("updates/s applied + persisted", rate, "upd/s")
+            .target(Target::RatioAtLeast(0.5))
+            .against("local yrs apply upd/s", local_rate),
+        Figure::new("updates/s applied (room answered)", edits as f64 / applied_secs, "upd/s")
+            .against("local yrs apply upd/s", local_rate),
+    ];
+    let details = json!({
+        "edits": edits, "final_text_bytes": trace.final_text.len(), "bytes_sent": bytes_sent,
+        "sent_secs": sent_secs, "applied_secs": applied_secs, "persisted_secs": persisted_secs,
+        "persist_polls": polls, "local_apply_secs": local_secs, "seed": SEED,
+    });
+    Ok(Measured { figures, details, problems: Vec::new() })
+}

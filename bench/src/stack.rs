@@ -1,0 +1,208 @@
+//! The stack under test as the load generator sees it (two confab nodes, the database, Redis),
+//! and the public API calls the scenarios use to set themselves up: a tenant with generous
+//! limits, users with tokens, conversations, messages, sockets.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::BoxError;
+
+/// User tokens outlive the longest run.
+const TOKEN_TTL_SECS: u64 = 86_400;
+/// Members per add request (confab's `chat.max_batch_ids`).
+const MEMBERS_PER_REQUEST: usize = 100;
+/// Concurrent setup requests (users, tokens): enough to be quick, few enough not to time out.
+const SETUP_CONCURRENCY: usize = 16;
+/// Limits of the benchmark tenant: far above what a run does, so no request is refused by a
+/// quota (a 429 would measure the limiter, not the system).
+const TENANT_LIMITS: &str = r#"{"max_users": 1000000, "max_conversation_members": 100000,
+    "max_message_bytes": 16384, "requests_per_second": 1000000}"#;
+
+pub type Socket = WebSocketStream<TcpStream>;
+
+pub struct Stack {
+    pub node_a: String,
+    pub node_b: String,
+    pub operator_token: String,
+    pub db_prefix: String,
+    pub redis_url: String,
+    pub mongo: mongodb::Client,
+    pub http: reqwest::Client,
+}
+
+/// A tenant with a server key holding every scope.
+pub struct Tenant {
+    pub id: String,
+    pub key: String,
+}
+
+/// An end user and a token for them.
+#[derive(Clone)]
+pub struct User {
+    pub id: String,
+    pub token: String,
+}
+
+impl Stack {
+    pub fn tenant_db(&self, tenant: &Tenant) -> mongodb::Database {
+        self.mongo.database(&format!("{}t_{}", self.db_prefix, tenant.id))
+    }
+
+    /// `method node+path` with a bearer token and optional JSON body; non-2xx is an error.
+    pub async fn call(
+        &self,
+        node: &str,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, String> {
+        let mut request = self.http.request(method.clone(), format!("{node}{path}")).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| format!("{method} {path}: {e}"))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| format!("{method} {path}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{method} {path}: {status} {}", text.chars().take(300).collect::<String>()));
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// A fresh tenant named `{name}-{random}` with a server key.
+    pub async fn create_tenant(&self, name: &str) -> Result<Tenant, BoxError> {
+        let id = format!("{name}-{}", rand::random::<u32>());
+        let limits: Value = serde_json::from_str(TENANT_LIMITS)?;
+        let body = json!({"id": id, "name": format!("Benchmark {name}"), "limits": limits});
+        self.call(&self.node_a, Method::POST, "/admin/v1/tenants", &self.operator_token, Some(&body)).await?;
+        let key_path = format!("/admin/v1/tenants/{id}/api-keys");
+        let issued = self
+            .call(&self.node_a, Method::POST, &key_path, &self.operator_token, Some(&json!({"name": "bench"})))
+            .await?;
+        let key = issued["key"].as_str().ok_or("no key in the API key answer")?.to_string();
+        Ok(Tenant { id, key })
+    }
+
+    /// Creates users `{prefix}{0..n}` and a token for each.
+    pub async fn users(&self, tenant: &Tenant, prefix: &str, n: usize) -> Result<Vec<User>, BoxError> {
+        let made = futures_util::stream::iter(0..n)
+            .map(|i| self.user(tenant, format!("{prefix}{i}")))
+            .buffered(SETUP_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        made.into_iter().collect::<Result<Vec<_>, _>>().map_err(Into::into)
+    }
+
+    pub async fn user(&self, tenant: &Tenant, id: String) -> Result<User, String> {
+        let profile = json!({"display_name": id});
+        self.call(&self.node_a, Method::PUT, &format!("/v1/users/{id}"), &tenant.key, Some(&profile)).await?;
+        let ttl = json!({"ttl_secs": TOKEN_TTL_SECS});
+        let path = format!("/v1/users/{id}/tokens");
+        let minted = self.call(&self.node_a, Method::POST, &path, &tenant.key, Some(&ttl)).await?;
+        let token = minted["token"].as_str().ok_or("no token in the answer")?.to_string();
+        Ok(User { id, token })
+    }
+
+    /// A group conversation created by `owner` with `members`; returns its id.
+    pub async fn group(&self, owner: &User, members: &[&User]) -> Result<String, BoxError> {
+        let mut batches = members.chunks(MEMBERS_PER_REQUEST);
+        let first: Vec<&str> = batches.next().unwrap_or_default().iter().map(|u| u.id.as_str()).collect();
+        let body = json!({"type": "group", "name": "bench", "members": first});
+        let created = self.call(&self.node_a, Method::POST, "/v1/conversations", &owner.token, Some(&body)).await?;
+        let id = created["id"].as_str().ok_or("no conversation id")?.to_string();
+        for batch in batches {
+            let ids: Vec<&str> = batch.iter().map(|u| u.id.as_str()).collect();
+            let path = format!("/v1/conversations/{id}/members");
+            self.call(&self.node_a, Method::POST, &path, &owner.token, Some(&json!({"user_ids": ids}))).await?;
+        }
+        Ok(id)
+    }
+
+    /// Sends a text message through `node`; `metadata` carries the benchmark's own fields.
+    pub async fn send(
+        &self,
+        node: &str,
+        user: &User,
+        conversation: &str,
+        client_msg_id: &str,
+        text: &str,
+        metadata: Option<Value>,
+    ) -> Result<(), String> {
+        let mut body = json!({"client_msg_id": client_msg_id, "text": text});
+        if let Some(metadata) = metadata {
+            body["metadata"] = metadata;
+        }
+        let path = format!("/v1/conversations/{conversation}/messages");
+        self.call(node, Method::POST, &path, &user.token, Some(&body)).await.map(|_| ())
+    }
+}
+
+/// A message body of about `bytes` bytes of ordinary words (search terms are derived from it,
+/// as for real chat text).
+pub fn message_text(seq: u64, bytes: usize) -> String {
+    const WORDS: [&str; 12] =
+        ["deploy", "the", "build", "review", "looks", "good", "ship", "it", "after", "lunch", "thanks", "team"];
+    let mut text = format!("message {seq}:");
+    let mut i = seq as usize;
+    while text.len() < bytes {
+        text.push(' ');
+        text.push_str(WORDS[i % WORDS.len()]);
+        i = i.wrapping_mul(31).wrapping_add(7);
+    }
+    text
+}
+
+/// Opens a WebSocket to `url` (ws://host:port/path) as `token`, from `source` when given (a
+/// 127.0.0.x address of its own, so many sockets do not run out of ephemeral ports).
+pub async fn open_socket(
+    url: &str,
+    token: &str,
+    source: Option<std::net::IpAddr>,
+    config: Option<WebSocketConfig>,
+) -> Result<Socket, String> {
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
+    request.headers_mut().insert("authorization", bearer);
+    let authority = request.uri().authority().ok_or("no host in the URL")?.as_str();
+    let target: SocketAddr = authority.parse().map_err(|e| format!("{authority}: {e}"))?;
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    if let Some(source) = source {
+        socket.bind(SocketAddr::new(source, 0)).map_err(|e| format!("bind {source}: {e}"))?;
+    }
+    let stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(target))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (socket, _) = tokio_tungstenite::client_async_with_config(request, stream, config)
+        .await
+        .map_err(|e| format!("upgrade: {e}"))?;
+    Ok(socket)
+}
+
+/// `http://host:port` -> `ws://host:port`.
+pub fn ws_base(node: &str) -> String {
+    node.replacen("http://", "ws://", 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_text_has_the_asked_size_and_words() {
+        let text = message_text(7, 120);
+        assert!((120..140).contains(&text.len()), "{text}");
+        assert!(text.starts_with("message 7: "));
+    }
+}
