@@ -24,15 +24,18 @@ use super::documents::{self, LoadedDoc};
 mod storage;
 
 /// Commands queued per room before senders wait.
-pub const COMMAND_CAPACITY: usize = 1024;
+pub const COMMAND_CAPACITY: usize = 4096;
 /// How often a room stores pending edits it could not store at once and checks for idleness.
 const TICK: Duration = Duration::from_millis(500);
 /// Every this many ticks a room looks for stored updates it never heard of (lost events).
 const REPAIR_EVERY_TICKS: u32 = 6;
 /// A seq claimed but still not stored after this long was lost (its node died mid-write).
 const GAP_GIVE_UP: Duration = Duration::from_secs(10);
-/// Commands handled before pending edits are stored; bounds a batch.
-const MAX_BATCH: usize = 256;
+/// Commands handled before pending edits are stored, and bytes of edits held unstored; whichever
+/// comes first bounds a batch. Storing costs a few round trips whatever its size, so a busy
+/// document stores rarely and big.
+const MAX_BATCH: usize = 4096;
+const MAX_PENDING_BYTES: usize = 1 << 20;
 
 /// What a room sends a client's socket.
 pub enum Outgoing {
@@ -72,6 +75,7 @@ pub(super) struct Room {
     clients: HashMap<u64, Client>,
     /// Applied locally, not yet stored.
     pending: Vec<Vec<u8>>,
+    pending_bytes: usize,
     pending_by: Option<UserId>,
     /// The highest seq heard of from other nodes.
     known_seq: i64,
@@ -97,6 +101,7 @@ impl Room {
             awareness: Awareness::new(yrs::Doc::new()),
             clients: HashMap::new(),
             pending: Vec::new(),
+            pending_bytes: 0,
             pending_by: None,
             known_seq,
             gap_since: None,
@@ -116,6 +121,9 @@ impl Room {
                     let Some(command) = command else { break };
                     self.handle(command).await;
                     for _ in 0..MAX_BATCH {
+                        if self.pending_bytes >= MAX_PENDING_BYTES {
+                            break;
+                        }
                         match commands.try_recv() {
                             Ok(command) => self.handle(command).await,
                             Err(_) => break,
@@ -191,6 +199,11 @@ impl Room {
         Ok(())
     }
 
+    /// Whether any local client but `except` would receive a broadcast.
+    fn has_audience(&self, except: Option<u64>) -> bool {
+        self.clients.keys().any(|id| Some(*id) != except)
+    }
+
     /// Sends a frame to every local client but `except`; drops clients that fell behind.
     fn broadcast(&mut self, frame: &[u8], except: Option<u64>) {
         let mut behind = Vec::new();
@@ -252,8 +265,16 @@ impl Room {
         if !documents::apply(&self.loaded.doc, &update) {
             return self.close(client, 4400, "invalid_update");
         }
-        self.broadcast(&encode(&Message::Sync(SyncMessage::Update(update.clone()))), Some(client));
+        if self.has_audience(Some(client)) {
+            self.broadcast(&encode(&Message::Sync(SyncMessage::Update(update.clone()))), Some(client));
+        }
         self.pending_by = self.clients.get(&client).map(|c| c.link.user.clone());
+        self.hold(update);
+    }
+
+    /// Keeps an applied edit until the next flush stores it.
+    fn hold(&mut self, update: Vec<u8>) {
+        self.pending_bytes += update.len();
         self.pending.push(update);
     }
 
@@ -297,7 +318,7 @@ impl Room {
         }
         if let Some(update) = documents::replace_text(&self.loaded.doc, text) {
             self.broadcast(&encode(&Message::Sync(SyncMessage::Update(update.clone()))), None);
-            self.pending.push(update);
+            self.hold(update);
             self.pending_by = Some(by);
         }
         self.flush().await;
@@ -330,6 +351,7 @@ impl Room {
                 }
                 self.clients.clear();
                 self.pending.clear();
+                self.pending_bytes = 0;
                 self.dropped = true;
             }
         }

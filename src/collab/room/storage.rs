@@ -31,6 +31,7 @@ impl Room {
             Err(e) => return tracing::warn!(error = %e, "could not store document updates; retrying"),
         };
         self.pending.clear();
+        self.pending_bytes = 0;
         if seq == self.loaded.applied_seq + 1 {
             self.loaded.applied_seq = seq;
         }
