@@ -24,8 +24,6 @@ const SOCKETS_PER_USER: usize = 100;
 /// Sockets per source address, well under the ephemeral port range.
 const SOCKETS_PER_SOURCE: usize = 20_000;
 const CONNECT_CONCURRENCY: usize = 64;
-/// Time for the node to settle (allocations of the last upgrades, heartbeats) before measuring.
-const SETTLE: Duration = Duration::from_secs(3);
 /// Idle clients need no big buffers; the defaults (128 KiB) would cost the load generator GBs.
 const CLIENT_BUFFER: usize = 4096;
 
@@ -42,9 +40,11 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
             p.s4_connections
         );
     }
+    // Time for the node to settle (allocations of the last upgrades, closes) before measuring.
+    let settle = Duration::from_secs_f64(p.s4_settle_secs);
     let tenant = stack.create_tenant("s4").await?;
     let users = stack.users(&tenant, "idle-", wanted.div_ceil(SOCKETS_PER_USER).max(1)).await?;
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(settle).await;
     let rss_before = rss_kib(node_pid).ok_or("cannot read the node's RSS")?;
 
     eprintln!("  opening {wanted} idle sockets to node A...");
@@ -73,7 +73,7 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
     let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     let sockets: Vec<&tokio::task::JoinHandle<()>> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
     let opened = sockets.len();
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(settle).await;
     let lost_while_idle = ended.load(Ordering::Relaxed);
     let connected = opened - lost_while_idle;
     let rss_after = rss_kib(node_pid).ok_or("cannot read the node's RSS")?;
@@ -85,7 +85,7 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
     for socket in sockets {
         socket.abort();
     }
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(settle).await;
 
     let per_connection = rss_after.saturating_sub(rss_before) as f64 / connected.max(1) as f64;
     let figures = vec![
