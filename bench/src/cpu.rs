@@ -40,6 +40,11 @@ pub fn open_files_limit(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
+/// How many files (sockets included) the process has open now.
+pub fn open_files(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
 /// CPU seconds per watched process between `start` and `stop`.
 pub struct CpuMeter {
     clock_ticks: f64,
@@ -73,5 +78,6 @@ mod tests {
         assert!(cpu_seconds(me, 100.0).is_some());
         assert!(rss_kib(me).is_some_and(|kib| kib > 0));
         assert!(open_files_limit(me).is_some_and(|n| n > 0));
+        assert!(open_files(me).is_some_and(|n| n > 0));
     }
 }

@@ -32,6 +32,8 @@ pub struct Params {
     pub s3_open_secs: f64,
     /// S4: idle connections wanted (capped by the open-files limits).
     pub s4_connections: usize,
+    /// S4: seconds the node is left to settle before each RSS reading and after the closes.
+    pub s4_settle_secs: f64,
     /// S5: single-character edits in the synthetic trace.
     pub s5_edits: usize,
 }
@@ -53,6 +55,7 @@ impl Params {
                 s3_ceiling_secs: 8.0,
                 s3_open_secs: 15.0,
                 s4_connections: 50_000,
+                s4_settle_secs: 3.0,
                 s5_edits: 120_000,
             },
             Mode::Quick => Self {
@@ -69,6 +72,7 @@ impl Params {
                 s3_ceiling_secs: 2.0,
                 s3_open_secs: 2.0,
                 s4_connections: 5_000,
+                s4_settle_secs: 3.0,
                 s5_edits: 20_000,
             },
             Mode::Smoke => Self {
@@ -85,6 +89,7 @@ impl Params {
                 s3_ceiling_secs: 1.0,
                 s3_open_secs: 1.0,
                 s4_connections: 100,
+                s4_settle_secs: 0.5,
                 s5_edits: 500,
             },
         }

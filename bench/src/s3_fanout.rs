@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::loadgen::{self, Job, Level, Percentiles};
 use crate::report::{Figure, Target};
 use crate::s3_inbox::{Board, Frame, Receiver, drain};
-use crate::stack::{Socket, Stack, User, open_socket, ws_base};
+use crate::stack::{Socket, SocketTasks, Stack, User, open_socket, ws_base};
 use crate::{BoxError, Ctx, Measured, s3_relay};
 
 /// Sockets opened at once.
@@ -69,13 +70,14 @@ async fn listen(mut socket: Socket, sub: Arc<Subscriber>, board: Arc<Board>, fra
     *sub.closed.lock().expect("subscriber lock") = Some(reason);
 }
 
-/// Opens `user`'s socket on `node` and waits for `ready`; returns the subscriber once listening.
+/// Opens `user`'s socket on `node` and waits for `ready`; returns the subscriber once listening,
+/// and the task that listens.
 async fn subscribe(
     node: &str,
     user: &User,
     board: Arc<Board>,
     frame_len: Arc<AtomicUsize>,
-) -> Result<Arc<Subscriber>, String> {
+) -> Result<(Arc<Subscriber>, JoinHandle<()>), String> {
     let mut socket = open_socket(&format!("{}/v1/ws", ws_base(node)), &user.token, None, None).await?;
     let ready = tokio::time::timeout(Duration::from_secs(30), socket.next()).await.map_err(|_| "no ready frame")?;
     let Some(Ok(WsMessage::Text(text))) = ready else { return Err(format!("expected ready, got {ready:?}")) };
@@ -87,8 +89,8 @@ async fn subscribe(
         conversations: Mutex::new(ids),
         closed: Mutex::new(None),
     });
-    tokio::spawn(listen(socket, sub.clone(), board, frame_len));
-    Ok(sub)
+    let task = tokio::spawn(listen(socket, sub.clone(), board, frame_len));
+    Ok((sub, task))
 }
 
 async fn wait_joined(subs: &[Arc<Subscriber>], conversation: &str) -> Result<(), BoxError> {
@@ -114,6 +116,7 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
     let board = Arc::new(Board::default());
     let frame_len = Arc::new(AtomicUsize::new(0));
     let mut subs: Vec<Arc<Subscriber>> = Vec::new();
+    let mut sockets = SocketTasks::default();
     let (mut figures, mut details, mut problems) = (Vec::new(), Vec::new(), Vec::new());
     for &k in &p.s3_subscribers {
         let members: Vec<&User> = users[..k].iter().collect();
@@ -128,8 +131,10 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
             .buffered(CONNECT_CONCURRENCY)
             .collect::<Vec<_>>()
             .await;
-        for sub in opened {
-            subs.push(sub?);
+        for opened in opened {
+            let (sub, task) = opened?;
+            subs.push(sub);
+            sockets.0.push(task);
         }
         wait_joined(&subs[..k], &conversation).await?;
         let connect_secs = connecting.elapsed().as_secs_f64();
@@ -149,7 +154,7 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
         details.push(json!({"subscribers": k, "connect_and_join_secs": connect_secs, "frame_bytes": frame_bytes, "confab": measured.details,
             "closed_sockets": closed.len(), "reference_relay": relay}));
     }
-    drop(subs); // the listening tasks hold the sockets; they end when the run ends
+    drop(sockets); // closes every subscriber socket before the next scenario
     Ok(Measured { figures, details: json!({ "per_k": details }), problems })
 }
 

@@ -12,9 +12,9 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::cpu::{open_files_limit, rss_kib};
+use crate::cpu::{open_files, open_files_limit, rss_kib};
 use crate::report::{Figure, Target};
-use crate::stack::{open_socket, ws_base};
+use crate::stack::{SocketTasks, open_socket, ws_base};
 use crate::{BoxError, Ctx, Measured};
 
 /// File descriptors kept free in each process for everything else (database, Redis, logs).
@@ -24,27 +24,31 @@ const SOCKETS_PER_USER: usize = 100;
 /// Sockets per source address, well under the ephemeral port range.
 const SOCKETS_PER_SOURCE: usize = 20_000;
 const CONNECT_CONCURRENCY: usize = 64;
-/// Time for the node to settle (allocations of the last upgrades, heartbeats) before measuring.
-const SETTLE: Duration = Duration::from_secs(3);
 /// Idle clients need no big buffers; the defaults (128 KiB) would cost the load generator GBs.
 const CLIENT_BUFFER: usize = 4096;
 
 pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
     let (stack, p) = (ctx.stack.clone(), &ctx.params);
     let node_pid = ctx.pid_of("confab-a").ok_or("no pid for confab-a (--watch confab-a=PID)")?;
-    let own_limit = open_files_limit(std::process::id()).unwrap_or(1024);
-    let node_limit = open_files_limit(node_pid).unwrap_or(1024);
-    let cap = own_limit.min(node_limit).saturating_sub(FD_HEADROOM) as usize;
+    // Each socket costs a descriptor here and one in the node, on top of what both have open.
+    let room = |pid: u32| {
+        let limit = open_files_limit(pid).unwrap_or(1024);
+        (limit, limit.saturating_sub(open_files(pid).unwrap_or(0)))
+    };
+    let ((own_limit, own_room), (node_limit, node_room)) = (room(std::process::id()), room(node_pid));
+    let cap = own_room.min(node_room).saturating_sub(FD_HEADROOM) as usize;
     let wanted = p.s4_connections.min(cap);
     if wanted < p.s4_connections {
         eprintln!(
-            "  open-files limits (ours {own_limit}, node's {node_limit}) allow {wanted} of {} sockets",
+            "  open-files limits (ours {own_limit}, {own_room} free; node's {node_limit}, {node_room} free) allow {wanted} of {} sockets",
             p.s4_connections
         );
     }
+    // Time for the node to settle (allocations of the last upgrades, closes) before measuring.
+    let settle = Duration::from_secs_f64(p.s4_settle_secs);
     let tenant = stack.create_tenant("s4").await?;
     let users = stack.users(&tenant, "idle-", wanted.div_ceil(SOCKETS_PER_USER).max(1)).await?;
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(settle).await;
     let rss_before = rss_kib(node_pid).ok_or("cannot read the node's RSS")?;
 
     eprintln!("  opening {wanted} idle sockets to node A...");
@@ -70,10 +74,10 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
         .collect::<Vec<_>>()
         .await;
     let connect_secs = started.elapsed().as_secs_f64();
-    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    let sockets: Vec<&tokio::task::JoinHandle<()>> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
-    let opened = sockets.len();
-    tokio::time::sleep(SETTLE).await;
+    let failures: Vec<String> = results.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
+    let sockets = SocketTasks(results.into_iter().filter_map(Result::ok).collect());
+    let opened = sockets.0.len();
+    tokio::time::sleep(settle).await;
     let lost_while_idle = ended.load(Ordering::Relaxed);
     let connected = opened - lost_while_idle;
     let rss_after = rss_kib(node_pid).ok_or("cannot read the node's RSS")?;
@@ -82,10 +86,8 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
         failures.len()
     );
     // Dropping the sockets closes them; the node gets time to see the closes before what follows.
-    for socket in sockets {
-        socket.abort();
-    }
-    tokio::time::sleep(SETTLE).await;
+    drop(sockets);
+    tokio::time::sleep(settle).await;
 
     let per_connection = rss_after.saturating_sub(rss_before) as f64 / connected.max(1) as f64;
     let figures = vec![

@@ -190,6 +190,19 @@ pub async fn open_socket(
     Ok(socket)
 }
 
+/// Tasks that hold sockets, aborted (closing their sockets) when this is dropped, so that a
+/// scenario that ends, even by an error, leaves no descriptors behind for the next one.
+#[derive(Default)]
+pub struct SocketTasks(pub Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for SocketTasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// `http://host:port` -> `ws://host:port`.
 pub fn ws_base(node: &str) -> String {
     node.replacen("http://", "ws://", 1)
