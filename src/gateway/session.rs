@@ -220,13 +220,15 @@ impl FrameBudget {
 }
 
 /// Why the socket may no longer stay open (user deactivated or gone, tenant not active), checked
-/// on every heartbeat so a revoked user is cut off within one heartbeat interval.
+/// on every heartbeat (through the per-node caches) so a revoked user is cut off within one
+/// heartbeat interval.
 async fn revoked(connection: &Connection) -> Option<&'static str> {
-    let user = connection.db.users().get(connection.caller.user_id()).await.ok()?;
+    let (caches, id, tenant_id) = (&connection.state.caches, connection.caller.user_id(), &connection.caller.tenant.id);
+    let user = caches.user(tenant_id, id, connection.db.users().get(id)).await.ok()?;
     if user.is_none_or(|u| !u.is_active()) {
         return Some("user_deactivated");
     }
-    let tenant = connection.state.store.tenants().get(&connection.caller.tenant.id).await.ok()?;
+    let tenant = caches.tenant(tenant_id, connection.state.store.tenants().get(tenant_id)).await.ok()?;
     if tenant.is_none_or(|t| t.status != crate::domain::TenantStatus::Active) {
         return Some("tenant_unavailable");
     }

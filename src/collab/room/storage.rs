@@ -18,13 +18,9 @@ impl Room {
         if self.pending.is_empty() || self.dropped {
             return;
         }
-        let merged = if self.pending.len() == 1 {
-            self.pending[0].clone()
-        } else {
-            match yrs::merge_updates_v1(&self.pending) {
-                Ok(merged) => merged,
-                Err(e) => return tracing::error!(error = %e, "could not merge document updates"),
-            }
+        let merged = match documents::merge(&self.pending) {
+            Ok(merged) => merged,
+            Err(e) => return tracing::error!(error = %e, "could not merge document updates"),
         };
         let seq = match documents::append(&self.db, &self.item.id, self.loaded.epoch, merged.clone()).await {
             Ok(seq) => seq,
