@@ -216,14 +216,14 @@ mod tests {
     #[test]
     fn merging_in_rounds_gives_the_same_document() {
         let author = yrs::Doc::new();
-        let text = author.get_or_insert_text(TEXT_NAME);
+        let content = author.get_or_insert_text(TEXT_NAME);
         let updates: Vec<Vec<u8>> = (0..1000)
             .map(|i| {
                 let mut txn = author.transact_mut();
-                let at = if i % 7 == 0 { 0 } else { text.len(&txn) };
-                text.insert(&mut txn, at, &char::from(b'a' + (i % 26) as u8).to_string());
+                let at = if i % 7 == 0 { 0 } else { content.len(&txn) };
+                content.insert(&mut txn, at, &char::from(b'a' + (i % 26) as u8).to_string());
                 if i % 11 == 0 {
-                    text.remove_range(&mut txn, 0, 1);
+                    content.remove_range(&mut txn, 0, 1);
                 }
                 txn.encode_update_v1()
             })
