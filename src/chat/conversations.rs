@@ -50,14 +50,31 @@ pub async fn visible(
     caller: &ActingUser,
     id: &ConversationId,
 ) -> Result<(Conversation, Option<Member>), ApiError> {
-    let not_found = || ApiError::not_found("conversation");
-    let conversation = db.conversations().get(id).await?.ok_or_else(not_found)?;
+    let conversation = db.conversations().get(id).await?;
     let member = db.members().get(id, caller.user_id()).await?.filter(Member::is_active);
+    seen_by(conversation, member)
+}
+
+/// The visibility rule of `visible`, on a conversation and membership already read.
+fn seen_by(
+    conversation: Option<Conversation>,
+    member: Option<Member>,
+) -> Result<(Conversation, Option<Member>), ApiError> {
+    let not_found = || ApiError::not_found("conversation");
+    let conversation = conversation.ok_or_else(not_found)?;
     let public = conversation.kind == ConversationType::Channel && !conversation.private;
     if member.is_none() && !public {
         return Err(not_found());
     }
     Ok((conversation, member))
+}
+
+/// `as_member`'s answer for a visible conversation: non-members of a public channel get 403.
+fn member_of(seen: (Conversation, Option<Member>)) -> Result<(Conversation, Member), ApiError> {
+    match seen {
+        (conversation, Some(member)) => Ok((conversation, member)),
+        (_, None) => Err(ApiError::new(ErrorCode::NotAMember, "join this channel first")),
+    }
 }
 
 /// The conversation and the caller's active membership; non-members get 404 (or 403
@@ -67,10 +84,7 @@ pub async fn as_member(
     caller: &ActingUser,
     id: &ConversationId,
 ) -> Result<(Conversation, Member), ApiError> {
-    match visible(db, caller, id).await? {
-        (conversation, Some(member)) => Ok((conversation, member)),
-        (_, None) => Err(ApiError::new(ErrorCode::NotAMember, "join this channel first")),
-    }
+    member_of(visible(db, caller, id).await?)
 }
 
 /// `as_member` for sending, through this node's caches (see `caches`): a send relies only on what
@@ -82,16 +96,9 @@ pub async fn as_sender(
     caller: &ActingUser,
     id: &ConversationId,
 ) -> Result<(Conversation, Member), ApiError> {
-    let not_found = || ApiError::not_found("conversation");
-    let (tenant, caches) = (db.tenant_id(), &state.caches);
-    let conversation = caches.conversation(tenant, id, db.conversations().get(id)).await?.ok_or_else(not_found)?;
-    match cached_member(state, db, caller, id).await? {
-        Some(member) => Ok((conversation, member)),
-        None if conversation.kind == ConversationType::Channel && !conversation.private => {
-            Err(ApiError::new(ErrorCode::NotAMember, "join this channel first"))
-        }
-        None => Err(not_found()),
-    }
+    let conversation = state.caches.conversation(db.tenant_id(), id, db.conversations().get(id)).await?;
+    let member = cached_member(state, db, caller, id).await?;
+    member_of(seen_by(conversation, member)?)
 }
 
 /// `visible` for reading history: the conversation fresh (its `last_seq` bounds the read), the
@@ -102,17 +109,11 @@ pub async fn readable(
     caller: &ActingUser,
     id: &ConversationId,
 ) -> Result<(Conversation, Option<Member>), ApiError> {
-    let not_found = || ApiError::not_found("conversation");
     let (conversation, member) = futures_util::try_join!(
         async { db.conversations().get(id).await.map_err(ApiError::from) },
         cached_member(state, db, caller, id),
     )?;
-    let conversation = conversation.ok_or_else(not_found)?;
-    let public = conversation.kind == ConversationType::Channel && !conversation.private;
-    if member.is_none() && !public {
-        return Err(not_found());
-    }
-    Ok((conversation, member))
+    seen_by(conversation, member)
 }
 
 async fn cached_member(
