@@ -270,26 +270,41 @@ pub async fn history(
         return Err(ApiError::new(ErrorCode::InvalidRequest, format!("limit must be between 1 and {MAX_HISTORY}"))
             .with_details(serde_json::json!({ "param": "limit" })));
     }
-    let db = state.store.tenant_db(&caller.scope());
-    let (conversation, _) = readable(state, &db, caller, id).await?;
-    let last = conversation.last_seq;
     let n = i64::from(limit);
-    let anchor = match window {
-        HistoryWindow::Latest => 0,
-        HistoryWindow::Before(seq) | HistoryWindow::After(seq) | HistoryWindow::Around(seq) => seq,
+    let anchored = match window {
+        HistoryWindow::Latest => None,
+        HistoryWindow::Before(seq) => Some((seq, seq.saturating_sub(n), seq.saturating_sub(1))),
+        HistoryWindow::After(seq) => Some((seq, seq.saturating_add(1), seq.saturating_add(n))),
+        HistoryWindow::Around(seq) => {
+            Some((seq, seq.saturating_sub(n / 2), seq.saturating_sub(n / 2).saturating_add(n - 1)))
+        }
     };
-    if anchor < 0 {
+    if anchored.is_some_and(|(anchor, _, _)| anchor < 0) {
         return Err(ApiError::new(ErrorCode::InvalidRequest, "seq parameters must not be negative"));
     }
-    let (from, to) = match window {
-        HistoryWindow::Latest => (last - n + 1, last),
-        HistoryWindow::Before(seq) => (seq.saturating_sub(n), seq.saturating_sub(1)),
-        HistoryWindow::After(seq) => (seq.saturating_add(1), seq.saturating_add(n)),
-        HistoryWindow::Around(seq) => (seq.saturating_sub(n / 2), seq.saturating_sub(n / 2).saturating_add(n - 1)),
+    let db = state.store.tenant_db(&caller.scope());
+    // An anchored window is read together with the conversation (whose `last_seq` then trims
+    // it); the latest window needs `last_seq` first.
+    let (conversation, from, to, mut messages) = match anchored {
+        Some((_, from, to)) => {
+            let (from, to) = (from.max(1), to);
+            let ((conversation, _), messages) = futures_util::try_join!(readable(state, &db, caller, id), async {
+                db.messages().range(id, from, to).await.map_err(ApiError::from)
+            })?;
+            (conversation, from, to, messages)
+        }
+        None => {
+            let (conversation, _) = readable(state, &db, caller, id).await?;
+            let (from, to) = ((conversation.last_seq - n + 1).max(1), conversation.last_seq);
+            let messages = db.messages().range(id, from, to).await?;
+            (conversation, from, to, messages)
+        }
     };
-    let (from, to) = (from.max(1), to.min(last));
-    let messages = db.messages().range(id, from, to).await?;
-    let my_reactions = if from <= to { db.reactions().mine(id, caller.user_id(), from, to).await? } else { Vec::new() };
+    let last = conversation.last_seq;
+    let to = to.min(last);
+    // A message stored after the conversation was read is left for the next read.
+    messages.retain(|m| m.seq <= last);
+    let my_reactions = my_reactions_in(&db, id, caller, &messages).await?;
     Ok(History {
         has_more_before: from > 1 && last > 0,
         has_more_after: to < last,
@@ -310,7 +325,7 @@ pub async fn get_one(
     let db = state.store.tenant_db(&caller.scope());
     let (conversation, _) = readable(state, &db, caller, id).await?;
     let message = db.messages().get(id, seq).await?.ok_or_else(|| ApiError::not_found("message"))?;
-    let my_reactions = db.reactions().mine(id, caller.user_id(), seq, seq).await?;
+    let my_reactions = my_reactions_in(&db, id, caller, std::slice::from_ref(&message)).await?;
     Ok(History {
         messages: vec![message],
         last_seq: conversation.last_seq,
@@ -337,10 +352,7 @@ pub async fn replies(
     let mut messages = db.messages().replies(id, parent, after, limit + 1).await?;
     let has_more_after = messages.len() > limit as usize;
     messages.truncate(limit as usize);
-    let my_reactions = match (messages.first(), messages.last()) {
-        (Some(first), Some(last)) => db.reactions().mine(id, caller.user_id(), first.seq, last.seq).await?,
-        _ => Vec::new(),
-    };
+    let my_reactions = my_reactions_in(&db, id, caller, &messages).await?;
     Ok(History {
         messages,
         last_seq: conversation.last_seq,
@@ -349,6 +361,20 @@ pub async fn replies(
         my_reactions,
         pinned_seqs: conversation.pinned_seqs,
     })
+}
+
+/// The caller's reactions to `messages` (ascending). Only a message someone reacted to can hold
+/// one, so a page without reactions needs no query.
+async fn my_reactions_in(
+    db: &TenantDb,
+    id: &ConversationId,
+    caller: &ActingUser,
+    messages: &[Message],
+) -> Result<Vec<(i64, String)>, ApiError> {
+    let mut reacted = messages.iter().filter(|m| m.reaction_counts.values().any(|n| *n > 0)).map(|m| m.seq);
+    let Some(first) = reacted.next() else { return Ok(Vec::new()) };
+    let last = reacted.next_back().unwrap_or(first);
+    Ok(db.reactions().mine(id, caller.user_id(), first, last).await?)
 }
 
 pub(super) async fn live_message(db: &TenantDb, id: &ConversationId, seq: i64) -> Result<Message, ApiError> {

@@ -335,6 +335,49 @@ async fn reactions_count_once_per_user_and_emoji() {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }
 
+/// `mine` is the reader's own, on exactly the messages they reacted to, in every window kind
+/// (pages where nobody reacted skip the lookup, so mixed pages matter).
+#[tokio::test]
+async fn own_reactions_show_in_every_history_window() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(&app, &tenant, 2).await;
+    for n in 1..=8 {
+        app.say(&tokens[0], &conversation, &format!("m{n}")).await;
+    }
+    let react = |seq: i64, token: &String| {
+        let path = format!("{}/{seq}/reactions/👍", messages(&conversation));
+        let (app, token) = (&app, token.clone());
+        async move { assert_eq!(app.call(Method::PUT, &path, &token, None).await.status, StatusCode::NO_CONTENT) }
+    };
+    react(3, &tokens[1]).await;
+    react(6, &tokens[1]).await;
+    react(5, &tokens[0]).await;
+    let mine_in = |query: &'static str| {
+        let (app, token, path) = (&app, tokens[1].clone(), messages(&conversation));
+        async move {
+            let reply = app.call(Method::GET, &format!("{path}?{query}"), &token, None).await;
+            assert_eq!(reply.status, StatusCode::OK, "{query}: {}", reply.text);
+            assert_eq!(reply.body["last_seq"], 8, "{query}");
+            let items = reply.body["items"].as_array().unwrap().clone();
+            let reacted = |flag: bool| -> Vec<i64> {
+                let with = |m: &&Value| m["reactions"].as_array().unwrap().iter().any(|r| r["mine"] == flag);
+                items.iter().filter(with).map(|m| m["seq"].as_i64().unwrap()).collect()
+            };
+            (reacted(true), reacted(false))
+        }
+    };
+    assert_eq!(mine_in("limit=50").await, (vec![3, 6], vec![5]));
+    assert_eq!(mine_in("before_seq=7&limit=3").await, (vec![6], vec![5]));
+    assert_eq!(mine_in("after_seq=2&limit=2").await, (vec![3], vec![]));
+    assert_eq!(mine_in("around_seq=4&limit=4").await, (vec![3], vec![5]));
+    assert_eq!(mine_in("before_seq=3").await, (vec![], vec![]));
+    let one = app.call(Method::GET, &format!("{}/6", messages(&conversation)), &tokens[1], None).await;
+    assert_eq!(one.body["reactions"][0]["mine"], true);
+    let other = app.call(Method::GET, &format!("{}/6", messages(&conversation)), &tokens[0], None).await;
+    assert_eq!(other.body["reactions"][0]["mine"], false);
+}
+
 #[tokio::test]
 async fn admins_pin_messages() {
     let app = spawn_app().await;
