@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::CacheSettings;
@@ -21,8 +21,8 @@ use crate::domain::{Conversation, ConversationId, Member, Tenant, TenantId, User
 use crate::events::{CacheEvent, Redis};
 
 pub struct Caches {
-    tenants: TtlMap<TenantId, Tenant>,
-    users: TtlMap<(TenantId, UserId), User>,
+    tenants: TtlMap<TenantId, Arc<Tenant>>,
+    users: TtlMap<(TenantId, UserId), Arc<User>>,
     members: TtlMap<(TenantId, ConversationId, UserId), Member>,
     conversations: TtlMap<(TenantId, ConversationId), Conversation>,
 }
@@ -38,18 +38,19 @@ impl Caches {
         }
     }
 
-    pub async fn tenant<E, F>(&self, id: &TenantId, load: F) -> Result<Option<Tenant>, E>
+    /// Shared, not copied: every request of a tenant holds the same `Tenant`.
+    pub async fn tenant<E, F>(&self, id: &TenantId, load: F) -> Result<Option<Arc<Tenant>>, E>
     where
         F: Future<Output = Result<Option<Tenant>, E>>,
     {
-        self.tenants.get_or_load(id, load).await
+        self.tenants.get_or_load(id, async { Ok(load.await?.map(Arc::new)) }).await
     }
 
-    pub async fn user<E, F>(&self, tenant: &TenantId, id: &UserId, load: F) -> Result<Option<User>, E>
+    pub async fn user<E, F>(&self, tenant: &TenantId, id: &UserId, load: F) -> Result<Option<Arc<User>>, E>
     where
         F: Future<Output = Result<Option<User>, E>>,
     {
-        self.users.get_or_load(&(tenant.clone(), id.clone()), load).await
+        self.users.get_or_load(&(tenant.clone(), id.clone()), async { Ok(load.await?.map(Arc::new)) }).await
     }
 
     /// The user's active membership of a conversation; `None` (not kept) otherwise.

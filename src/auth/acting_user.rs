@@ -2,6 +2,8 @@
 //! key with `?user_id=`. Both get exactly that user's permissions; server keys additionally need
 //! the route's scope.
 
+use std::sync::Arc;
+
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, web};
 use futures_util::future::LocalBoxFuture;
@@ -23,8 +25,9 @@ pub enum Via {
 
 #[derive(Debug)]
 pub struct ActingUser {
-    pub tenant: Tenant,
-    pub user: User,
+    /// Shared with this node's cache and every other request of the tenant (and user).
+    pub tenant: Arc<Tenant>,
+    pub user: Arc<User>,
     pub via: Via,
 }
 
@@ -99,7 +102,7 @@ pub(super) async fn load_active_user(
     scope: &TenantScope,
     id: &UserId,
     missing: impl FnOnce() -> ApiError,
-) -> Result<User, ApiError> {
+) -> Result<Arc<User>, ApiError> {
     let users = state.store.tenant_db(scope).users();
     let user = state.caches.user(&scope.tenant, id, users.get(id)).await?.ok_or_else(missing)?;
     if !user.is_active() {

@@ -2,6 +2,7 @@
 //! authenticated; there is no other way to obtain a `TenantScope`.
 
 use std::future::{Ready, ready};
+use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -53,7 +54,7 @@ impl OperatorCaller {
 /// A tenant's backend, authenticated by an API key of an active tenant.
 #[derive(Debug)]
 pub struct TenantCaller {
-    pub tenant: Tenant,
+    pub tenant: Arc<Tenant>,
     pub key: ApiKey,
 }
 
@@ -132,7 +133,7 @@ pub(super) async fn authenticate_key(state: &web::Data<AppState>, token: &str) -
 
 /// Loads the tenant a credential belongs to. Call `admit` only once the credential is verified,
 /// so unauthenticated requests neither learn the tenant's status nor spend its rate limit.
-pub(super) async fn tenant_of(state: &web::Data<AppState>, id: &TenantId) -> Result<Tenant, ApiError> {
+pub(super) async fn tenant_of(state: &web::Data<AppState>, id: &TenantId) -> Result<Arc<Tenant>, ApiError> {
     state.caches.tenant(id, state.store.tenants().get(id)).await?.ok_or_else(ApiError::unauthorized)
 }
 

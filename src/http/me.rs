@@ -94,7 +94,7 @@ impl From<Relationship> for RelationshipView {
     responses((status = 200, body = UserView), ErrorResponses))]
 pub async fn get_me(caller: ActingUser) -> Result<HttpResponse, ApiError> {
     caller.require(crate::domain::Scope::ChatRead)?;
-    Ok(HttpResponse::Ok().json(UserView::from(caller.user)))
+    Ok(HttpResponse::Ok().json(UserView::from(crate::domain::User::clone(&caller.user))))
 }
 
 /// The caller's conversations, most recently active first, with unread counts.
