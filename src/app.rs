@@ -3,10 +3,13 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_http::HttpService;
+use actix_service::map_config;
+use actix_web::dev::{AppConfig, Server};
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::caches::Caches;
@@ -62,6 +65,11 @@ impl AppState {
     }
 }
 
+/// How long a client may take to send a request's head (actix-web's default).
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a closing connection may take to shut down (actix-web's default).
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -89,15 +97,27 @@ impl Application {
                 _ => shared.hub.dispatch(delivery),
             },
         );
-        let mut server = HttpServer::new(move || {
+        let app = move || {
             App::new()
                 .app_data(state.clone())
                 .wrap(from_fn(http::request_context))
                 .configure(http::configure)
                 .default_service(web::to(http::route_not_found))
-        })
-        .shutdown_timeout(shutdown_timeout)
-        .listen(listener)?;
+        };
+        // actix-web's HttpServer, plus an upgrade service: WebSocket upgrades run through the
+        // same application and then leave the HTTP/1 dispatcher (see `http::upgrade`).
+        let mut server =
+            actix_server::Server::build().shutdown_timeout(shutdown_timeout).listen("confab", listener, move || {
+                let upgrade_app = app.clone();
+                HttpService::build()
+                    .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+                    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+                    .upgrade(http::upgrade::upgrades(move || {
+                        actix_service::IntoServiceFactory::into_factory(upgrade_app())
+                    }))
+                    .finish(map_config(app(), |_| AppConfig::default()))
+                    .tcp()
+            })?;
         if workers > 0 {
             server = server.workers(workers);
         }

@@ -36,9 +36,33 @@ pub fn apply(doc: &yrs::Doc, update: &[u8]) -> bool {
     doc.transact_mut().apply_update(update).is_ok()
 }
 
+/// A decoded update waiting to be applied with others (`apply_all`); `None` if it does not decode.
+pub struct Decoded(Update);
+
+pub fn decode(update: &[u8]) -> Option<Decoded> {
+    Update::decode_v1(update).ok().map(Decoded)
+}
+
+/// Applies decoded updates in one transaction (a transaction's commit costs about as much as
+/// integrating a small edit, so a batch pays it once). Returns what the batch changed as one
+/// update (what to store: exactly what was new, already merged; `None` if nothing was) and the
+/// indices of the updates that failed.
+pub fn apply_all(doc: &yrs::Doc, updates: Vec<Decoded>) -> (Option<Vec<u8>>, Vec<usize>) {
+    let mut txn = doc.transact_mut();
+    let failed = updates
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, Decoded(update))| txn.apply_update(update).is_err().then_some(i))
+        .collect();
+    let changed = !txn.insert_set().is_empty() || !txn.delete_set().is_empty();
+    (changed.then(|| txn.encode_update_v1()), failed)
+}
+
+/// The text (empty before anyone wrote). Read in a read transaction: `get_or_insert_text`
+/// would open and commit a write transaction every time.
 pub fn text(doc: &yrs::Doc) -> String {
-    let text = doc.get_or_insert_text(TEXT_NAME);
-    text.get_string(&doc.transact())
+    let txn = doc.transact();
+    txn.get_text(TEXT_NAME).map(|text| text.get_string(&txn)).unwrap_or_default()
 }
 
 /// Updates merged at once: yrs merges n updates in O(n²), so long runs are merged in rounds of
@@ -60,8 +84,8 @@ pub fn merge(updates: &[Vec<u8>]) -> Result<Vec<u8>, yrs::encoding::read::Error>
 /// The text's length in UTF-8 bytes, without materialising it (documents use yrs's default
 /// byte offsets, and the branch keeps its length).
 pub fn text_len(doc: &yrs::Doc) -> usize {
-    let text = doc.get_or_insert_text(TEXT_NAME);
-    text.len(&doc.transact()) as usize
+    let txn = doc.transact();
+    txn.get_text(TEXT_NAME).map_or(0, |text| text.len(&txn) as usize)
 }
 
 /// The whole state as one update.

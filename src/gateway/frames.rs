@@ -1,7 +1,5 @@
 //! Frames a client sends, and how each is answered. Errors use the REST error codes.
 
-use actix_ws::{CloseReason, Session};
-
 use crate::chat::{self, messages::NewMessage};
 use crate::domain::ConversationId;
 use crate::error::{ApiError, ErrorCode};
@@ -10,6 +8,7 @@ use crate::events::LiveEvent;
 use super::protocol::{AckResult, ClientFrame, SentMessage, ServerFrame};
 use super::relay::catch_up;
 use super::session::{Connection, TYPING_THROTTLE};
+use super::socket::{CloseReason, Closed, Sender};
 
 /// Publishes a typing event for a conversation the socket follows; `typing: true` at most once
 /// per `TYPING_THROTTLE`. Unknown conversations are ignored (typing is best effort, unacked).
@@ -34,7 +33,7 @@ async fn typing_event(connection: &mut Connection, conversation_id: &str, typing
 /// Moves a read or delivered mark and acks with the new marks.
 async fn mark(
     connection: &Connection,
-    session: &mut Session,
+    session: &mut Sender,
     reference: Option<String>,
     conversation_id: &str,
     seq: i64,
@@ -66,18 +65,18 @@ fn error_frame(reference: Option<String>, error: &ApiError) -> ServerFrame {
 }
 
 pub(super) async fn send_error(
-    session: &mut Session,
+    session: &mut Sender,
     reference: Option<String>,
     code: ErrorCode,
     message: &str,
-) -> Result<(), actix_ws::Closed> {
+) -> Result<(), Closed> {
     session.text(ServerFrame::error(reference, code.as_str(), message).to_text()).await
 }
 
 /// Handles one client frame; `Err` closes the socket with the given reason.
 pub(super) async fn answer(
     connection: &mut Connection,
-    session: &mut Session,
+    session: &mut Sender,
     text: &str,
 ) -> Result<(), Option<CloseReason>> {
     let frame = match serde_json::from_str::<ClientFrame>(text) {

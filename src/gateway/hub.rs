@@ -10,18 +10,18 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use bytestring::ByteString;
-
 use tokio::sync::{Notify, mpsc};
 
 use crate::domain::{ConversationId, TenantId, UserId};
 use crate::events::{Channel, Delivery, LiveEvent, Topic};
 
+use super::socket::Utf8Bytes;
+
 /// An event as every local socket receives it. A message's frame is the same for every recipient,
 /// so the first socket to send it encodes it and the others reuse the bytes.
 pub struct SharedEvent {
     pub event: LiveEvent,
-    pub(super) frame: OnceLock<ByteString>,
+    pub(super) frame: OnceLock<Utf8Bytes>,
 }
 
 impl SharedEvent {

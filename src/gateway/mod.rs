@@ -8,6 +8,7 @@ mod hub;
 pub mod protocol;
 mod relay;
 mod session;
+mod socket;
 mod tracking;
 pub mod yjs;
 

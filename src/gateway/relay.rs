@@ -3,9 +3,6 @@
 //! event, or a resume) is filled from MongoDB before newer messages go out: a client sees each
 //! message once, in seq order.
 
-use actix_ws::Session;
-use bytestring::ByteString;
-
 use crate::domain::{ConversationId, Message};
 use crate::events::LiveEvent;
 use crate::http::live_message_view;
@@ -13,6 +10,7 @@ use crate::http::live_message_view;
 use super::hub::SharedEvent;
 use super::protocol::ServerFrame;
 use super::session::{Connection, TYPING_EXPIRY};
+use super::socket::{Closed, Sender, Utf8Bytes};
 
 fn message_frame(message: Message, updated: bool) -> String {
     let conversation_id = message.conversation_id.to_string();
@@ -30,10 +28,10 @@ fn message_frame(message: Message, updated: bool) -> String {
 /// REST if there is more.
 pub(super) async fn catch_up(
     connection: &mut Connection,
-    session: &mut Session,
+    session: &mut Sender,
     id: &ConversationId,
     upto: i64,
-) -> Result<(), actix_ws::Closed> {
+) -> Result<(), Closed> {
     let Some(&delivered) = connection.delivered.get(id) else { return Ok(()) };
     let from = delivered + 1;
     if from > upto {
@@ -65,7 +63,7 @@ pub(super) async fn catch_up(
 /// Re-reads the last seq of every followed conversation and delivers anything newer: repairs
 /// messages whose live event never arrived (Redis restarted, a publish failed) even in
 /// conversations where nothing else happens.
-pub(super) async fn sweep(connection: &mut Connection, session: &mut Session) -> Result<(), actix_ws::Closed> {
+pub(super) async fn sweep(connection: &mut Connection, session: &mut Sender) -> Result<(), Closed> {
     let ids: Vec<ConversationId> = connection.delivered.keys().cloned().collect();
     let Ok(conversations) = connection.db.conversations().get_many(&ids).await else { return Ok(()) };
     for conversation in conversations {
@@ -77,9 +75,9 @@ pub(super) async fn sweep(connection: &mut Connection, session: &mut Session) ->
 /// Passes one live event to the client, in the frame format of docs/realtime.md.
 pub(super) async fn relay(
     connection: &mut Connection,
-    session: &mut Session,
+    session: &mut Sender,
     shared: &SharedEvent,
-) -> Result<(), actix_ws::Closed> {
+) -> Result<(), Closed> {
     let me = connection.caller.user_id();
     let shared_frame = |message: &Message, updated| {
         shared.frame.get_or_init(|| message_frame(message.clone(), updated).into()).clone()
@@ -161,10 +159,10 @@ pub(super) async fn relay(
 /// Sends a live message (`frame`) once, after anything missing before it.
 async fn deliver(
     connection: &mut Connection,
-    session: &mut Session,
+    session: &mut Sender,
     message: &Message,
-    frame: ByteString,
-) -> Result<(), actix_ws::Closed> {
+    frame: Utf8Bytes,
+) -> Result<(), Closed> {
     let id = &message.conversation_id;
     let Some(&delivered) = connection.delivered.get(id) else { return Ok(()) };
     if message.seq <= delivered {

@@ -7,10 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
-use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc};
 
 use crate::app::AppState;
@@ -18,12 +15,14 @@ use crate::auth::ActingUser;
 use crate::auth::socket::{SUBPROTOCOL, answer_subprotocol, check_origin, socket_user};
 use crate::domain::{ConversationId, Scope};
 use crate::error::{ApiError, ErrorCode};
+use crate::http::upgrade::Handshake;
 use crate::tenancy::TenantDb;
 
 use super::frames::{answer, send_error};
 use super::hub::{Outbox, SharedEvent};
 use super::protocol::{ConversationHead, ServerFrame};
 use super::relay::{relay, sweep};
+use super::socket::{self, CloseReason, Frames, GOING_AWAY, Incoming, POLICY, Sender, close_reason};
 use super::tracking;
 
 /// How long a client shows someone as typing without hearing again.
@@ -44,11 +43,7 @@ pub(super) struct Connection {
 }
 
 /// `GET /v1/ws`: upgrades an authenticated user (see `auth::socket` for the ways in).
-pub async fn connect(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Payload,
-) -> Result<HttpResponse, ApiError> {
+pub async fn connect(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let answer_protocol = answer_subprotocol(&req)?;
     let caller = socket_user(&req).await?;
     caller.require(Scope::ChatRead)?;
@@ -60,14 +55,13 @@ pub async fn connect(
     let conversations = db.conversations().get_many(&ids).await?;
     let delivered: HashMap<ConversationId, i64> = conversations.iter().map(|c| (c.id.clone(), c.last_seq)).collect();
     // The handshake is checked first, so a request that cannot upgrade never counts as online.
-    let (mut response, session, stream) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("not a WebSocket upgrade: {e}")))?;
+    let mut handshake = Handshake::check(&req)?;
+    if answer_protocol {
+        handshake = handshake.with_subprotocol(SUBPROTOCOL);
+    }
     let tracked = tracking::Tracked::new(client, &req);
     tracking::open(&state, &caller, &tracked, &ids).await?;
     let connection_id = tracked.id.clone();
-    if answer_protocol {
-        response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
-    }
     let (tx, rx) = mpsc::channel(state.settings.gateway.outbox_capacity);
     let outbox = Outbox { tx, slow: Arc::new(Notify::new()) };
     let socket = state.hub.next_socket_id();
@@ -81,23 +75,25 @@ pub async fn connect(
             .collect(),
     };
     let state = state.into_inner();
-    actix_web::rt::spawn(async move {
-        let stream = stream.max_frame_size(state.settings.gateway.max_frame_bytes).aggregate_continuations();
+    let max_frame = state.settings.gateway.max_frame_bytes;
+    Ok(handshake.accept(max_frame, move |upgraded| async move {
         let mut connection = Connection { state: state.clone(), caller, db, delivered, typing_sent: HashMap::new() };
-        let reason = run(&mut connection, &tracked, session.clone(), stream, rx, &outbox.slow, ready.to_text()).await;
+        if let Some(upgraded) = upgraded {
+            let (mut sender, frames) = socket::split(upgraded);
+            let reason = run(&mut connection, &tracked, &mut sender, frames, rx, &outbox.slow, ready.to_text()).await;
+            let _ = tokio::time::timeout(CLOSE_WAIT, sender.close(reason)).await;
+        }
         state.hub.unregister(socket);
         let followed: Vec<ConversationId> = connection.delivered.keys().cloned().collect();
-        tracking::close(&state, &connection.caller, &tracked.id, &followed).await;
-        let _ = tokio::time::timeout(CLOSE_WAIT, session.close(reason)).await;
-    });
-    Ok(response)
+        Box::pin(tracking::close(&state, &connection.caller, &tracked.id, &followed)).await;
+    }))
 }
 
 async fn run(
     connection: &mut Connection,
     tracked: &tracking::Tracked,
-    mut session: Session,
-    mut stream: actix_ws::AggregatedMessageStream,
+    session: &mut Sender,
+    mut frames: Frames,
     mut outbox: mpsc::Receiver<Arc<SharedEvent>>,
     slow: &Notify,
     ready: String,
@@ -117,60 +113,55 @@ async fn run(
     let mut epoch = connection.state.hub.subscription_epoch();
     loop {
         tokio::select! {
-            incoming = stream.next() => {
-                let Some(Ok(incoming)) = incoming else { return None };
+            incoming = frames.next() => {
+                let incoming = incoming?;
                 last_heard = Instant::now();
                 match incoming {
-                    AggregatedMessage::Text(text) => {
+                    Incoming::Text(text) => {
                         if !budget.take() {
-                            let refused = send_error(&mut session, None, ErrorCode::RateLimited, "too many frames per second");
-                            if let Err(reason) = bounded(stall, refused, |_| None).await {
+                            let refused = send_error(session, None, ErrorCode::RateLimited, "too many frames per second");
+                            if let Err(reason) = bounded(stall, Box::pin(refused), |_| None).await {
                                 return reason;
                             }
                             continue;
                         }
-                        if let Err(reason) = bounded(stall, answer(connection, &mut session, &text), |reason| reason).await {
+                        if let Err(reason) = bounded(stall, Box::pin(answer(connection, session, &text)), |reason| reason).await {
                             return reason;
                         }
                     }
-                    AggregatedMessage::Ping(bytes) => {
-                        if let Err(reason) = bounded(stall, session.pong(&bytes), |_| None).await {
+                    Incoming::Close(reason) => return reason,
+                    Incoming::Heard => {}
+                    Incoming::Binary(_) => {
+                        let refused = send_error(session, None, ErrorCode::InvalidRequest, "frames are JSON text");
+                        if let Err(reason) = bounded(stall, Box::pin(refused), |_| None).await {
                             return reason;
                         }
                     }
-                    AggregatedMessage::Close(reason) => return reason,
-                    AggregatedMessage::Binary(_) => {
-                        let refused = send_error(&mut session, None, ErrorCode::InvalidRequest, "frames are JSON text");
-                        if let Err(reason) = bounded(stall, refused, |_| None).await {
-                            return reason;
-                        }
-                    }
-                    AggregatedMessage::Pong(_) => {}
                 }
             }
             Some(live) = outbox.recv() => {
-                if let Err(reason) = bounded(stall, relay(connection, &mut session, &live), |_| None).await {
+                if let Err(reason) = bounded(stall, Box::pin(relay(connection, session, &live)), |_| None).await {
                     return reason;
                 }
             }
             _ = slow.notified() => return Some(slow_consumer()),
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > idle_timeout {
-                    return Some(CloseReason { code: CloseCode::Away, description: Some("idle_timeout".into()) });
+                    return Some(close_reason(GOING_AWAY, "idle_timeout"));
                 }
-                if let Some(reason) = revoked(connection).await {
-                    return Some(CloseReason { code: CloseCode::Policy, description: Some(reason.into()) });
+                if let Some(reason) = Box::pin(revoked(connection)).await {
+                    return Some(close_reason(POLICY, reason));
                 }
-                tracking::heartbeat(&connection.state, &connection.caller, tracked).await;
+                Box::pin(tracking::heartbeat(&connection.state, &connection.caller, tracked)).await;
                 let current = connection.state.hub.subscription_epoch();
                 if current != epoch || last_sweep.elapsed() >= catch_up_every {
                     epoch = current;
                     last_sweep = Instant::now();
-                    if let Err(reason) = bounded(stall, sweep(connection, &mut session), |_| None).await {
+                    if let Err(reason) = bounded(stall, Box::pin(sweep(connection, session)), |_| None).await {
                         return reason;
                     }
                 }
-                if let Err(reason) = bounded(stall, session.ping(b""), |_| None).await {
+                if let Err(reason) = bounded(stall, session.ping(), |_| None).await {
                     return reason;
                 }
             }
@@ -179,7 +170,7 @@ async fn run(
 }
 
 fn slow_consumer() -> CloseReason {
-    CloseReason { code: CloseCode::Policy, description: Some("slow_consumer".into()) }
+    close_reason(POLICY, "slow_consumer")
 }
 
 /// Runs a step that writes to the client. The writes wait while the client is not reading (its

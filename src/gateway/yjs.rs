@@ -8,10 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -20,9 +17,14 @@ use crate::auth::socket::{SUBPROTOCOL, answer_subprotocol, check_origin, socket_
 use crate::collab::{ClientLink, Command, Outgoing, rooms, tree};
 use crate::domain::{ItemId, SessionId};
 use crate::error::{ApiError, ErrorCode};
+use crate::http::upgrade::Handshake;
+
+use super::socket::{self, GOING_AWAY, Incoming, RESTART, TRY_AGAIN, close_reason};
 
 /// Frames queued for one editor before it counts as too slow (it is dropped and resyncs).
 const OUTBOX: usize = 512;
+/// Messages already received that one room command carries at most.
+const MESSAGES_PER_COMMAND: usize = 256;
 
 static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
 
@@ -34,7 +36,6 @@ struct EpochQuery {
 pub async fn connect(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Payload,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (session, item) = path.into_inner();
@@ -45,6 +46,11 @@ pub async fn connect(
     check_origin(&req, &caller.tenant)?;
     let state = state.into_inner();
     let (db, file, role) = tree::file(&state, &caller, &session, &item).await?;
+    // Checked before joining the room, so a request that cannot upgrade never joins.
+    let mut handshake = Handshake::check(&req)?;
+    if answer_protocol {
+        handshake = handshake.with_subprotocol(SUBPROTOCOL);
+    }
     let wanted_epoch = web::Query::<EpochQuery>::from_query(req.query_string()).ok().and_then(|q| q.0.epoch);
     let (tx, mut outgoing) = mpsc::channel(OUTBOX);
     let id = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
@@ -52,60 +58,70 @@ pub async fn connect(
     let stale = wanted_epoch.is_some_and(|epoch| epoch != file.epoch);
     let room = if stale { None } else { Some(rooms::join(&state, &db, &file, link).await?) };
     drop(tx);
-    let (mut response, mut session, stream) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("not a WebSocket upgrade: {e}")))?;
-    if answer_protocol {
-        response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
-    }
     let limits = (state.settings.collab.max_message_bytes, state.settings.gateway.clone());
-    actix_web::rt::spawn(async move {
-        let Some(room) = room else {
-            let reason = CloseReason { code: CloseCode::Other(4409), description: Some("epoch_changed".into()) };
-            let _ = session.close(Some(reason)).await;
+    Ok(handshake.accept(limits.0, move |upgraded| async move {
+        let Some(upgraded) = upgraded else {
+            if let Some(room) = room {
+                let _ = room.send(Command::Leave { client: id }).await;
+            }
             return;
         };
-        let mut stream = stream.max_frame_size(limits.0).aggregate_continuations();
+        let (mut sender, mut frames) = socket::split(upgraded);
+        let Some(room) = room else {
+            return sender.close(Some(close_reason(4409, "epoch_changed"))).await;
+        };
         let mut heartbeat = tokio::time::interval(Duration::from_secs(limits.1.heartbeat_secs));
         let idle_timeout = Duration::from_secs(limits.1.idle_timeout_secs);
         let mut last_heard = Instant::now();
         let reason = loop {
             tokio::select! {
-                incoming = stream.next() => {
-                    let Some(Ok(incoming)) = incoming else { break None };
+                incoming = frames.next() => {
+                    let Some(incoming) = incoming else { break None };
                     last_heard = Instant::now();
-                    match incoming {
-                        AggregatedMessage::Binary(bytes) => {
-                            if room.send(Command::Message { client: id, bytes: bytes.to_vec() }).await.is_err() {
-                                break Some(CloseReason { code: CloseCode::Restart, description: Some("document_closed".into()) });
+                    // Messages already received go to the room together, in order.
+                    let (mut messages, mut next, mut other, mut ended) = (Vec::new(), Some(incoming), None, false);
+                    while let Some(frame) = next.take() {
+                        match frame {
+                            Incoming::Binary(bytes) => {
+                                messages.push(bytes.to_vec());
+                                if messages.len() < MESSAGES_PER_COMMAND {
+                                    match frames.ready() {
+                                        Some(Some(frame)) => next = Some(frame),
+                                        Some(None) => ended = true,
+                                        None => {}
+                                    }
+                                }
                             }
+                            frame => other = Some(frame),
                         }
-                        AggregatedMessage::Ping(bytes) => {
-                            if session.pong(&bytes).await.is_err() { break None; }
-                        }
-                        AggregatedMessage::Close(reason) => break reason,
-                        AggregatedMessage::Text(_) | AggregatedMessage::Pong(_) => {}
+                    }
+                    if !messages.is_empty() && room.send(Command::Messages { client: id, messages }).await.is_err() {
+                        break Some(close_reason(RESTART, "document_closed"));
+                    }
+                    if ended {
+                        break None;
+                    }
+                    if let Some(Incoming::Close(reason)) = other {
+                        break reason;
                     }
                 }
                 frame = outgoing.recv() => match frame {
                     Some(Outgoing::Binary(bytes)) => {
-                        if session.binary(bytes).await.is_err() { break None; }
+                        if sender.binary(bytes).await.is_err() { break None; }
                     }
-                    Some(Outgoing::Close(code, reason)) => {
-                        break Some(CloseReason { code: CloseCode::Other(code), description: Some(reason.into()) });
-                    }
+                    Some(Outgoing::Close(code, reason)) => break Some(close_reason(code, reason)),
                     // The room dropped this client (too far behind, or the room closed).
-                    None => break Some(CloseReason { code: CloseCode::Again, description: Some("resync".into()) }),
+                    None => break Some(close_reason(TRY_AGAIN, "resync")),
                 },
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > idle_timeout {
-                        break Some(CloseReason { code: CloseCode::Away, description: Some("idle_timeout".into()) });
+                        break Some(close_reason(GOING_AWAY, "idle_timeout"));
                     }
-                    if session.ping(b"").await.is_err() { break None; }
+                    if sender.ping().await.is_err() { break None; }
                 }
             }
         };
         let _ = room.send(Command::Leave { client: id }).await;
-        let _ = session.close(reason).await;
-    });
-    Ok(response)
+        sender.close(reason).await;
+    }))
 }

@@ -16,6 +16,7 @@ pub mod openapi;
 mod realtime;
 mod signing_keys;
 mod tenants;
+pub mod upgrade;
 mod users;
 mod workspace;
 

@@ -45,12 +45,8 @@ pub struct ConnectionList {
 #[utoipa::path(get, path = "/v1/ws", tag = "realtime", security(("user_jwt" = []), ("api_key" = [])),
     params(("ticket" = Option<String>, Query), ("client" = Option<String>, Query), ("user_id" = Option<String>, Query)),
     responses((status = 101, description = "Switching to the WebSocket protocol"), ErrorResponses))]
-pub async fn open_socket(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    crate::gateway::connect(state, req, body).await
+pub async fn open_socket(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    crate::gateway::connect(state, req).await
 }
 
 /// Issue a single-use WebSocket ticket for the acting user (for browsers, which cannot send

@@ -226,8 +226,7 @@ pub async fn put_content(
 pub async fn open_document(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Payload,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    crate::gateway::yjs::connect(state, req, body, path).await
+    crate::gateway::yjs::connect(state, req, path).await
 }

@@ -48,6 +48,69 @@ async fn upgrades_need_a_valid_user_token() {
     }
 }
 
+/// Writes `request` on a new connection and reads until the server closes it, or `until` shows
+/// up in what was read; fails after 5 s.
+async fn raw_exchange(app: &TestApp, request: &[u8], until: Option<&str>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(app.address.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("no end within 5 s; read so far: {}", String::from_utf8_lossy(&seen)))
+            .unwrap();
+        seen.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&seen).to_string();
+        if n == 0 || until.is_some_and(|u| text.contains(u)) {
+            return text;
+        }
+    }
+}
+
+fn upgrade_head(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: confab\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    )
+}
+
+/// A client's text frame (masked, as clients must).
+fn masked_text(text: &str) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    assert!(text.len() < 126);
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Upgrades leave HTTP for the socket's own codec: a refused upgrade is answered like any request
+/// and closed, an upgrade request to a plain route gets that route's answer, and a frame the
+/// client sent right behind the handshake (before it saw the 101) is not lost.
+#[tokio::test]
+async fn upgrades_switch_protocols_cleanly() {
+    let app = spawn_app().await;
+    let refused = raw_exchange(&app, upgrade_head("/v1/ws", "Authorization: Bearer nope\r\n").as_bytes(), None).await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert!(refused.contains("\"code\":\"unauthorized\""), "{refused}");
+
+    let plain = raw_exchange(&app, upgrade_head("/health/live", "").as_bytes(), None).await;
+    assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
+
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    let mut request = upgrade_head("/v1/ws", &format!("Authorization: Bearer {alice}\r\n")).into_bytes();
+    request.extend(masked_text(r#"{"type":"ping","ref":"early"}"#));
+    let answered = raw_exchange(&app, &request, Some(r#""ref":"early""#)).await;
+    assert!(answered.starts_with("HTTP/1.1 101"), "{answered}");
+    assert!(answered.to_lowercase().contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{answered}");
+    let ready = answered.find(r#""type":"ready""#).expect("the ready frame");
+    let pong = answered.find(r#""type":"pong""#).expect("the pong");
+    assert!(ready < pong, "{answered}");
+}
+
 #[tokio::test]
 async fn a_message_sent_on_one_node_reaches_a_socket_on_another() {
     let first = spawn_app().await;

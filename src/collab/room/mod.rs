@@ -52,11 +52,26 @@ pub struct ClientLink {
 }
 
 pub enum Command {
-    Join { client: ClientLink, reply: oneshot::Sender<Result<(), ApiError>> },
-    Message { client: u64, bytes: Vec<u8> },
-    Leave { client: u64 },
-    Replace { text: String, by: UserId, reply: oneshot::Sender<Result<(), ApiError>> },
-    Read { reply: oneshot::Sender<String> },
+    Join {
+        client: ClientLink,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    /// Binary messages from one client, in the order received.
+    Messages {
+        client: u64,
+        messages: Vec<Vec<u8>>,
+    },
+    Leave {
+        client: u64,
+    },
+    Replace {
+        text: String,
+        by: UserId,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Read {
+        reply: oneshot::Sender<String>,
+    },
     Remote(DocEvent),
 }
 
@@ -73,8 +88,14 @@ pub(super) struct Room {
     pub(super) loaded: LoadedDoc,
     awareness: Awareness,
     clients: HashMap<u64, Client>,
+    /// Edits received and checked, to be applied together (`settle`): the client, the update as
+    /// it came (relayed once applied) and decoded.
+    staged: Vec<(u64, Vec<u8>, documents::Decoded)>,
+    /// The staged updates' total size.
+    staged_bytes: usize,
     /// Applied locally, not yet stored.
     pending: Vec<Vec<u8>>,
+    /// Bytes received since the last flush (staged or pending).
     pending_bytes: usize,
     pending_by: Option<UserId>,
     /// The highest seq heard of from other nodes.
@@ -100,6 +121,8 @@ impl Room {
             loaded,
             awareness: Awareness::new(yrs::Doc::new()),
             clients: HashMap::new(),
+            staged: Vec::new(),
+            staged_bytes: 0,
             pending: Vec::new(),
             pending_bytes: 0,
             pending_by: None,
@@ -158,11 +181,18 @@ impl Room {
     }
 
     async fn handle(&mut self, command: Command) {
+        if !matches!(command, Command::Messages { .. }) {
+            self.settle();
+        }
         match command {
             Command::Join { client, reply } => {
                 let _ = reply.send(self.join(client));
             }
-            Command::Message { client, bytes } => self.receive(client, &bytes).await,
+            Command::Messages { client, messages } => {
+                for bytes in messages {
+                    self.receive(client, &bytes).await;
+                }
+            }
             Command::Leave { client } => self.leave(client).await,
             Command::Replace { text, by, reply } => {
                 let replaced = self.replace(&text, by).await;
@@ -237,6 +267,7 @@ impl Room {
         for message in messages {
             match message {
                 Ok(Message::Sync(SyncMessage::SyncStep1(sv))) => {
+                    self.settle();
                     let diff = documents::diff(&self.loaded.doc, &sv);
                     self.send_to(client, encode(&Message::Sync(SyncMessage::SyncStep2(diff))));
                 }
@@ -257,25 +288,45 @@ impl Room {
         }
     }
 
+    /// Checks an edit and stages it; `settle` applies, relays and keeps it for storing.
     fn edit(&mut self, client: u64, update: Vec<u8>) {
         let max = self.state.settings.collab.max_file_bytes;
-        if !documents::fits(&self.loaded.doc, &update, max) {
-            return self.close(client, 4413, "file_too_large");
+        // An update cannot add more text than its own size, so most edits need no exact check.
+        if documents::text_len(&self.loaded.doc) + self.staged_bytes + update.len() > max {
+            self.settle();
+            if !documents::fits(&self.loaded.doc, &update, max) {
+                return self.close(client, 4413, "file_too_large");
+            }
         }
-        if !documents::apply(&self.loaded.doc, &update) {
+        let Some(decoded) = documents::decode(&update) else {
             return self.close(client, 4400, "invalid_update");
-        }
-        if self.has_audience(Some(client)) {
-            self.broadcast(&encode(&Message::Sync(SyncMessage::Update(update.clone()))), Some(client));
-        }
+        };
+        self.staged_bytes += update.len();
+        self.pending_bytes += update.len();
         self.pending_by = self.clients.get(&client).map(|c| c.link.user.clone());
-        self.hold(update);
+        self.staged.push((client, update, decoded));
     }
 
-    /// Keeps an applied edit until the next flush stores it.
-    fn hold(&mut self, update: Vec<u8>) {
-        self.pending_bytes += update.len();
-        self.pending.push(update);
+    /// Applies the staged edits in one transaction, relays each to the other local clients and
+    /// keeps what they changed, as one update, for the next flush.
+    pub(super) fn settle(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let (sources, decoded): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.staged).into_iter().map(|(client, raw, decoded)| ((client, raw), decoded)).unzip();
+        self.staged_bytes = 0;
+        let (changes, failed) = documents::apply_all(&self.loaded.doc, decoded);
+        for (i, (client, raw)) in sources.into_iter().enumerate() {
+            if failed.contains(&i) {
+                self.close(client, 4400, "invalid_update");
+            } else if self.has_audience(Some(client)) {
+                self.broadcast(&encode(&Message::Sync(SyncMessage::Update(raw))), Some(client));
+            }
+        }
+        if let Some(changes) = changes {
+            self.pending.push(changes);
+        }
     }
 
     async fn awareness_from(&mut self, client: u64, update: AwarenessUpdate) {
@@ -318,7 +369,8 @@ impl Room {
         }
         if let Some(update) = documents::replace_text(&self.loaded.doc, text) {
             self.broadcast(&encode(&Message::Sync(SyncMessage::Update(update.clone()))), None);
-            self.hold(update);
+            self.pending_bytes += update.len();
+            self.pending.push(update);
             self.pending_by = Some(by);
         }
         self.flush().await;
@@ -350,6 +402,8 @@ impl Room {
                     self.close(id, 4409, "document_reset");
                 }
                 self.clients.clear();
+                self.staged.clear();
+                self.staged_bytes = 0;
                 self.pending.clear();
                 self.pending_bytes = 0;
                 self.dropped = true;

@@ -15,6 +15,7 @@ impl Room {
     /// Stores what was applied locally since the last flush as one update, then tells the
     /// other nodes. On failure the edits stay pending and are retried on the next tick.
     pub(super) async fn flush(&mut self) {
+        self.settle();
         if self.pending.is_empty() || self.dropped {
             return;
         }
