@@ -238,6 +238,36 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_applies_in_one_transaction_and_yields_exactly_what_it_changed() {
+        let author = yrs::Doc::new();
+        let content = author.get_or_insert_text(TEXT_NAME);
+        let edits: Vec<Vec<u8>> = (0..50u32)
+            .map(|i| {
+                let mut txn = author.transact_mut();
+                content.insert(&mut txn, i / 2, &char::from(b'a' + (i % 26) as u8).to_string());
+                if i % 9 == 0 {
+                    content.remove_range(&mut txn, 0, 1);
+                }
+                txn.encode_update_v1()
+            })
+            .collect();
+        let server = yrs::Doc::new();
+        let (first, second) = edits.split_at(20);
+        let (head, failed) = apply_all(&server, first.iter().map(|u| decode(u).unwrap()).collect());
+        assert!(failed.is_empty());
+        let (tail, _) = apply_all(&server, second.iter().map(|u| decode(u).unwrap()).collect());
+        assert_eq!(text(&server), text(&author));
+        // What a batch returns is what it added: both rebuild the document elsewhere.
+        let rebuilt = yrs::Doc::new();
+        assert!(apply(&rebuilt, &head.unwrap()) && apply(&rebuilt, &tail.unwrap()));
+        assert_eq!(text(&rebuilt), text(&author));
+        // A batch of nothing new changes nothing and yields nothing to store.
+        let (again, failed) = apply_all(&server, edits.iter().map(|u| decode(u).unwrap()).collect());
+        assert!(again.is_none() && failed.is_empty());
+        assert!(decode(&[0xff, 0xff, 0xff]).is_none());
+    }
+
+    #[test]
     fn merging_in_rounds_gives_the_same_document() {
         let author = yrs::Doc::new();
         let content = author.get_or_insert_text(TEXT_NAME);

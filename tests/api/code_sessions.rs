@@ -1287,6 +1287,80 @@ async fn the_yjs_upgrade_checks_the_token_the_item_and_the_epoch() {
     assert_eq!(refused_with(open_yjs(app, alice, s, id, "").await), 404);
 }
 
+/// A y-websocket update message carrying `update`.
+fn sync_update(update: Vec<u8>) -> Frame {
+    use yrs::updates::encoder::Encode;
+    Frame::binary(yrs::sync::Message::Sync(yrs::sync::SyncMessage::Update(update)).encode_v1())
+}
+
+/// Applies the updates `socket` is relayed to `doc` until its text is `expected`.
+async fn follow_until(socket: &mut Socket, doc: &yrs::Doc, expected: &str) {
+    use yrs::updates::decoder::Decode;
+    use yrs::{GetString, Transact};
+    let text = doc.get_or_insert_text("content");
+    while text.get_string(&doc.transact()) != expected {
+        let frame = tokio::time::timeout(WAIT, socket.next()).await.expect("a frame in time").expect("open").unwrap();
+        let Frame::Binary(bytes) = frame else { continue };
+        if let Ok(yrs::sync::Message::Sync(yrs::sync::SyncMessage::Update(update))) =
+            yrs::sync::Message::decode_v1(&bytes)
+        {
+            doc.transact_mut().apply_update(yrs::Update::decode_v1(&update).unwrap()).unwrap();
+        }
+    }
+}
+
+/// Edits written in one burst reach the room together and are applied as one batch: every one
+/// lands, in order, for REST readers, for another editor (relayed one by one) and in MongoDB (a
+/// node that never held the document loads them). An update that does not decode closes its
+/// socket with 4400; the edits before it stay.
+#[tokio::test]
+async fn a_burst_of_edits_is_applied_relayed_and_stored_and_a_bad_update_closes_only_its_socket() {
+    use futures_util::SinkExt;
+    use yrs::{Text, Transact};
+    let f = Fixture::new().await;
+    let (app, alice, s) = (&f.app, &f.alice, f.id());
+    let item = file(app, alice, s, None, "burst.txt", "").await;
+    let id = id_of(&item);
+    let mut watcher = open_yjs(app, alice, s, id, "").await.expect("the watcher connects");
+    let mut writer = open_yjs(app, alice, s, id, "").await.expect("the writer connects");
+
+    let author = yrs::Doc::new();
+    let text = author.get_or_insert_text("content");
+    let mut expected = String::new();
+    for n in 0..300u32 {
+        let ch = char::from(b'a' + (n % 26) as u8).to_string();
+        let mut txn = author.transact_mut();
+        text.insert(&mut txn, n, &ch);
+        writer.feed(sync_update(txn.encode_update_v1())).await.unwrap();
+        expected.push_str(&ch);
+    }
+    writer.flush().await.unwrap();
+    assert_eq!(text_of(app, alice, s, id).await, expected, "a REST read sees every edit of the burst");
+    follow_until(&mut watcher, &yrs::Doc::new(), &expected).await;
+    let fresh = app.second_node().await;
+    let mut stored = String::new();
+    for _ in 0..100 {
+        stored = text_of(&fresh, alice, s, id).await;
+        if stored == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored, expected, "the burst is stored");
+
+    let before_bad = {
+        let mut txn = author.transact_mut();
+        text.push(&mut txn, "!");
+        txn.encode_update_v1()
+    };
+    writer.feed(sync_update(before_bad)).await.unwrap();
+    writer.feed(sync_update(vec![0xff, 0xff, 0xff])).await.unwrap();
+    writer.flush().await.unwrap();
+    assert_eq!(close_of(&mut writer).await, (4400, "invalid_update".to_string()));
+    expected.push('!');
+    assert_eq!(text_of(app, alice, s, id).await, expected, "the edit before the bad one stays");
+}
+
 #[tokio::test]
 async fn the_yjs_upgrade_checks_the_tenants_origin_allow_list_like_the_gateway() {
     let f = Fixture::new().await;
