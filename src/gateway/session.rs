@@ -22,7 +22,7 @@ use super::frames::{answer, send_error};
 use super::hub::{Outbox, SharedEvent};
 use super::protocol::{ConversationHead, ServerFrame};
 use super::relay::{relay, sweep};
-use super::socket::{self, CloseReason, Frames, GOING_AWAY, Incoming, POLICY, Sender, close_reason};
+use super::socket::{self, CloseReason, Frames, GOING_AWAY, Incoming, POLICY, Sender, TOO_BIG, close_reason};
 use super::tracking;
 
 /// How long a client shows someone as typing without hearing again.
@@ -31,6 +31,8 @@ pub(super) const TYPING_EXPIRY: Duration = Duration::from_secs(5);
 pub(super) const TYPING_THROTTLE: Duration = Duration::from_secs(2);
 /// How long a closing socket waits to send its close frame (a client not reading never takes it).
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Live events relayed before their frames are written out together.
+const OUTBOX_BURST: usize = 64;
 
 pub(super) struct Connection {
     pub(super) state: Arc<AppState>,
@@ -98,7 +100,7 @@ async fn run(
     slow: &Notify,
     ready: String,
 ) -> Option<CloseReason> {
-    if session.text(ready).await.is_err() {
+    if session.text(ready).await.is_err() || session.flush().await.is_err() {
         return None;
     }
     let limits = connection.state.settings.gateway.clone();
@@ -123,14 +125,13 @@ async fn run(
                             if let Err(reason) = bounded(stall, Box::pin(refused), |_| None).await {
                                 return reason;
                             }
-                            continue;
-                        }
-                        if let Err(reason) = bounded(stall, Box::pin(answer(connection, session, &text)), |reason| reason).await {
+                        } else if let Err(reason) = bounded(stall, Box::pin(answer(connection, session, &text)), |reason| reason).await {
                             return reason;
                         }
                     }
                     Incoming::Close(reason) => return reason,
                     Incoming::Heard => {}
+                    Incoming::TooBig => return Some(close_reason(TOO_BIG, "frame_too_large")),
                     Incoming::Binary(_) => {
                         let refused = send_error(session, None, ErrorCode::InvalidRequest, "frames are JSON text");
                         if let Err(reason) = bounded(stall, Box::pin(refused), |_| None).await {
@@ -139,9 +140,19 @@ async fn run(
                     }
                 }
             }
-            Some(live) = outbox.recv() => {
-                if let Err(reason) = bounded(stall, Box::pin(relay(connection, session, &live)), |_| None).await {
-                    return reason;
+            Some(mut live) = outbox.recv() => {
+                // Events already waiting go out in the same write.
+                for relayed in 1.. {
+                    if let Err(reason) = bounded(stall, Box::pin(relay(connection, session, &live)), |_| None).await {
+                        return reason;
+                    }
+                    if relayed == OUTBOX_BURST {
+                        break;
+                    }
+                    match outbox.try_recv() {
+                        Ok(next) => live = next,
+                        Err(_) => break,
+                    }
                 }
             }
             _ = slow.notified() => return Some(slow_consumer()),
@@ -165,6 +176,9 @@ async fn run(
                     return reason;
                 }
             }
+        }
+        if let Err(reason) = bounded(stall, session.flush(), |_| None).await {
+            return reason;
         }
     }
 }

@@ -101,23 +101,43 @@ pub async fn connect(
                     if ended {
                         break None;
                     }
-                    if let Some(Incoming::Close(reason)) = other {
-                        break reason;
+                    match other {
+                        Some(Incoming::Close(reason)) => break reason,
+                        // 44xx: the stock provider would otherwise resend it forever.
+                        Some(Incoming::TooBig) => break Some(close_reason(4413, "message_too_large")),
+                        _ => {}
                     }
                 }
-                frame = outgoing.recv() => match frame {
-                    Some(Outgoing::Binary(bytes)) => {
-                        if sender.binary(bytes).await.is_err() { break None; }
-                    }
-                    Some(Outgoing::Close(code, reason)) => break Some(close_reason(code, reason)),
-                    // The room dropped this client (too far behind, or the room closed).
-                    None => break Some(close_reason(TRY_AGAIN, "resync")),
-                },
+                frame = outgoing.recv() => {
+                    // Frames already waiting go out in the same write.
+                    let (mut next, mut sent) = (frame, 0);
+                    let closing = loop {
+                        sent += 1;
+                        match next {
+                            Some(Outgoing::Binary(bytes)) => {
+                                if sender.binary(bytes).await.is_err() { break Some(None); }
+                            }
+                            Some(Outgoing::Close(code, reason)) => break Some(Some(close_reason(code, reason))),
+                            // The room dropped this client (too far behind, or the room closed).
+                            None => break Some(Some(close_reason(TRY_AGAIN, "resync"))),
+                        }
+                        if sent == OUTBOX {
+                            break None;
+                        }
+                        match outgoing.try_recv() {
+                            Ok(frame) => next = Some(frame),
+                            Err(mpsc::error::TryRecvError::Empty) => break None,
+                            Err(mpsc::error::TryRecvError::Disconnected) => next = None,
+                        }
+                    };
+                    if sender.flush().await.is_err() { break None; }
+                    if let Some(reason) = closing { break reason; }
+                }
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > idle_timeout {
                         break Some(close_reason(GOING_AWAY, "idle_timeout"));
                     }
-                    if sender.ping().await.is_err() { break None; }
+                    if sender.ping().await.is_err() || sender.flush().await.is_err() { break None; }
                 }
             }
         };

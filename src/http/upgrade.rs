@@ -35,6 +35,8 @@ pub type Upgraded = Option<WebSocketStream<TcpStream>>;
 /// Bytes a socket reads at once. Frames larger than this still arrive (the buffer grows for
 /// them); an idle socket keeps only this much.
 const READ_BUFFER_BYTES: usize = 4096;
+/// Queued outgoing bytes that are written without waiting for a flush.
+const WRITE_BUFFER_BYTES: usize = 8192;
 
 type Work = Box<dyn FnOnce(Upgraded) -> LocalBoxFuture<'static, ()>>;
 
@@ -160,7 +162,7 @@ async fn upgrade(mut response: HttpResponse, mut framed: Framed<TcpStream, Codec
     let _ = io.set_nodelay(true);
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes));
     let socket = WebSocketStream::from_partially_read(io, early, Role::Server, Some(config)).await;

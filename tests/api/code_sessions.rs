@@ -1362,6 +1362,17 @@ async fn a_burst_of_edits_is_applied_relayed_and_stored_and_a_bad_update_closes_
 }
 
 #[tokio::test]
+async fn a_yjs_message_over_the_size_limit_closes_with_4413() {
+    use futures_util::SinkExt;
+    let f = Fixture::on(spawn_app_with(&[("collab.max_message_bytes", "1024".into())]).await).await;
+    let (app, alice, s) = (&f.app, &f.alice, f.id());
+    let item = file(app, alice, s, None, "big.txt", "").await;
+    let mut socket = open_yjs(app, alice, s, id_of(&item), "").await.expect("the upgrade succeeds");
+    socket.send(Frame::binary(vec![0u8; 2000])).await.unwrap();
+    assert_eq!(close_of(&mut socket).await, (4413, "message_too_large".to_string()));
+}
+
+#[tokio::test]
 async fn the_yjs_upgrade_checks_the_tenants_origin_allow_list_like_the_gateway() {
     let f = Fixture::new().await;
     let (app, alice, s) = (&f.app, &f.alice, f.id());

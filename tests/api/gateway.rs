@@ -378,6 +378,30 @@ async fn a_deactivated_users_socket_is_closed_within_a_heartbeat() {
 }
 
 #[tokio::test]
+async fn a_frame_over_the_size_limit_closes_the_socket_with_1009() {
+    let app = spawn_app_with(&[("gateway.max_frame_bytes", "1024".into())]).await;
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    let mut socket = open_socket(&app, &alice).await.unwrap();
+    next_frame(&mut socket).await;
+    send(&mut socket, json!({"type": "ping", "ref": "x".repeat(900)})).await;
+    assert_eq!(next_frame(&mut socket).await["type"], "pong", "a frame under the limit is answered");
+    send(&mut socket, json!({"type": "ping", "ref": "x".repeat(2000)})).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(frame) = socket.next().await {
+            if let Ok(Frame::Close(reason)) = frame {
+                return reason;
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed within 5 s")
+    .expect("a close frame");
+    assert_eq!((u16::from(closed.code), closed.reason.as_str()), (1009, "frame_too_large"));
+}
+
+#[tokio::test]
 async fn frames_beyond_the_per_second_budget_are_refused() {
     let app = spawn_app_with(&[("gateway.max_frames_per_sec", "3".into())]).await;
     let tenant = app.chat_tenant().await;
