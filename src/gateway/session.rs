@@ -15,7 +15,7 @@ use crate::auth::ActingUser;
 use crate::auth::socket::{SUBPROTOCOL, answer_subprotocol, check_origin, socket_user};
 use crate::domain::{ConversationId, Scope};
 use crate::error::{ApiError, ErrorCode};
-use crate::http::upgrade::Handshake;
+use crate::http::upgrade::{Handshake, SocketSizes};
 use crate::tenancy::TenantDb;
 
 use super::frames::{answer, send_error};
@@ -31,6 +31,8 @@ pub(super) const TYPING_EXPIRY: Duration = Duration::from_secs(5);
 pub(super) const TYPING_THROTTLE: Duration = Duration::from_secs(2);
 /// How long a closing socket waits to send its close frame (a client not reading never takes it).
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Bytes a chat socket reads at once: client frames are small and few, and most sockets idle.
+const READ_BUFFER: usize = 4096;
 /// Live events relayed before their frames are written out together.
 const OUTBOX_BURST: usize = 64;
 
@@ -77,8 +79,9 @@ pub async fn connect(state: web::Data<AppState>, req: HttpRequest) -> Result<Htt
             .collect(),
     };
     let state = state.into_inner();
-    let max_frame = state.settings.gateway.max_frame_bytes;
-    Ok(handshake.accept(max_frame, move |upgraded| async move {
+    let sizes =
+        SocketSizes { max_message_bytes: state.settings.gateway.max_frame_bytes, read_buffer_bytes: READ_BUFFER };
+    Ok(handshake.accept(sizes, move |upgraded| async move {
         let mut connection = Connection { state: state.clone(), caller, db, delivered, typing_sent: HashMap::new() };
         if let Some(upgraded) = upgraded {
             let (mut sender, frames) = socket::split(upgraded);

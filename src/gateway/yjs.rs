@@ -17,7 +17,7 @@ use crate::auth::socket::{SUBPROTOCOL, answer_subprotocol, check_origin, socket_
 use crate::collab::{ClientLink, Command, Outgoing, rooms, tree};
 use crate::domain::{ItemId, SessionId};
 use crate::error::{ApiError, ErrorCode};
-use crate::http::upgrade::Handshake;
+use crate::http::upgrade::{Handshake, SocketSizes};
 
 use super::socket::{self, GOING_AWAY, Incoming, RESTART, TRY_AGAIN, close_reason};
 
@@ -25,6 +25,8 @@ use super::socket::{self, GOING_AWAY, Incoming, RESTART, TRY_AGAIN, close_reason
 const OUTBOX: usize = 512;
 /// Messages already received that one room command carries at most.
 const MESSAGES_PER_COMMAND: usize = 256;
+/// Bytes an editor's socket reads at once.
+const READ_BUFFER: usize = 4096;
 
 static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
 
@@ -59,7 +61,8 @@ pub async fn connect(
     let room = if stale { None } else { Some(rooms::join(&state, &db, &file, link).await?) };
     drop(tx);
     let limits = (state.settings.collab.max_message_bytes, state.settings.gateway.clone());
-    Ok(handshake.accept(limits.0, move |upgraded| async move {
+    let sizes = SocketSizes { max_message_bytes: limits.0, read_buffer_bytes: READ_BUFFER };
+    Ok(handshake.accept(sizes, move |upgraded| async move {
         let Some(upgraded) = upgraded else {
             if let Some(room) = room {
                 let _ = room.send(Command::Leave { client: id }).await;

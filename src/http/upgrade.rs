@@ -32,18 +32,25 @@ use crate::error::{ApiError, ErrorCode};
 /// client left), so the route's work still runs its clean-up.
 pub type Upgraded = Option<WebSocketStream<TcpStream>>;
 
-/// Bytes a socket reads at once. Frames larger than this still arrive (the buffer grows for
-/// them); an idle socket keeps only this much.
-const READ_BUFFER_BYTES: usize = 4096;
 /// Queued outgoing bytes that are written without waiting for a flush.
 const WRITE_BUFFER_BYTES: usize = 8192;
 
 type Work = Box<dyn FnOnce(Upgraded) -> LocalBoxFuture<'static, ()>>;
 
-/// What the 101 response carries to `Upgrades`: the socket's work and its frame limit.
+/// What the 101 response carries to `Upgrades`: the socket's work and sizes.
 struct SocketWork {
     work: Work,
-    max_message_bytes: usize,
+    sizes: SocketSizes,
+}
+
+/// A socket's byte sizes.
+#[derive(Clone, Copy)]
+pub struct SocketSizes {
+    /// Largest message (and frame) a client may send; a larger one ends the socket.
+    pub max_message_bytes: usize,
+    /// Bytes read from the stream at once. Larger messages still arrive (the buffer grows for
+    /// them); an idle socket keeps this much, and a busy one hands over what one read brought.
+    pub read_buffer_bytes: usize,
 }
 
 /// A request checked to be a WebSocket handshake that this server upgrades.
@@ -77,15 +84,14 @@ impl Handshake {
         self
     }
 
-    /// The 101 answer; `work` runs on the socket once the answer is written, with messages of at
-    /// most `max_message_bytes`.
-    pub fn accept<F, Fut>(mut self, max_message_bytes: usize, work: F) -> HttpResponse
+    /// The 101 answer; `work` runs on the socket once the answer is written.
+    pub fn accept<F, Fut>(mut self, sizes: SocketSizes, work: F) -> HttpResponse
     where
         F: FnOnce(Upgraded) -> Fut + 'static,
         Fut: Future<Output = ()> + 'static,
     {
         let work: Work = Box::new(move |socket| Box::pin(work(socket)));
-        self.response.extensions_mut().insert(SocketWork { work, max_message_bytes });
+        self.response.extensions_mut().insert(SocketWork { work, sizes });
         self.response
     }
 }
@@ -137,7 +143,7 @@ where
 async fn upgrade(mut response: HttpResponse, mut framed: Framed<TcpStream, Codec>) -> std::io::Result<()> {
     let socket = response.extensions_mut().remove::<SocketWork>();
     let (mut head, body) = actix_http::Response::from(response).into_parts();
-    let Some(SocketWork { work, max_message_bytes }) = socket else {
+    let Some(SocketWork { work, sizes }) = socket else {
         head.head_mut().set_connection_type(ConnectionType::Close);
         let size = body.size();
         let bytes = actix_web::body::to_bytes(body).await.unwrap_or_default();
@@ -161,10 +167,10 @@ async fn upgrade(mut response: HttpResponse, mut framed: Framed<TcpStream, Codec
     };
     let _ = io.set_nodelay(true);
     let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
+        .read_buffer_size(sizes.read_buffer_bytes)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_message_size(Some(max_message_bytes))
-        .max_frame_size(Some(max_message_bytes));
+        .max_message_size(Some(sizes.max_message_bytes))
+        .max_frame_size(Some(sizes.max_message_bytes));
     let socket = WebSocketStream::from_partially_read(io, early, Role::Server, Some(config)).await;
     work(Some(socket)).await;
     Ok(())
