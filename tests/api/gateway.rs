@@ -35,6 +35,21 @@ async fn next_frame(socket: &mut Socket) -> Value {
     }
 }
 
+/// The close frame the server sends next (other frames are skipped); fails after 5 s.
+async fn close_frame(socket: &mut Socket) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(frame) = socket.next().await {
+            if let Ok(Frame::Close(reason)) = frame {
+                return reason;
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed within 5 s")
+    .expect("a close frame")
+}
+
 async fn send(socket: &mut Socket, frame: Value) {
     socket.send(Frame::text(frame.to_string())).await.unwrap();
 }
@@ -361,17 +376,7 @@ async fn a_deactivated_users_socket_is_closed_within_a_heartbeat() {
     next_frame(&mut socket).await;
     let deactivated = app.call(Method::DELETE, "/v1/users/bob", &tenant.key, None).await;
     assert_eq!(deactivated.status, StatusCode::OK);
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(frame) = socket.next().await {
-            if let Ok(Frame::Close(reason)) = frame {
-                return reason;
-            }
-        }
-        None
-    })
-    .await
-    .expect("closed within 5 s")
-    .expect("a close frame");
+    let closed = close_frame(&mut socket).await;
     assert_eq!(u16::from(closed.code), 1008);
     assert_eq!(closed.reason.as_str(), "user_deactivated");
     assert!(open_socket(&app, &bob).await.is_err(), "and cannot reconnect");
@@ -387,17 +392,7 @@ async fn a_frame_over_the_size_limit_closes_the_socket_with_1009() {
     send(&mut socket, json!({"type": "ping", "ref": "x".repeat(900)})).await;
     assert_eq!(next_frame(&mut socket).await["type"], "pong", "a frame under the limit is answered");
     send(&mut socket, json!({"type": "ping", "ref": "x".repeat(2000)})).await;
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(frame) = socket.next().await {
-            if let Ok(Frame::Close(reason)) = frame {
-                return reason;
-            }
-        }
-        None
-    })
-    .await
-    .expect("closed within 5 s")
-    .expect("a close frame");
+    let closed = close_frame(&mut socket).await;
     assert_eq!((u16::from(closed.code), closed.reason.as_str()), (1009, "frame_too_large"));
 }
 
