@@ -119,6 +119,10 @@ async fn upgrades_switch_protocols_cleanly() {
     let mut request = upgrade_head("/v1/ws", &format!("Authorization: Bearer {alice}\r\n")).into_bytes();
     request.extend(masked_text(r#"{"type":"ping","ref":"early"}"#));
     let answered = raw_exchange(&app, &request, Some(r#""ref":"early""#)).await;
+    let other_protocol =
+        upgrade_head("/v1/ws", &format!("Authorization: Bearer {alice}\r\n")).replace("websocket", "h2c");
+    let refused = raw_exchange(&app, other_protocol.as_bytes(), Some("not a WebSocket upgrade")).await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "only a WebSocket upgrade is accepted: {refused}");
     assert!(answered.starts_with("HTTP/1.1 101"), "{answered}");
     assert!(answered.to_lowercase().contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{answered}");
     let ready = answered.find(r#""type":"ready""#).expect("the ready frame");
