@@ -86,7 +86,7 @@ pub async fn connect(
                     while let Some(frame) = next.take() {
                         match frame {
                             Incoming::Binary(bytes) => {
-                                messages.push(bytes.to_vec());
+                                messages.push(bytes);
                                 if messages.len() < MESSAGES_PER_COMMAND {
                                     match frames.ready() {
                                         Some(Some(frame)) => next = Some(frame),

@@ -59,7 +59,7 @@ pub enum Command {
     /// Binary messages from one client, in the order received.
     Messages {
         client: u64,
-        messages: Vec<Vec<u8>>,
+        messages: Vec<bytes::Bytes>,
     },
     Leave {
         client: u64,
@@ -303,7 +303,6 @@ impl Room {
         };
         self.staged_bytes += update.len();
         self.pending_bytes += update.len();
-        self.pending_by = self.clients.get(&client).map(|c| c.link.user.clone());
         self.staged.push((client, update, decoded));
     }
 
@@ -316,6 +315,9 @@ impl Room {
         let (sources, decoded): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.staged).into_iter().map(|(client, raw, decoded)| ((client, raw), decoded)).unzip();
         self.staged_bytes = 0;
+        if let Some((last, _)) = sources.last() {
+            self.pending_by = self.clients.get(last).map(|c| c.link.user.clone());
+        }
         let (changes, failed) = documents::apply_all(&self.loaded.doc, decoded);
         for (i, (client, raw)) in sources.into_iter().enumerate() {
             if failed.contains(&i) {
