@@ -50,9 +50,9 @@ pub async fn visible(
     caller: &ActingUser,
     id: &ConversationId,
 ) -> Result<(Conversation, Option<Member>), ApiError> {
-    let conversation = db.conversations().get(id).await?;
-    let member = db.members().get(id, caller.user_id()).await?.filter(Member::is_active);
-    seen_by(conversation, member)
+    let (conversations, members) = (db.conversations(), db.members());
+    let (conversation, member) = futures_util::try_join!(conversations.get(id), members.get(id, caller.user_id()))?;
+    seen_by(conversation, member.filter(Member::is_active))
 }
 
 /// The visibility rule of `visible`, on a conversation and membership already read.

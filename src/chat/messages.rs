@@ -287,7 +287,7 @@ pub async fn history(
     // it); the latest window needs `last_seq` first.
     let (conversation, from, to, mut messages) = match anchored {
         Some((_, from, to)) => {
-            let (from, to) = (from.max(1), to);
+            let from = from.max(1);
             let ((conversation, _), messages) = futures_util::try_join!(readable(state, &db, caller, id), async {
                 db.messages().range(id, from, to).await.map_err(ApiError::from)
             })?;

@@ -94,6 +94,8 @@ pub async fn connect(state: web::Data<AppState>, req: HttpRequest) -> Result<Htt
     }))
 }
 
+/// The socket's life. Steps that do I/O are boxed: an idle socket then keeps only this loop's
+/// small state, not room for the largest step (sending a message, a catch-up) all the time.
 async fn run(
     connection: &mut Connection,
     tracked: &tracking::Tracked,

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -19,7 +20,7 @@ use crate::domain::{ItemId, SessionId};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::upgrade::{Handshake, SocketSizes};
 
-use super::socket::{self, GOING_AWAY, Incoming, RESTART, TRY_AGAIN, close_reason};
+use super::socket::{self, CloseReason, Frames, GOING_AWAY, Incoming, RESTART, Sender, TRY_AGAIN, close_reason};
 
 /// Frames queued for one editor before it counts as too slow (it is dropped and resyncs).
 const OUTBOX: usize = 512;
@@ -79,62 +80,28 @@ pub async fn connect(
         let reason = loop {
             tokio::select! {
                 incoming = frames.next() => {
-                    let Some(incoming) = incoming else { break None };
                     last_heard = Instant::now();
-                    // Messages already received go to the room together, in order.
-                    let (mut messages, mut next, mut other, mut ended) = (Vec::new(), Some(incoming), None, false);
-                    while let Some(frame) = next.take() {
-                        match frame {
-                            Incoming::Binary(bytes) => {
-                                messages.push(bytes);
-                                if messages.len() < MESSAGES_PER_COMMAND {
-                                    match frames.ready() {
-                                        Some(Some(frame)) => next = Some(frame),
-                                        Some(None) => ended = true,
-                                        None => {}
-                                    }
-                                }
-                            }
-                            frame => other = Some(frame),
+                    let mut incoming = incoming;
+                    if let Some(Incoming::Binary(first)) = incoming {
+                        let (messages, after) = gather(first, &mut frames);
+                        if room.send(Command::Messages { client: id, messages }).await.is_err() {
+                            break Some(close_reason(RESTART, "document_closed"));
                         }
+                        let Some(after) = after else { continue };
+                        incoming = after;
                     }
-                    if !messages.is_empty() && room.send(Command::Messages { client: id, messages }).await.is_err() {
-                        break Some(close_reason(RESTART, "document_closed"));
-                    }
-                    if ended {
-                        break None;
-                    }
-                    match other {
+                    match incoming {
+                        None => break None,
                         Some(Incoming::Close(reason)) => break reason,
                         // 44xx: the stock provider would otherwise resend it forever.
                         Some(Incoming::TooBig) => break Some(close_reason(4413, "message_too_large")),
-                        _ => {}
+                        Some(Incoming::Binary(_) | Incoming::Text(_) | Incoming::Heard) => {}
                     }
                 }
                 frame = outgoing.recv() => {
-                    // Frames already waiting go out in the same write.
-                    let (mut next, mut sent) = (frame, 0);
-                    let closing = loop {
-                        sent += 1;
-                        match next {
-                            Some(Outgoing::Binary(bytes)) => {
-                                if sender.binary(bytes).await.is_err() { break Some(None); }
-                            }
-                            Some(Outgoing::Close(code, reason)) => break Some(Some(close_reason(code, reason))),
-                            // The room dropped this client (too far behind, or the room closed).
-                            None => break Some(Some(close_reason(TRY_AGAIN, "resync"))),
-                        }
-                        if sent == OUTBOX {
-                            break None;
-                        }
-                        match outgoing.try_recv() {
-                            Ok(frame) => next = Some(frame),
-                            Err(mpsc::error::TryRecvError::Empty) => break None,
-                            Err(mpsc::error::TryRecvError::Disconnected) => next = None,
-                        }
-                    };
-                    if sender.flush().await.is_err() { break None; }
-                    if let Some(reason) = closing { break reason; }
+                    if let Err(reason) = write_waiting(&mut sender, frame, &mut outgoing).await {
+                        break reason;
+                    }
                 }
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > idle_timeout {
@@ -147,4 +114,54 @@ pub async fn connect(
         let _ = room.send(Command::Leave { client: id }).await;
         sender.close(reason).await;
     }))
+}
+
+/// `first` and the binary messages already received behind it (at most
+/// `MESSAGES_PER_COMMAND`), for one room command; and the frame that stopped the run, if one did:
+/// another kind of frame, or `None` for the socket's end.
+fn gather(first: Bytes, frames: &mut Frames) -> (Vec<Bytes>, Option<Option<Incoming>>) {
+    let mut messages = vec![first];
+    while messages.len() < MESSAGES_PER_COMMAND {
+        match frames.ready() {
+            Some(Some(Incoming::Binary(bytes))) => messages.push(bytes),
+            Some(other) => return (messages, Some(other)),
+            None => break,
+        }
+    }
+    (messages, None)
+}
+
+/// Writes `first` and the frames already waiting behind it (at most `OUTBOX`) in one write;
+/// `Err` with the close reason when one of them, or the room going away, ends the socket.
+async fn write_waiting(
+    sender: &mut Sender,
+    first: Option<Outgoing>,
+    outgoing: &mut mpsc::Receiver<Outgoing>,
+) -> Result<(), Option<CloseReason>> {
+    let mut next = first;
+    let mut closing = None;
+    for sent in 1..=OUTBOX {
+        match next {
+            Some(Outgoing::Binary(bytes)) => sender.binary(bytes).await.map_err(|_| None)?,
+            Some(Outgoing::Close(code, reason)) => {
+                closing = Some(close_reason(code, reason));
+                break;
+            }
+            // The room dropped this client (too far behind, or the room closed).
+            None => {
+                closing = Some(close_reason(TRY_AGAIN, "resync"));
+                break;
+            }
+        }
+        if sent == OUTBOX {
+            break;
+        }
+        next = match outgoing.try_recv() {
+            Ok(frame) => Some(frame),
+            Err(mpsc::error::TryRecvError::Empty) => break,
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+        };
+    }
+    sender.flush().await.map_err(|_| None)?;
+    closing.map_or(Ok(()), |reason| Err(Some(reason)))
 }
