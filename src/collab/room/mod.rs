@@ -33,7 +33,7 @@ const REPAIR_EVERY_TICKS: u32 = 6;
 const GAP_GIVE_UP: Duration = Duration::from_secs(10);
 /// Commands handled before pending edits are stored, and bytes of edits held unstored; whichever
 /// comes first bounds a batch. Storing costs a few round trips whatever its size, so a busy
-/// document stores rarely and big.
+/// document stores rarely and big, each batch gathering while the one before it is stored.
 const MAX_BATCH: usize = 4096;
 const MAX_PENDING_BYTES: usize = 1 << 20;
 
@@ -105,6 +105,8 @@ pub(super) struct Room {
     idle_since: Option<Instant>,
     /// The document was deleted or re-created: nothing more is stored for it.
     dropped: bool,
+    /// The batch being stored, if one is.
+    in_flight: Option<storage::InFlight>,
 }
 
 fn encode(message: &Message) -> Vec<u8> {
@@ -130,6 +132,7 @@ impl Room {
             gap_since: None,
             idle_since: Some(Instant::now()),
             dropped: false,
+            in_flight: None,
         }
     }
 
@@ -139,7 +142,16 @@ impl Room {
         let mut tick = tokio::time::interval(TICK);
         let mut ticks = 0u32;
         loop {
+            // A full batch waits for the one in flight before more edits are taken.
+            if self.pending_bytes >= MAX_PENDING_BYTES && self.in_flight.is_some() {
+                self.landed().await;
+                self.flush().await;
+            }
             tokio::select! {
+                stored = storage::in_flight_done(&mut self.in_flight), if self.in_flight.is_some() => {
+                    self.land(stored).await;
+                    self.flush().await;
+                }
                 command = commands.recv() => {
                     let Some(command) = command else { break };
                     self.handle(command).await;
@@ -174,7 +186,7 @@ impl Room {
         if self.dropped {
             return;
         }
-        self.flush().await;
+        self.flush_all().await;
         if let Err(e) = documents::snapshot(&self.db, &self.item.id, &mut self.loaded).await {
             tracing::warn!(error = %e, "could not snapshot a document on unload");
         }
@@ -375,7 +387,7 @@ impl Room {
             self.pending.push(update);
             self.pending_by = Some(by);
         }
-        self.flush().await;
+        self.flush_all().await;
         if self.pending.is_empty() { Ok(()) } else { Err(ApiError::unavailable("the edit could not be stored yet")) }
     }
 

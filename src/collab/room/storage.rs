@@ -1,49 +1,130 @@
 //! The room's side facing storage and the other nodes: storing batched edits, repairing from
 //! the stored log, publishing events.
+//!
+//! Storing runs beside the room: while one batch is on its way to MongoDB (claim a seq, insert,
+//! tell the other nodes, record the file's size), the room goes on applying and relaying edits,
+//! which make up the next batch. One batch is in flight at a time, so batches are stored in
+//! order, and a room holding a full batch waits for the one in flight before taking more.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::task::JoinHandle;
 use yrs::sync::{Message, SyncMessage};
 
+use crate::app::AppState;
+use crate::domain::{ItemId, TenantId, UserId};
 use crate::events::{DocEvent, DocEventKind};
-use crate::tenancy::binary;
+use crate::tenancy::{TenantDb, binary};
 
 use super::super::documents;
-use super::{GAP_GIVE_UP, Room, encode};
+use super::{GAP_GIVE_UP, Room, TICK, encode};
+
+/// A batch on its way to storage, and a copy of it to put back should storing fail.
+pub(super) struct InFlight {
+    task: JoinHandle<Option<i64>>,
+    update: Vec<u8>,
+}
+
+/// What storing a batch needs, taken from the room when the batch leaves.
+struct Batch {
+    state: Arc<AppState>,
+    db: TenantDb,
+    tenant: TenantId,
+    item: ItemId,
+    epoch: i64,
+    update: Vec<u8>,
+    size: u64,
+    by: UserId,
+}
+
+impl Batch {
+    /// Stores the batch and tells the other nodes; the seq it got, or `None` if it was not stored.
+    async fn store(self) -> Option<i64> {
+        let seq = match documents::append(&self.db, &self.item, self.epoch, self.update.clone()).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not store document updates; retrying");
+                // Reported late, so the room retries once a tick, not in a spin; meanwhile it
+                // holds no more than one batch besides this one.
+                tokio::time::sleep(TICK).await;
+                return None;
+            }
+        };
+        let event = doc_event(&self.state, DocEventKind::Update, self.epoch, seq, self.update);
+        self.state.redis.publish_doc_event(&self.tenant, &self.item, &event).await;
+        if let Err(e) = self.db.workspace().record_content(&self.item, self.size, &self.by, crate::domain::now()).await
+        {
+            tracing::warn!(error = %e, "could not record a file's size");
+        }
+        Some(seq)
+    }
+}
 
 impl Room {
-    /// Stores what was applied locally since the last flush as one update, then tells the
-    /// other nodes. On failure the edits stay pending and are retried on the next tick.
+    /// Sends what was applied locally since the last batch to storage, unless a batch is still
+    /// in flight (then it goes when that one is done). A batch that failed goes again, first.
     pub(super) async fn flush(&mut self) {
         self.settle();
-        if self.pending.is_empty() || self.dropped {
+        if self.in_flight.is_some() || self.pending.is_empty() || self.dropped {
             return;
         }
-        let merged = match documents::merge(&self.pending) {
+        let update = match documents::merge(&self.pending) {
             Ok(merged) => merged,
             Err(e) => return tracing::error!(error = %e, "could not merge document updates"),
         };
-        let seq = match documents::append(&self.db, &self.item.id, self.loaded.epoch, merged.clone()).await {
-            Ok(seq) => seq,
-            Err(e) => return tracing::warn!(error = %e, "could not store document updates; retrying"),
-        };
         self.pending.clear();
         self.pending_bytes = 0;
+        let batch = Batch {
+            state: self.state.clone(),
+            db: self.db.clone(),
+            tenant: self.item.tenant_id.clone(),
+            item: self.item.id.clone(),
+            epoch: self.loaded.epoch,
+            update: update.clone(),
+            size: documents::text_len(&self.loaded.doc) as u64,
+            by: self.pending_by.take().unwrap_or_else(|| self.item.last_modified_by.clone()),
+        };
+        self.in_flight = Some(InFlight { task: tokio::spawn(batch.store()), update });
+    }
+
+    /// Waits for the batch in flight, if any, and takes note of where it was stored.
+    pub(super) async fn landed(&mut self) {
+        if self.in_flight.is_some() {
+            let stored = in_flight_done(&mut self.in_flight).await;
+            self.land(stored).await;
+        }
+    }
+
+    /// Takes note of where the batch in flight was stored; puts it back in front of the pending
+    /// edits if it was not (it goes again, in order, on the next flush).
+    pub(super) async fn land(&mut self, stored: Option<i64>) {
+        let Some(InFlight { update, .. }) = self.in_flight.take() else { return };
+        if self.dropped {
+            return;
+        }
+        let Some(seq) = stored else {
+            self.pending_bytes += update.len();
+            self.pending.insert(0, update);
+            return;
+        };
         if seq == self.loaded.applied_seq + 1 {
             self.loaded.applied_seq = seq;
         }
         self.known_seq = self.known_seq.max(seq);
-        self.publish(DocEventKind::Update, seq, merged).await;
-        let by = self.pending_by.take().unwrap_or_else(|| self.item.last_modified_by.clone());
-        let size = documents::text_len(&self.loaded.doc) as u64;
-        if let Err(e) = self.db.workspace().record_content(&self.item.id, size, &by, crate::domain::now()).await {
-            tracing::warn!(error = %e, "could not record a file's size");
-        }
         if self.loaded.applied_seq - self.loaded.snapshot_seq >= self.state.settings.collab.snapshot_every
             && let Err(e) = documents::snapshot(&self.db, &self.item.id, &mut self.loaded).await
         {
             tracing::warn!(error = %e, "could not snapshot a document");
         }
+    }
+
+    /// Stores everything applied so far and waits until it is stored (or failed: then it stays
+    /// pending).
+    pub(super) async fn flush_all(&mut self) {
+        self.landed().await;
+        self.flush().await;
+        self.landed().await;
     }
 
     /// Applies stored updates this node never heard of (a lost pub/sub event, or seqs another
@@ -77,13 +158,21 @@ impl Room {
     }
 
     pub(super) async fn publish(&self, kind: DocEventKind, seq: i64, bytes: Vec<u8>) {
-        let event = DocEvent {
-            origin: self.state.hub.node_id().to_string(),
-            kind,
-            epoch: self.loaded.epoch,
-            seq,
-            bytes: binary(bytes),
-        };
+        let event = doc_event(&self.state, kind, self.loaded.epoch, seq, bytes);
         self.state.redis.publish_doc_event(&self.item.tenant_id, &self.item.id, &event).await;
     }
+}
+
+/// Resolves with the outcome of the batch in flight (never, if there is none). Cancel-safe: the
+/// batch stays in flight until it is taken note of.
+pub(super) async fn in_flight_done(in_flight: &mut Option<InFlight>) -> Option<i64> {
+    let Some(InFlight { task, .. }) = in_flight.as_mut() else { return std::future::pending().await };
+    task.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a document store task failed");
+        None
+    })
+}
+
+fn doc_event(state: &AppState, kind: DocEventKind, epoch: i64, seq: i64, bytes: Vec<u8>) -> DocEvent {
+    DocEvent { origin: state.hub.node_id().to_string(), kind, epoch, seq, bytes: binary(bytes) }
 }
