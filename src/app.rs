@@ -50,7 +50,11 @@ impl AppState {
     pub async fn new(settings: Settings) -> Result<Self, StartupError> {
         let store = Store::connect(&settings.mongodb).await?;
         let redis = Redis::connect(&settings.redis)?;
-        let committers = Committers::new(settings.chat.send_batch_max, settings.chat.send_queue_capacity);
+        let committers = Committers::new(
+            settings.chat.send_committers,
+            settings.chat.send_batch_max,
+            settings.chat.send_queue_capacity,
+        );
         let caches = Caches::new(&settings.cache);
         Ok(Self {
             settings: Arc::new(settings),

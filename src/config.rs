@@ -101,6 +101,8 @@ pub struct ChatSettings {
     /// Longest name / description of a conversation, display name of a user.
     pub max_name_chars: usize,
     pub max_description_chars: usize,
+    /// Committers per tenant and node: batches for different conversations stored side by side.
+    pub send_committers: usize,
     /// Most messages a tenant's sends are stored together in (one insert; see `chat::commit`).
     pub send_batch_max: usize,
     /// Sends queued per tenant and node while a batch is being stored; senders wait beyond it.
@@ -243,6 +245,7 @@ max_mentions = 50
 max_pins = 50
 max_client_msg_id_len = 64
 max_search_terms = 10
+send_committers = 4
 send_batch_max = 256
 send_queue_capacity = 4096
 max_name_chars = 100

@@ -1,8 +1,10 @@
 //! Group commit: concurrent sends to one tenant are stored together, with gapless seqs and
 //! without transactions.
 //!
-//! Each tenant sending through this node has one committer task. Senders queue their checked
-//! drafts; the committer takes everything queued (up to `chat.send_batch_max`), reads the heads of
+//! Each tenant sending through this node has `chat.send_committers` committer tasks, each owning
+//! the conversations that hash to it, so batches for different conversations are stored side by
+//! side while each conversation's sends stay in one line. Senders queue their checked
+//! drafts; a committer takes everything queued (up to `chat.send_batch_max`), reads the heads of
 //! the conversations involved in one query, numbers each draft `last_seq + 1, + 2...` and stores
 //! the batch with ONE ordered insert under the unique (conversation, seq) index. An ordered insert
 //! stops at its first failure, so what got stored of every conversation is a run without holes.
@@ -39,30 +41,47 @@ struct Draft {
     reply: oneshot::Sender<Committed>,
 }
 
-/// This node's committers, one per tenant with recent sends.
+/// A tenant's committer on this node: which of its `per_tenant` lines.
+type Line = (TenantId, usize);
+
+/// This node's committers: `per_tenant` for each tenant with recent sends.
 pub struct Committers {
-    queues: Mutex<HashMap<TenantId, mpsc::Sender<Draft>>>,
+    queues: Mutex<HashMap<Line, mpsc::Sender<Draft>>>,
+    per_tenant: usize,
     batch_max: usize,
     queue_capacity: usize,
 }
 
 impl Committers {
-    pub fn new(batch_max: usize, queue_capacity: usize) -> Self {
-        Self { queues: Mutex::default(), batch_max: batch_max.max(1), queue_capacity: queue_capacity.max(1) }
+    pub fn new(per_tenant: usize, batch_max: usize, queue_capacity: usize) -> Self {
+        Self {
+            queues: Mutex::default(),
+            per_tenant: per_tenant.max(1),
+            batch_max: batch_max.max(1),
+            queue_capacity: queue_capacity.max(1),
+        }
+    }
+
+    /// The committer that owns `conversation`'s sends.
+    fn line(&self, tenant: &TenantId, conversation: &ConversationId) -> Line {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(conversation.as_str());
+        (tenant.clone(), (hash % self.per_tenant as u64) as usize)
     }
 
     /// Stores `message` at its conversation's next seq, or returns the original of a repeated
     /// `client_msg_id`. Waits while the tenant's queue is full.
     pub async fn store(&self, db: &TenantDb, redis: &Redis, message: Message) -> Committed {
+        let line = self.line(db.tenant_id(), &message.conversation_id);
         let (reply, answer) = oneshot::channel();
         let mut draft = Draft { message, reply };
         loop {
-            let queue = self.queue(db, redis);
+            let queue = self.queue(&line, db, redis);
             match queue.send(draft).await {
                 Ok(()) => break,
                 // The committer stopped for idleness just now: start another.
                 Err(mpsc::error::SendError(back)) => {
-                    self.forget(db.tenant_id(), &queue);
+                    self.forget(&line, &queue);
                     draft = back;
                 }
             }
@@ -70,22 +89,22 @@ impl Committers {
         answer.await.map_err(|_| ApiError::internal("the message committer stopped"))?
     }
 
-    fn queue(&self, db: &TenantDb, redis: &Redis) -> mpsc::Sender<Draft> {
+    fn queue(&self, line: &Line, db: &TenantDb, redis: &Redis) -> mpsc::Sender<Draft> {
         let mut queues = self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(queue) = queues.get(db.tenant_id()).filter(|q| !q.is_closed()) {
+        if let Some(queue) = queues.get(line).filter(|q| !q.is_closed()) {
             return queue.clone();
         }
         let (queue, drafts) = mpsc::channel(self.queue_capacity);
-        queues.insert(db.tenant_id().clone(), queue.clone());
+        queues.insert(line.clone(), queue.clone());
         let committer = Committer { db: db.clone(), redis: redis.clone(), batch_max: self.batch_max };
         tokio::spawn(committer.run(drafts));
         queue
     }
 
-    fn forget(&self, tenant: &TenantId, queue: &mpsc::Sender<Draft>) {
+    fn forget(&self, line: &Line, queue: &mpsc::Sender<Draft>) {
         let mut queues = self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if queues.get(tenant).is_some_and(|q| q.same_channel(queue)) {
-            queues.remove(tenant);
+        if queues.get(line).is_some_and(|q| q.same_channel(queue)) {
+            queues.remove(line);
         }
     }
 }
