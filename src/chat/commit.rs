@@ -229,3 +229,26 @@ fn answer_all(drafts: Vec<Draft>, error: impl Fn() -> ApiError) {
         let _ = draft.reply.send(Err(error()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn a_conversation_always_goes_to_the_same_committer_and_conversations_spread_over_all() {
+        let committers = Committers::new(4, 256, 4096);
+        let tenant = TenantId::parse("acme").unwrap();
+        let ids: Vec<ConversationId> = (0..64).map(|_| ConversationId::new()).collect();
+        let lines: Vec<Line> = ids.iter().map(|id| committers.line(&tenant, id)).collect();
+        for (id, line) in ids.iter().zip(&lines) {
+            assert_eq!(&committers.line(&tenant, id), line, "one conversation, one committer");
+            assert_eq!(line.0, tenant);
+        }
+        let used: HashSet<usize> = lines.iter().map(|(_, n)| *n).collect();
+        assert_eq!(used, (0..4).collect::<HashSet<_>>(), "64 conversations use every committer");
+        let single = Committers::new(0, 256, 4096);
+        assert!(ids.iter().all(|id| single.line(&tenant, id).1 == 0), "a setting of 0 means one committer");
+    }
+}
