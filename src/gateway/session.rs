@@ -79,8 +79,11 @@ pub async fn connect(state: web::Data<AppState>, req: HttpRequest) -> Result<Htt
             .collect(),
     };
     let state = state.into_inner();
-    let sizes =
-        SocketSizes { max_message_bytes: state.settings.gateway.max_frame_bytes, read_buffer_bytes: READ_BUFFER };
+    let sizes = SocketSizes {
+        max_message_bytes: state.settings.gateway.max_frame_bytes,
+        read_buffer_bytes: READ_BUFFER,
+        read_ahead_bytes: 0,
+    };
     Ok(handshake.accept(sizes, move |upgraded| async move {
         let mut connection = Connection { state: state.clone(), caller, db, delivered, typing_sent: HashMap::new() };
         if let Some(upgraded) = upgraded {

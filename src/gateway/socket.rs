@@ -13,9 +13,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 pub use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use actix_web::rt::net::TcpStream;
+use crate::http::upgrade::SocketIo;
 
-type Stream = WebSocketStream<TcpStream>;
+type Stream = WebSocketStream<SocketIo>;
 
 /// Why a socket closes: a code and a short machine-readable reason.
 pub type CloseReason = CloseFrame;

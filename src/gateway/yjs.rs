@@ -28,6 +28,8 @@ const OUTBOX: usize = 512;
 const MESSAGES_PER_COMMAND: usize = 256;
 /// Bytes an editor's socket reads at once.
 const READ_BUFFER: usize = 4096;
+/// Bytes an editor's socket reads ahead: editors send bursts of small updates.
+const READ_AHEAD: usize = 16 * 1024;
 
 static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
 
@@ -62,7 +64,8 @@ pub async fn connect(
     let room = if stale { None } else { Some(rooms::join(&state, &db, &file, link).await?) };
     drop(tx);
     let limits = (state.settings.collab.max_message_bytes, state.settings.gateway.clone());
-    let sizes = SocketSizes { max_message_bytes: limits.0, read_buffer_bytes: READ_BUFFER };
+    let sizes =
+        SocketSizes { max_message_bytes: limits.0, read_buffer_bytes: READ_BUFFER, read_ahead_bytes: READ_AHEAD };
     Ok(handshake.accept(sizes, move |upgraded| async move {
         let Some(upgraded) = upgraded else {
             if let Some(room) = room {
