@@ -46,20 +46,32 @@ async fn stored_head(db: &mongodb::Database, item: &str, epoch: i64) -> Result<(
     Ok((newest("collab_updates", "seq").await?, newest("collab_snapshots", "upto_seq").await?))
 }
 
-/// The stored document's text (snapshot + later updates), as any node would load it.
-async fn stored_text(db: &mongodb::Database, item: &str, epoch: i64) -> Result<String, BoxError> {
+/// Brings `replica` up to the stored document (a newer snapshot, then the updates after what it
+/// has), as any node would load it; `upto` is the newest seq it holds.
+async fn catch_up(
+    db: &mongodb::Database,
+    item: &str,
+    epoch: i64,
+    replica: &s5_trace::Replica,
+    upto: &mut i64,
+) -> Result<(), BoxError> {
     let snapshot = db
         .collection::<Document>("collab_snapshots")
-        .find_one(doc! { "doc_id": item, "epoch": epoch })
+        .find_one(doc! { "doc_id": item, "epoch": epoch, "upto_seq": { "$gt": *upto } })
         .sort(doc! { "upto_seq": -1 })
         .await?;
-    let upto = snapshot.as_ref().and_then(|s| s.get_i64("upto_seq").ok()).unwrap_or(0);
-    let state = snapshot.as_ref().and_then(|s| s.get_binary_generic("state").ok()).cloned();
-    let filter = doc! { "doc_id": item, "epoch": epoch, "seq": { "$gt": upto } };
+    if let Some(snapshot) = snapshot {
+        replica.apply(snapshot.get_binary_generic("state")?)?;
+        *upto = snapshot.get_i64("upto_seq")?;
+    }
+    let filter = doc! { "doc_id": item, "epoch": epoch, "seq": { "$gt": *upto } };
     let stored: Vec<Document> =
         db.collection::<Document>("collab_updates").find(filter).sort(doc! { "seq": 1 }).await?.try_collect().await?;
-    let updates: Vec<Vec<u8>> = stored.iter().filter_map(|u| u.get_binary_generic("update").ok().cloned()).collect();
-    Ok(s5_trace::rebuild(state.as_deref(), &updates)?)
+    for update in &stored {
+        replica.apply(update.get_binary_generic("update")?)?;
+        *upto = update.get_i64("seq")?;
+    }
+    Ok(())
 }
 
 pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
@@ -138,12 +150,14 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
 
     let db = stack.tenant_db(&tenant);
     let (mut polls, mut checked) = (0, None);
+    let (replica, mut upto) = (s5_trace::Replica::default(), 0);
     let persisted_secs = loop {
         polls += 1;
         let head = stored_head(&db, &item, epoch).await?;
         if checked != Some(head) {
             checked = Some(head);
-            if stored_text(&db, &item, epoch).await? == trace.final_text {
+            catch_up(&db, &item, epoch, &replica, &mut upto).await?;
+            if replica.text() == trace.final_text {
                 break started.elapsed().as_secs_f64();
             }
         }

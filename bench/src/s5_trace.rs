@@ -74,15 +74,30 @@ pub fn apply_locally(updates: &[Vec<u8>]) -> Result<(f64, String), String> {
     Ok((secs, text.get_string(&doc.transact())))
 }
 
-/// The text of a document rebuilt from a stored snapshot and the updates after it.
-pub fn rebuild(snapshot: Option<&[u8]>, updates: &[Vec<u8>]) -> Result<String, String> {
-    let doc = Doc::new();
-    let text = doc.get_or_insert_text(TEXT_NAME);
-    for bytes in snapshot.into_iter().chain(updates.iter().map(Vec::as_slice)) {
-        let update = Update::decode_v1(bytes).map_err(|e| e.to_string())?;
-        doc.transact_mut().apply_update(update).map_err(|e| e.to_string())?;
+/// A document rebuilt from stored snapshots and updates, kept between looks so each look applies
+/// only what was stored since the last (applying what it already has changes nothing).
+pub struct Replica {
+    doc: Doc,
+    text: yrs::TextRef,
+}
+
+impl Default for Replica {
+    fn default() -> Self {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text(TEXT_NAME);
+        Self { doc, text }
     }
-    Ok(text.get_string(&doc.transact()))
+}
+
+impl Replica {
+    pub fn apply(&self, update: &[u8]) -> Result<(), String> {
+        let update = Update::decode_v1(update).map_err(|e| e.to_string())?;
+        self.doc.transact_mut().apply_update(update).map_err(|e| e.to_string())
+    }
+
+    pub fn text(&self) -> String {
+        self.text.get_string(&self.doc.transact())
+    }
 }
 
 /// A y-websocket message (sync, type 0): an update (2) or a step 1 (0) with a state vector.
