@@ -70,6 +70,18 @@ async fn unknown_routes_are_404_in_the_error_shape() {
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.code(), "route_not_found");
     assert!(!reply.body["error"]["request_id"].as_str().unwrap().is_empty());
+    // A known path asked with a method it does not serve, and unknown paths under an id.
+    for (method, path) in [
+        (Method::PUT, "/v1/conversations/c1/messages"),
+        (Method::POST, "/v1/users/u1/presence"),
+        (Method::GET, "/v1/conversations/c1/no-such-thing"),
+        (Method::GET, "/v1/sessions/s1/items/i1/nope"),
+        (Method::DELETE, "/admin/v1/tenants/acme/api-keys"),
+    ] {
+        let reply = app.send(app.request(method.clone(), path)).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{method} {path}: {}", reply.text);
+        assert_eq!(reply.code(), "route_not_found", "{method} {path}");
+    }
 }
 
 #[tokio::test]
