@@ -3,6 +3,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use confab::cli::{Cli, Command};
 
+/// mimalloc: the request paths allocate and free many small strings and buffers, which glibc's
+/// allocator spent a sixth of a node's CPU on.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[actix_web::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
