@@ -56,6 +56,7 @@ impl AppState {
             settings.chat.send_queue_capacity,
         );
         let caches = Caches::new(&settings.cache);
+        let rooms = Rooms::start(settings.collab.room_threads)?;
         Ok(Self {
             settings: Arc::new(settings),
             store,
@@ -64,7 +65,7 @@ impl AppState {
             committers,
             caches,
             hub: Arc::new(Hub::default()),
-            rooms: Rooms::default(),
+            rooms,
         })
     }
 }

@@ -155,6 +155,8 @@ pub struct CollabSettings {
     pub idle_unload_secs: u64,
     /// Members per code session.
     pub max_members: usize,
+    /// Threads the open documents run on, apart from the HTTP workers (0: one per core).
+    pub room_threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -274,6 +276,7 @@ max_clients_per_document = 64
 snapshot_every = 500
 idle_unload_secs = 30
 max_members = 100
+room_threads = 0
 
 [gateway]
 max_frame_bytes = 65536

@@ -1,5 +1,10 @@
 //! This node's open documents: one room per (tenant, file), opened on first use and closed
 //! when idle. Edits from other nodes reach the room through this registry.
+//!
+//! Rooms run on threads of their own (`collab.room_threads`), apart from the HTTP workers that
+//! own the sockets: each HTTP worker is a single-threaded runtime, so a room spawned there would
+//! take turns with the very socket feeding it. On their own threads, a busy document's edits are
+//! decoded on one core while the room applies them on another, and its store task runs beside it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,12 +22,37 @@ use super::room::{COMMAND_CAPACITY, ClientLink, Command, Room};
 
 type RoomKey = (TenantId, ItemId);
 
-#[derive(Default)]
 pub struct Rooms {
     open: Mutex<HashMap<RoomKey, mpsc::Sender<Command>>>,
+    threads: RoomThreads,
+}
+
+/// The runtime rooms run on; stopped (without waiting) when the node's state goes.
+struct RoomThreads(Option<tokio::runtime::Runtime>);
+
+impl Drop for RoomThreads {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Rooms {
+    /// Starts `threads` room threads (0: one per core).
+    pub fn start(threads: usize) -> std::io::Result<Self> {
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("confab-rooms")
+            .enable_all()
+            .build()?;
+        Ok(Self { open: Mutex::default(), threads: RoomThreads(Some(runtime)) })
+    }
+
     fn get(&self, key: &RoomKey) -> Option<mpsc::Sender<Command>> {
         self.open.lock().expect("rooms lock").get(key).filter(|tx| !tx.is_closed()).cloned()
     }
@@ -47,7 +77,8 @@ impl Rooms {
         let room = Room::new(state.clone(), db.clone(), item.clone(), loaded);
         let registry = state.clone();
         let own = tx.clone();
-        tokio::spawn(async move {
+        let Some(runtime) = &state.rooms.threads.0 else { return Err(ApiError::unavailable("shutting down")) };
+        runtime.spawn(async move {
             room.run(rx, move || {
                 let mut open = registry.rooms.open.lock().expect("rooms lock");
                 if open.get(&key).is_some_and(|current| current.same_channel(&own)) {

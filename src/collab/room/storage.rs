@@ -86,6 +86,9 @@ impl Room {
             by: self.pending_by.take().unwrap_or_else(|| self.item.last_modified_by.clone()),
         };
         self.in_flight = Some(InFlight { task: tokio::spawn(batch.store()), update });
+        // A task spawned from a runtime thread waits in that thread's own slot, which no other
+        // thread takes from, until the spawner yields: a busy room would hold its store back.
+        tokio::task::yield_now().await;
     }
 
     /// Waits for the batch in flight, if any, and takes note of where it was stored.
