@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+use yrs::{Doc, GetString, ID, IdSet, ReadTxn, StateVector, Text, Transact, Update};
 
 /// The shared text confab's documents bind to (`collab::documents::TEXT_NAME`).
 pub const TEXT_NAME: &str = "content";
@@ -74,29 +74,39 @@ pub fn apply_locally(updates: &[Vec<u8>]) -> Result<(f64, String), String> {
     Ok((secs, text.get_string(&doc.transact())))
 }
 
-/// A document rebuilt from stored snapshots and updates, kept between looks so each look applies
-/// only what was stored since the last (applying what it already has changes nothing).
-pub struct Replica {
-    doc: Doc,
-    text: yrs::TextRef,
+/// Which edits a set of updates holds, read without applying them: every inserted item's id
+/// (deleted ones too) and every deletion. Stored updates that cover a trace's insertions and
+/// deletions hold all of it; whether they also rebuild its text is checked apart.
+#[derive(Default)]
+pub struct Coverage {
+    inserted: IdSet,
+    deleted: IdSet,
 }
 
-impl Default for Replica {
-    fn default() -> Self {
-        let doc = Doc::new();
-        let text = doc.get_or_insert_text(TEXT_NAME);
-        Self { doc, text }
+impl Coverage {
+    /// What a document with this final state vector holds, given every deletion in `updates`.
+    pub fn of_trace(trace: &Trace) -> Result<Self, String> {
+        let mut coverage = Self::default();
+        for (client, clock) in trace.state_vector.iter() {
+            coverage.inserted.insert(ID::new(*client, 0), *clock);
+        }
+        for update in &trace.updates {
+            let update = Update::decode_v1(update).map_err(|e| e.to_string())?;
+            coverage.deleted.merge_with(update.delete_set().clone());
+        }
+        Ok(coverage)
     }
-}
 
-impl Replica {
-    pub fn apply(&self, update: &[u8]) -> Result<(), String> {
+    pub fn add(&mut self, update: &[u8]) -> Result<(), String> {
         let update = Update::decode_v1(update).map_err(|e| e.to_string())?;
-        self.doc.transact_mut().apply_update(update).map_err(|e| e.to_string())
+        self.inserted.merge_with(update.insertions(true));
+        self.deleted.merge_with(update.delete_set().clone());
+        Ok(())
     }
 
-    pub fn text(&self) -> String {
-        self.text.get_string(&self.doc.transact())
+    /// Whether every insertion and deletion of `target` is here.
+    pub fn covers(&self, target: &Coverage) -> bool {
+        target.inserted.diff(&self.inserted).is_empty() && target.deleted.diff(&self.deleted).is_empty()
     }
 }
 
@@ -126,6 +136,30 @@ mod tests {
         let (_, text) = apply_locally(&trace.updates).unwrap();
         assert_eq!(text, trace.final_text);
         assert_eq!(generate(3000, 7).final_text, trace.final_text, "deterministic");
+    }
+
+    #[test]
+    fn coverage_needs_every_insertion_and_deletion() {
+        let trace = generate(2000, 11);
+        let target = Coverage::of_trace(&trace).unwrap();
+        let (first, rest) = trace.updates.split_at(1000);
+        let mut stored = Coverage::default();
+        stored.add(&Update::merge_updates(first.iter().map(|u| Update::decode_v1(u).unwrap())).encode_v1()).unwrap();
+        assert!(!stored.covers(&target), "half the trace is not all of it");
+        let (last, middle) = rest.split_last().unwrap();
+        for update in middle {
+            stored.add(update).unwrap();
+        }
+        assert!(!stored.covers(&target), "the last edit is missing");
+        stored.add(last).unwrap();
+        assert!(stored.covers(&target));
+        let mut snapshot = Coverage::default();
+        let doc = Doc::new();
+        for update in &trace.updates {
+            doc.transact_mut().apply_update(Update::decode_v1(update).unwrap()).unwrap();
+        }
+        snapshot.add(&doc.transact().encode_state_as_update_v1(&StateVector::default())).unwrap();
+        assert!(snapshot.covers(&target), "a snapshot of the final state covers the trace");
     }
 
     #[test]
