@@ -82,7 +82,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
+        let listener = listen(&settings.server.host, settings.server.port, settings.server.backlog)?;
         let port = listener.local_addr()?.port();
         let workers = settings.server.workers;
         let shutdown_timeout = settings.server.shutdown_timeout_secs;
@@ -135,5 +135,40 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+}
+
+/// Binds the HTTP listener with a backlog of `backlog` connections (std's `bind` asks for 128,
+/// which a burst of new clients overflows while the workers are busy).
+fn listen(host: &str, port: u16, backlog: u32) -> std::io::Result<TcpListener> {
+    use std::net::ToSocketAddrs;
+    let address = (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, format!("no address for {host}")))?;
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// A connection past the backlog has its SYN dropped and waits a second for the retry; these
+    /// all get in at once although nothing accepts them.
+    #[test]
+    fn the_listener_queues_its_whole_backlog() {
+        let listener = super::listen("127.0.0.1", 0, 512).unwrap();
+        let address = listener.local_addr().unwrap();
+        let clients: Vec<_> = (0..400)
+            .map(|i| {
+                std::net::TcpStream::connect_timeout(&address, Duration::from_millis(500))
+                    .unwrap_or_else(|e| panic!("connection {i}: {e}"))
+            })
+            .collect();
+        assert_eq!(clients.len(), 400);
     }
 }

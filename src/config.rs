@@ -33,6 +33,9 @@ pub struct ServerSettings {
     pub port: u16,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
+    /// Connections the kernel queues for the accept loop; a connection beyond it is dropped at
+    /// its SYN and the client retries a second later (capped by `net.core.somaxconn`).
+    pub backlog: u32,
     pub shutdown_timeout_secs: u64,
 }
 
@@ -212,6 +215,7 @@ const DEFAULTS: &str = r#"
 host = "127.0.0.1"
 port = 8080
 workers = 0
+backlog = 2048
 shutdown_timeout_secs = 10
 
 [mongodb]
