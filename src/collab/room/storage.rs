@@ -20,10 +20,10 @@ use crate::tenancy::{TenantDb, binary};
 use super::super::documents;
 use super::{GAP_GIVE_UP, Room, TICK, encode};
 
-/// A batch on its way to storage, and a copy of it to put back should storing fail.
+/// A batch on its way to storage, and a copy of its updates to put back should storing fail.
 pub(super) struct InFlight {
     task: JoinHandle<Option<i64>>,
-    update: Vec<u8>,
+    parts: Vec<Vec<u8>>,
 }
 
 /// What storing a batch needs, taken from the room when the batch leaves.
@@ -33,7 +33,9 @@ struct Batch {
     tenant: TenantId,
     item: ItemId,
     epoch: i64,
-    update: Vec<u8>,
+    /// The updates applied since the last batch, merged into one stored update by the store task
+    /// (merging a busy document's batch takes milliseconds the room spends applying instead).
+    parts: Vec<Vec<u8>>,
     size: u64,
     by: UserId,
 }
@@ -41,7 +43,15 @@ struct Batch {
 impl Batch {
     /// Stores the batch and tells the other nodes; the seq it got, or `None` if it was not stored.
     async fn store(self) -> Option<i64> {
-        let seq = match documents::append(&self.db, &self.item, self.epoch, self.update.clone()).await {
+        let update = match documents::merge(&self.parts) {
+            Ok(merged) => merged,
+            Err(e) => {
+                tracing::error!(error = %e, "could not merge document updates");
+                tokio::time::sleep(TICK).await;
+                return None;
+            }
+        };
+        let seq = match documents::append(&self.db, &self.item, self.epoch, update.clone()).await {
             Ok(seq) => seq,
             Err(e) => {
                 tracing::warn!(error = %e, "could not store document updates; retrying");
@@ -51,7 +61,7 @@ impl Batch {
                 return None;
             }
         };
-        let event = doc_event(&self.state, DocEventKind::Update, self.epoch, seq, self.update);
+        let event = doc_event(&self.state, DocEventKind::Update, self.epoch, seq, update);
         self.state.redis.publish_doc_event(&self.tenant, &self.item, &event).await;
         if let Err(e) = self.db.workspace().record_content(&self.item, self.size, &self.by, crate::domain::now()).await
         {
@@ -69,11 +79,7 @@ impl Room {
         if self.in_flight.is_some() || self.pending.is_empty() || self.dropped {
             return;
         }
-        let update = match documents::merge(&self.pending) {
-            Ok(merged) => merged,
-            Err(e) => return tracing::error!(error = %e, "could not merge document updates"),
-        };
-        self.pending.clear();
+        let parts = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         let batch = Batch {
             state: self.state.clone(),
@@ -81,11 +87,11 @@ impl Room {
             tenant: self.item.tenant_id.clone(),
             item: self.item.id.clone(),
             epoch: self.loaded.epoch,
-            update: update.clone(),
+            parts: parts.clone(),
             size: documents::text_len(&self.loaded.doc) as u64,
             by: self.pending_by.take().unwrap_or_else(|| self.item.last_modified_by.clone()),
         };
-        self.in_flight = Some(InFlight { task: tokio::spawn(batch.store()), update });
+        self.in_flight = Some(InFlight { task: tokio::spawn(batch.store()), parts });
         // A task spawned from a runtime thread waits in that thread's own slot, which no other
         // thread takes from, until the spawner yields: a busy room would hold its store back.
         tokio::task::yield_now().await;
@@ -102,13 +108,13 @@ impl Room {
     /// Takes note of where the batch in flight was stored; puts it back in front of the pending
     /// edits if it was not (it goes again, in order, on the next flush).
     pub(super) async fn land(&mut self, stored: Option<i64>) {
-        let Some(InFlight { update, .. }) = self.in_flight.take() else { return };
+        let Some(InFlight { parts, .. }) = self.in_flight.take() else { return };
         if self.dropped {
             return;
         }
         let Some(seq) = stored else {
-            self.pending_bytes += update.len();
-            self.pending.insert(0, update);
+            self.pending_bytes += parts.iter().map(Vec::len).sum::<usize>();
+            self.pending.splice(0..0, parts);
             return;
         };
         if seq == self.loaded.applied_seq + 1 {
