@@ -6,7 +6,7 @@ pub mod documents;
 mod room;
 pub mod rooms;
 
-pub use room::{ClientLink, Command, Outgoing};
+pub use room::{ClientLink, Command, Outgoing, Received};
 pub use rooms::Rooms;
 pub mod fork;
 pub mod sessions;

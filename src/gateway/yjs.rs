@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::app::AppState;
 use crate::auth::socket::{SUBPROTOCOL, answer_subprotocol, check_origin, socket_user};
-use crate::collab::{ClientLink, Command, Outgoing, rooms, tree};
+use crate::collab::{ClientLink, Command, Outgoing, Received, rooms, tree};
 use crate::domain::{ItemId, SessionId};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::upgrade::{Handshake, SocketSizes};
@@ -120,13 +120,15 @@ pub async fn connect(
 }
 
 /// `first` and the binary messages already received behind it (at most
-/// `MESSAGES_PER_COMMAND`), for one room command; and the frame that stopped the run, if one did:
-/// another kind of frame, or `None` for the socket's end.
-fn gather(first: Bytes, frames: &mut Frames) -> (Vec<Bytes>, Option<Option<Incoming>>) {
-    let mut messages = vec![first];
-    while messages.len() < MESSAGES_PER_COMMAND {
+/// `MESSAGES_PER_COMMAND` frames), decoded here for one room command (the room then only applies
+/// them); and the frame that stopped the run, if one did: another kind of frame, or `None` for
+/// the socket's end.
+fn gather(first: Bytes, frames: &mut Frames) -> (Vec<Received>, Option<Option<Incoming>>) {
+    let mut messages = Vec::new();
+    Received::decode_frame(&first, &mut messages);
+    for _ in 1..MESSAGES_PER_COMMAND {
         match frames.ready() {
-            Some(Some(Incoming::Binary(bytes))) => messages.push(bytes),
+            Some(Some(Incoming::Binary(bytes))) => Received::decode_frame(&bytes, &mut messages),
             Some(other) => return (messages, Some(other)),
             None => break,
         }

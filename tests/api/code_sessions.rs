@@ -1361,6 +1361,32 @@ async fn a_burst_of_edits_is_applied_relayed_and_stored_and_a_bad_update_closes_
     assert_eq!(text_of(app, alice, s, id).await, expected, "the edit before the bad one stays");
 }
 
+/// A frame that is not a y-websocket message closes its socket with 4400 `invalid_message`; the
+/// messages before it in the same frame still count.
+#[tokio::test]
+async fn a_frame_that_is_not_y_websocket_closes_with_4400() {
+    use futures_util::SinkExt;
+    use yrs::{Text, Transact};
+    let f = Fixture::new().await;
+    let (app, alice, s) = (&f.app, &f.alice, f.id());
+    let item = file(app, alice, s, None, "garbled.txt", "").await;
+    let id = id_of(&item);
+    let mut socket = open_yjs(app, alice, s, id, "").await.expect("the editor connects");
+    let author = yrs::Doc::new();
+    let text = author.get_or_insert_text("content");
+    let update = {
+        let mut txn = author.transact_mut();
+        text.push(&mut txn, "kept");
+        txn.encode_update_v1()
+    };
+    // One frame: a valid update, then a sync message of an unknown kind (9).
+    let mut frame = sync_update(update).into_data().to_vec();
+    frame.extend_from_slice(&[0, 9]);
+    socket.send(Frame::binary(frame)).await.unwrap();
+    assert_eq!(close_of(&mut socket).await, (4400, "invalid_message".to_string()));
+    assert_eq!(text_of(app, alice, s, id).await, "kept", "the update before the bad message stays");
+}
+
 #[tokio::test]
 async fn a_yjs_message_over_the_size_limit_closes_with_4413() {
     use futures_util::SinkExt;

@@ -56,10 +56,10 @@ pub enum Command {
         client: ClientLink,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
-    /// Binary messages from one client, in the order received.
+    /// Messages from one client, in the order received.
     Messages {
         client: u64,
-        messages: Vec<bytes::Bytes>,
+        messages: Vec<Received>,
     },
     Leave {
         client: u64,
@@ -73,6 +73,43 @@ pub enum Command {
         reply: oneshot::Sender<String>,
     },
     Remote(DocEvent),
+}
+
+/// One y-websocket message from a client, decoded by its socket before it reaches the room, so a
+/// busy file's messages are parsed beside the room applying the ones before them.
+pub enum Received {
+    SyncStep1(yrs::StateVector),
+    /// An edit (sync step 2 or update): as it came (to relay), and decoded (`None`: malformed).
+    Update(Vec<u8>, Option<documents::Decoded>),
+    Awareness(AwarenessUpdate),
+    AwarenessQuery,
+    /// Auth and custom messages: ignored.
+    Other,
+    /// Not a y-websocket message; the rest of its frame is not read.
+    Invalid,
+}
+
+impl Received {
+    /// Decodes the messages of one binary frame (a frame may carry several) onto `into`.
+    pub fn decode_frame(frame: &[u8], into: &mut Vec<Received>) {
+        let mut decoder = DecoderV1::from(frame);
+        for message in MessageReader::new(&mut decoder) {
+            into.push(match message {
+                Ok(Message::Sync(SyncMessage::SyncStep1(sv))) => Received::SyncStep1(sv),
+                Ok(Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update))) => {
+                    let decoded = documents::decode(&update);
+                    Received::Update(update, decoded)
+                }
+                Ok(Message::Awareness(update)) => Received::Awareness(update),
+                Ok(Message::AwarenessQuery) => Received::AwarenessQuery,
+                Ok(Message::Auth(_) | Message::Custom(..)) => Received::Other,
+                Err(_) => {
+                    into.push(Received::Invalid);
+                    return;
+                }
+            });
+        }
+    }
 }
 
 struct Client {
@@ -201,8 +238,8 @@ impl Room {
                 let _ = reply.send(self.join(client));
             }
             Command::Messages { client, messages } => {
-                for bytes in messages {
-                    self.receive(client, &bytes).await;
+                for message in messages {
+                    self.receive(client, message).await;
                 }
             }
             Command::Leave { client } => self.leave(client).await,
@@ -272,36 +309,32 @@ impl Room {
         }
     }
 
-    async fn receive(&mut self, client: u64, bytes: &[u8]) {
+    async fn receive(&mut self, client: u64, message: Received) {
         let Some(can_edit) = self.clients.get(&client).map(|c| c.link.can_edit) else { return };
-        let mut decoder = DecoderV1::from(bytes);
-        let messages: Vec<_> = MessageReader::new(&mut decoder).collect();
-        for message in messages {
-            match message {
-                Ok(Message::Sync(SyncMessage::SyncStep1(sv))) => {
-                    self.settle();
-                    let diff = documents::diff(&self.loaded.doc, &sv);
-                    self.send_to(client, encode(&Message::Sync(SyncMessage::SyncStep2(diff))));
-                }
-                Ok(Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update))) => {
-                    if can_edit {
-                        self.edit(client, update);
-                    }
-                }
-                Ok(Message::Awareness(update)) => self.awareness_from(client, update).await,
-                Ok(Message::AwarenessQuery) => {
-                    if let Ok(update) = self.awareness.update() {
-                        self.send_to(client, encode(&Message::Awareness(update)));
-                    }
-                }
-                Ok(Message::Auth(_) | Message::Custom(..)) => {}
-                Err(_) => return self.close(client, 4400, "invalid_message"),
+        match message {
+            Received::SyncStep1(sv) => {
+                self.settle();
+                let diff = documents::diff(&self.loaded.doc, &sv);
+                self.send_to(client, encode(&Message::Sync(SyncMessage::SyncStep2(diff))));
             }
+            Received::Update(update, decoded) => {
+                if can_edit {
+                    self.edit(client, update, decoded);
+                }
+            }
+            Received::Awareness(update) => self.awareness_from(client, update).await,
+            Received::AwarenessQuery => {
+                if let Ok(update) = self.awareness.update() {
+                    self.send_to(client, encode(&Message::Awareness(update)));
+                }
+            }
+            Received::Other => {}
+            Received::Invalid => self.close(client, 4400, "invalid_message"),
         }
     }
 
     /// Checks an edit and stages it; `settle` applies, relays and keeps it for storing.
-    fn edit(&mut self, client: u64, update: Vec<u8>) {
+    fn edit(&mut self, client: u64, update: Vec<u8>, decoded: Option<documents::Decoded>) {
         let max = self.state.settings.collab.max_file_bytes;
         // An update cannot add more text than its own size, so most edits need no exact check.
         if documents::text_len(&self.loaded.doc) + self.staged_bytes + update.len() > max {
@@ -310,7 +343,7 @@ impl Room {
                 return self.close(client, 4413, "file_too_large");
             }
         }
-        let Some(decoded) = documents::decode(&update) else {
+        let Some(decoded) = decoded else {
             return self.close(client, 4400, "invalid_update");
         };
         self.staged_bytes += update.len();
