@@ -88,7 +88,9 @@ pub struct Message {
     pub ai: Option<AiInfo>,
     /// Reactions per emoji (emoji are validated to be safe as field names).
     pub reaction_counts: std::collections::BTreeMap<String, i64>,
-    /// Lower-cased words of the text, for search without text indexes.
+    /// Lower-cased words of the text, for search without text indexes. Left out of history reads
+    /// (`MessagesRepo::range`), which never show them.
+    #[serde(default)]
     pub terms: Vec<String>,
     /// The end-to-end encrypted content (instead of `text`) in E2E conversations.
     #[serde(default)]

@@ -78,7 +78,7 @@ impl MessagesRepo {
         self.messages.find_one(doc! { "conversation_id": conversation.as_str(), "seq": seq }).await
     }
 
-    /// Messages with `from <= seq <= to`, ascending.
+    /// Messages with `from <= seq <= to`, ascending, without their search terms.
     pub async fn range(
         &self,
         conversation: &ConversationId,
@@ -91,6 +91,8 @@ impl MessagesRepo {
         self.messages
             .find(doc! { "conversation_id": conversation.as_str(), "seq": { "$gte": from, "$lte": to } })
             .sort(doc! { "conversation_id": 1, "seq": 1 })
+            // The search terms are a dozen strings per message that no reader shows.
+            .projection(doc! { "terms": 0 })
             .await?
             .try_collect()
             .await
