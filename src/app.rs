@@ -54,7 +54,8 @@ impl AppState {
             settings.chat.send_committers,
             settings.chat.send_batch_max,
             settings.chat.send_queue_capacity,
-        );
+            settings.chat.commit_threads,
+        )?;
         let caches = Caches::new(&settings.cache);
         let rooms = Rooms::start(settings.collab.room_threads)?;
         Ok(Self {

@@ -110,6 +110,8 @@ pub struct ChatSettings {
     pub send_batch_max: usize,
     /// Sends queued per tenant and node while a batch is being stored; senders wait beyond it.
     pub send_queue_capacity: usize,
+    /// Threads the committers run on, apart from the HTTP workers (0: one per core).
+    pub commit_threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +256,7 @@ max_search_terms = 10
 send_committers = 4
 send_batch_max = 256
 send_queue_capacity = 4096
+commit_threads = 1
 max_name_chars = 100
 max_description_chars = 1000
 

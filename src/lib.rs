@@ -17,3 +17,4 @@ pub mod http;
 pub mod platform;
 pub mod telemetry;
 pub mod tenancy;
+pub mod threads;

@@ -4,27 +4,35 @@
 //! Each tenant sending through this node has `chat.send_committers` committer tasks, each owning
 //! the conversations that hash to it, so batches for different conversations are stored side by
 //! side while each conversation's sends stay in one line. Senders queue their checked
-//! drafts; a committer takes everything queued (up to `chat.send_batch_max`), reads the heads of
-//! the conversations involved in one query, numbers each draft `last_seq + 1, + 2...` and stores
-//! the batch with ONE ordered insert under the unique (conversation, seq) index. An ordered insert
+//! drafts; a committer takes everything queued (up to `chat.send_batch_max`), numbers each draft
+//! `head + 1, + 2...` from its conversation's head (the newest stored seq: remembered from the
+//! committer's own stores, read in one query for conversations it does not know) and stores the
+//! batch with ONE ordered insert under the unique (conversation, seq) index. An ordered insert
 //! stops at its first failure, so what got stored of every conversation is a run without holes.
 //! The draft that failed either repeats a `client_msg_id` (its sender gets the original) or lost
 //! its seq to another node, whose message is already stored: the counter moves over the taken seq
-//! (so a writer that crashed before moving it cannot wedge the conversation) and the rest go round
-//! again. Stored runs then advance their conversations' counters in one command, are published in
-//! one pipeline, and every sender is answered: a 201 means the message is in MongoDB.
+//! (so a writer that crashed before moving it cannot wedge the conversation), the heads of the
+//! conversations left over are forgotten and read again, and the rest go round again.
+//!
+//! A stored run is then finished: its conversations' counters and newest messages are recorded
+//! in one command, its events are published in one pipeline, and every sender is answered (a 201
+//! means the message is in MongoDB). Finishing overlaps the next batch's insert; finishes run one
+//! at a time in order, so a conversation's events go out in seq order. Heads are read only once
+//! the finish in flight is done, as the counters it records are what the read sees.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use crate::domain::{ConversationId, LastMessage, Message, TenantId};
 use crate::error::ApiError;
 use crate::events::{LiveEvent, Redis};
 use crate::tenancy::TenantDb;
 use crate::tenancy::repos::RunFailure;
+use crate::threads::Threads;
 
 use super::messages::{follow_up, last_message_of, share_files};
 
@@ -32,6 +40,8 @@ use super::messages::{follow_up, last_message_of, share_files};
 const MAX_SEQ_ATTEMPTS: usize = 64;
 /// A committer with nothing to do for this long stops; the next send starts a new one.
 const IDLE_STOP: Duration = Duration::from_secs(60);
+/// Most conversation heads a committer remembers; past it, it forgets them all and reads again.
+const HEADS_REMEMBERED: usize = 16_384;
 
 /// What a sender gets back: the stored message, and whether it is new (`false`: a repeat).
 pub type Committed = Result<(Message, bool), ApiError>;
@@ -50,16 +60,21 @@ pub struct Committers {
     per_tenant: usize,
     batch_max: usize,
     queue_capacity: usize,
+    /// The runtime committers run on. On an HTTP worker, a committer would take turns with every
+    /// request that worker serves at each of its awaits, and every waiting sender with it.
+    threads: Threads,
 }
 
 impl Committers {
-    pub fn new(per_tenant: usize, batch_max: usize, queue_capacity: usize) -> Self {
-        Self {
+    /// Starts the committers' `threads` (0: one per core); committers start on first send.
+    pub fn new(per_tenant: usize, batch_max: usize, queue_capacity: usize, threads: usize) -> std::io::Result<Self> {
+        Ok(Self {
             queues: Mutex::default(),
             per_tenant: per_tenant.max(1),
             batch_max: batch_max.max(1),
             queue_capacity: queue_capacity.max(1),
-        }
+            threads: Threads::start("confab-commit", threads)?,
+        })
     }
 
     /// The committer that owns `conversation`'s sends.
@@ -96,8 +111,14 @@ impl Committers {
         }
         let (queue, drafts) = mpsc::channel(self.queue_capacity);
         queues.insert(line.clone(), queue.clone());
-        let committer = Committer { db: db.clone(), redis: redis.clone(), batch_max: self.batch_max };
-        tokio::spawn(committer.run(drafts));
+        let committer = Committer {
+            db: db.clone(),
+            redis: redis.clone(),
+            batch_max: self.batch_max,
+            heads: HashMap::new(),
+            finishing: None,
+        };
+        self.threads.spawn(committer.run(drafts));
         queue
     }
 
@@ -113,14 +134,18 @@ struct Committer {
     db: TenantDb,
     redis: Redis,
     batch_max: usize,
+    /// The newest stored seq of each conversation this committer stored to or read lately.
+    heads: HashMap<ConversationId, i64>,
+    /// The previous stored run's finish, which the next batch's insert overlaps.
+    finishing: Option<JoinHandle<()>>,
 }
 
 impl Committer {
-    async fn run(self, mut drafts: mpsc::Receiver<Draft>) {
+    async fn run(mut self, mut drafts: mpsc::Receiver<Draft>) {
         let mut batch = Vec::with_capacity(self.batch_max);
         loop {
             match tokio::time::timeout(IDLE_STOP, drafts.recv_many(&mut batch, self.batch_max)).await {
-                Ok(0) => return,
+                Ok(0) => break,
                 Ok(_) => self.commit(std::mem::take(&mut batch)).await,
                 Err(_) => {
                     // Senders holding the queue now get an error and start a new committer;
@@ -129,39 +154,67 @@ impl Committer {
                     while drafts.recv_many(&mut batch, self.batch_max).await > 0 {
                         self.commit(std::mem::take(&mut batch)).await;
                     }
-                    return;
+                    break;
                 }
             }
         }
+        self.settle().await;
     }
 
-    async fn commit(&self, mut pending: Vec<Draft>) {
+    async fn commit(&mut self, mut pending: Vec<Draft>) {
         for _ in 0..pending.len() + MAX_SEQ_ATTEMPTS {
             if pending.is_empty() {
                 return;
             }
             match self.round(pending).await {
                 Ok(rest) => pending = rest,
-                Err((rest, e)) => return answer_all(rest, || ApiError::from(e.clone())),
+                Err((rest, e)) => {
+                    // Some of them may be stored: what this committer knew of heads is unsure now.
+                    self.heads.clear();
+                    return answer_all(rest, || ApiError::from(e.clone()));
+                }
             }
         }
         answer_all(pending, || ApiError::unavailable("could not claim a message seq: too much contention"));
     }
 
-    /// Numbers and stores `pending`; returns the drafts still to store.
-    async fn round(&self, pending: Vec<Draft>) -> Result<Vec<Draft>, (Vec<Draft>, mongodb::error::Error)> {
-        let mut ids: Vec<&ConversationId> = pending.iter().map(|d| &d.message.conversation_id).collect();
-        ids.sort();
-        ids.dedup();
-        let mut heads = match self.db.conversations().heads(&ids).await {
-            Ok(heads) => heads,
+    /// Waits for the finish in flight, if any.
+    async fn settle(&mut self) {
+        if let Some(finishing) = self.finishing.take() {
+            // A finish that panicked dropped its senders' answers, so they get an error.
+            let _ = finishing.await;
+        }
+    }
+
+    /// Learns the heads of `pending`'s conversations this committer does not know; answers the
+    /// drafts of conversations that do not exist, and returns the others.
+    async fn learn_heads(&mut self, pending: Vec<Draft>) -> Result<Vec<Draft>, (Vec<Draft>, mongodb::error::Error)> {
+        if self.heads.len() > HEADS_REMEMBERED {
+            self.heads.clear();
+        }
+        let mut unknown: Vec<&ConversationId> =
+            pending.iter().map(|d| &d.message.conversation_id).filter(|id| !self.heads.contains_key(*id)).collect();
+        if unknown.is_empty() {
+            return Ok(pending);
+        }
+        unknown.sort();
+        unknown.dedup();
+        self.settle().await;
+        match self.db.conversations().heads(&unknown).await {
+            Ok(heads) => self.heads.extend(heads),
             Err(e) => return Err((pending, e)),
-        };
-        let (mut pending, vanished): (Vec<Draft>, Vec<Draft>) =
-            pending.into_iter().partition(|d| heads.contains_key(&d.message.conversation_id));
+        }
+        let (known, vanished): (Vec<Draft>, Vec<Draft>) =
+            pending.into_iter().partition(|d| self.heads.contains_key(&d.message.conversation_id));
         answer_all(vanished, || ApiError::not_found("conversation"));
+        Ok(known)
+    }
+
+    /// Numbers and stores `pending`; returns the drafts still to store.
+    async fn round(&mut self, pending: Vec<Draft>) -> Result<Vec<Draft>, (Vec<Draft>, mongodb::error::Error)> {
+        let mut pending = self.learn_heads(pending).await?;
         for draft in &mut pending {
-            if let Some(head) = heads.get_mut(&draft.message.conversation_id) {
+            if let Some(head) = self.heads.get_mut(&draft.message.conversation_id) {
                 *head += 1;
                 draft.message.seq = *head;
             }
@@ -172,7 +225,15 @@ impl Committer {
             Err(e) => return Err((pending, e)),
         };
         let mut rest = pending.split_off(run.stored);
-        self.finish(pending).await;
+        // The drafts left over were numbered past what got stored: read their heads again.
+        for draft in &rest {
+            self.heads.remove(&draft.message.conversation_id);
+        }
+        if !pending.is_empty() {
+            self.settle().await;
+            let finish = finish(self.db.clone(), self.redis.clone(), pending);
+            self.finishing = Some(tokio::spawn(finish));
+        }
         match run.failure {
             None => {}
             Some(RunFailure::SeqTaken) => {
@@ -189,39 +250,36 @@ impl Committer {
         }
         Ok(rest)
     }
+}
 
-    /// What storing implies elsewhere, for a stored run: newest messages and counters, reply
-    /// counts, shared files; then the events and the answers.
-    async fn finish(&self, stored: Vec<Draft>) {
-        if stored.is_empty() {
-            return;
-        }
-        if let Err(e) = self.follow_up_all(&stored).await {
-            return answer_all(stored, || ApiError::from(e.clone()));
-        }
-        let events: Vec<LiveEvent> = stored.iter().map(|d| LiveEvent::Created { message: d.message.clone() }).collect();
-        self.redis.publish_events(self.db.tenant_id(), &events).await;
-        for draft in stored {
-            let _ = draft.reply.send(Ok((draft.message, true)));
-        }
+/// What storing implies elsewhere, for a stored run: newest messages and counters, reply
+/// counts, shared files; then the events and the answers.
+async fn finish(db: TenantDb, redis: Redis, stored: Vec<Draft>) {
+    if let Err(e) = follow_up_all(&db, &stored).await {
+        return answer_all(stored, || ApiError::from(e.clone()));
     }
+    let events: Vec<LiveEvent> = stored.iter().map(|d| LiveEvent::Created { message: d.message.clone() }).collect();
+    redis.publish_events(db.tenant_id(), &events).await;
+    for draft in stored {
+        let _ = draft.reply.send(Ok((draft.message, true)));
+    }
+}
 
-    async fn follow_up_all(&self, stored: &[Draft]) -> Result<(), mongodb::error::Error> {
-        let mut newest: HashMap<&ConversationId, LastMessage> = HashMap::new();
-        for draft in stored {
-            let message = &draft.message;
-            newest.insert(&message.conversation_id, last_message_of(message));
-        }
-        let newest: Vec<(&ConversationId, LastMessage)> = newest.into_iter().collect();
-        self.db.conversations().record_last_messages(&newest).await?;
-        for message in stored.iter().map(|d| &d.message) {
-            if let Some(parent) = message.reply_to {
-                self.db.messages().add_reply_count(&message.conversation_id, parent, 1).await?;
-            }
-            share_files(&self.db, message).await?;
-        }
-        Ok(())
+async fn follow_up_all(db: &TenantDb, stored: &[Draft]) -> Result<(), mongodb::error::Error> {
+    let mut newest: HashMap<&ConversationId, LastMessage> = HashMap::new();
+    for draft in stored {
+        let message = &draft.message;
+        newest.insert(&message.conversation_id, last_message_of(message));
     }
+    let newest: Vec<(&ConversationId, LastMessage)> = newest.into_iter().collect();
+    db.conversations().record_last_messages(&newest).await?;
+    for message in stored.iter().map(|d| &d.message) {
+        if let Some(parent) = message.reply_to {
+            db.messages().add_reply_count(&message.conversation_id, parent, 1).await?;
+        }
+        share_files(db, message).await?;
+    }
+    Ok(())
 }
 
 fn answer_all(drafts: Vec<Draft>, error: impl Fn() -> ApiError) {
@@ -238,7 +296,7 @@ mod tests {
 
     #[test]
     fn a_conversation_always_goes_to_the_same_committer_and_conversations_spread_over_all() {
-        let committers = Committers::new(4, 256, 4096);
+        let committers = Committers::new(4, 256, 4096, 1).unwrap();
         let tenant = TenantId::parse("acme").unwrap();
         let ids: Vec<ConversationId> = (0..64).map(|_| ConversationId::new()).collect();
         let lines: Vec<Line> = ids.iter().map(|id| committers.line(&tenant, id)).collect();
@@ -248,7 +306,7 @@ mod tests {
         }
         let used: HashSet<usize> = lines.iter().map(|(_, n)| *n).collect();
         assert_eq!(used, (0..4).collect::<HashSet<_>>(), "64 conversations use every committer");
-        let single = Committers::new(0, 256, 4096);
+        let single = Committers::new(0, 256, 4096, 1).unwrap();
         assert!(ids.iter().all(|id| single.line(&tenant, id).1 == 0), "a setting of 0 means one committer");
     }
 }

@@ -16,6 +16,7 @@ use crate::domain::{ItemId, TenantId, UserId, WorkspaceItem};
 use crate::error::ApiError;
 use crate::events::{Channel, Delivery, DocEvent, DocEventKind};
 use crate::tenancy::TenantDb;
+use crate::threads::Threads;
 
 use super::documents;
 use super::room::{COMMAND_CAPACITY, ClientLink, Command, Room};
@@ -24,33 +25,14 @@ type RoomKey = (TenantId, ItemId);
 
 pub struct Rooms {
     open: Mutex<HashMap<RoomKey, mpsc::Sender<Command>>>,
-    threads: RoomThreads,
-}
-
-/// The runtime rooms run on; stopped (without waiting) when the node's state goes.
-struct RoomThreads(Option<tokio::runtime::Runtime>);
-
-impl Drop for RoomThreads {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
+    /// The runtime rooms run on; stopped (without waiting) when the node's state goes.
+    threads: Threads,
 }
 
 impl Rooms {
     /// Starts `threads` room threads (0: one per core).
     pub fn start(threads: usize) -> std::io::Result<Self> {
-        let threads = match threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("confab-rooms")
-            .enable_all()
-            .build()?;
-        Ok(Self { open: Mutex::default(), threads: RoomThreads(Some(runtime)) })
+        Ok(Self { open: Mutex::default(), threads: Threads::start("confab-rooms", threads)? })
     }
 
     fn get(&self, key: &RoomKey) -> Option<mpsc::Sender<Command>> {
@@ -77,8 +59,7 @@ impl Rooms {
         let room = Room::new(state.clone(), db.clone(), item.clone(), loaded);
         let registry = state.clone();
         let own = tx.clone();
-        let Some(runtime) = &state.rooms.threads.0 else { return Err(ApiError::unavailable("shutting down")) };
-        runtime.spawn(async move {
+        state.rooms.threads.spawn(async move {
             room.run(rx, move || {
                 let mut open = registry.rooms.open.lock().expect("rooms lock");
                 if open.get(&key).is_some_and(|current| current.same_channel(&own)) {

@@ -132,6 +132,38 @@ async fn concurrent_sends_over_many_conversations_on_two_nodes_stay_gapless_and_
     }
 }
 
+/// A committer numbers sends from the heads it remembers; the other node's sends make those
+/// stale (the seq taken under them must be noticed and the send numbered again), and a repeat
+/// numbered but not stored must not leave its seq behind as a hole.
+#[tokio::test]
+async fn sends_alternating_between_nodes_get_consecutive_seqs() {
+    let (first, second) = two_nodes().await;
+    let tenant = first.chat_tenant().await;
+    let alice = first.user(&tenant, "alice").await;
+    let _bob = first.user(&tenant, "bob").await;
+    let conversation = first.conversation(&alice, "group", &["bob"]).await;
+    // Runs on one node and switches both ways, so each node's remembered head goes stale.
+    for (n, on) in "abaabbabaaab".chars().enumerate() {
+        let node = if on == 'a' { &first } else { &second };
+        let reply = send(node, &alice, &conversation, &format!("m{n}")).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "send {n}: {}", reply.text);
+        assert_eq!(reply.body["seq"], n as i64 + 1, "send {n} gets the next seq: {}", reply.text);
+    }
+    // A repeat takes no seq: the next send still gets the one after the last stored.
+    for (id, status, seq) in
+        [("m12", StatusCode::CREATED, 13), ("m12", StatusCode::OK, 13), ("m13", StatusCode::CREATED, 14)]
+    {
+        let reply = send(&first, &alice, &conversation, id).await;
+        assert_eq!((reply.status, &reply.body["seq"]), (status, &json!(seq)), "{id}: {}", reply.text);
+    }
+    let stored = seqs_of(&first, &alice, &conversation).await;
+    let expected: Vec<(i64, String)> = (0..14).map(|n| (n as i64 + 1, format!("m{n}"))).collect();
+    assert_eq!(stored, expected, "gapless, in send order");
+    let view = second.call(Method::GET, &format!("/v1/conversations/{conversation}"), &alice, None).await;
+    assert_eq!(view.body["last_seq"], 14, "{}", view.text);
+    assert_eq!(view.body["last_message"]["seq"], 14, "{}", view.text);
+}
+
 #[tokio::test]
 async fn a_removed_member_can_no_longer_send_or_read_on_either_node() {
     let (first, second) = two_nodes().await;
