@@ -41,7 +41,7 @@ const MAX_SEQ_ATTEMPTS: usize = 64;
 /// A committer with nothing to do for this long stops; the next send starts a new one.
 const IDLE_STOP: Duration = Duration::from_secs(60);
 /// Most conversation heads a committer remembers; past it, it forgets them all and reads again.
-const HEADS_REMEMBERED: usize = 16_384;
+const HEADS_REMEMBERED: usize = 4_096;
 
 /// What a sender gets back: the stored message, and whether it is new (`false`: a repeat).
 pub type Committed = Result<(Message, bool), ApiError>;
