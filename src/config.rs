@@ -185,8 +185,9 @@ pub struct GatewaySettings {
     /// A connection not refreshed by a heartbeat for this long (a crashed node's) stops counting
     /// as live for presence and the per-user limit.
     pub presence_stale_secs: u64,
-    /// How often a socket re-reads its conversations' last seqs, to deliver anything whose live
-    /// event was lost (also done at once after this node's Redis subscriber reconnects).
+    /// How often a socket re-reads its conversations' last seqs, to deliver what the previous
+    /// re-read found stored and whose live event was lost (everything missing, at once, after this
+    /// node's Redis subscriber reconnects).
     pub catch_up_secs: u64,
 }
 

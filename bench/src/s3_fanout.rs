@@ -96,12 +96,15 @@ async fn subscribe(
 async fn wait_joined(subs: &[Arc<Subscriber>], conversation: &str) -> Result<(), BoxError> {
     let deadline = Instant::now() + JOIN_WAIT;
     loop {
-        let missing = subs.iter().filter(|s| !s.conversations.lock().expect("lock").contains(conversation)).count();
-        if missing == 0 {
+        let missing: Vec<&Arc<Subscriber>> =
+            subs.iter().filter(|s| !s.conversations.lock().expect("lock").contains(conversation)).collect();
+        if missing.is_empty() {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("{missing} subscribers never heard they joined the conversation").into());
+            let closed = missing.iter().find_map(|s| s.closed.lock().expect("lock").clone());
+            let n = missing.len();
+            return Err(format!("{n} subscribers never heard they joined the conversation (closed: {closed:?})").into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

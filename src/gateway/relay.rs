@@ -3,7 +3,9 @@
 //! event, or a resume) is filled from MongoDB before newer messages go out: a client sees each
 //! message once, in seq order.
 
-use crate::domain::{ConversationId, Message};
+use std::collections::HashMap;
+
+use crate::domain::{Conversation, ConversationId, Message};
 use crate::events::LiveEvent;
 use crate::http::live_message_view;
 
@@ -60,14 +62,27 @@ pub(super) async fn catch_up(
     Ok(())
 }
 
-/// Re-reads the last seq of every followed conversation and delivers anything newer: repairs
+/// Re-reads the last seq of every followed conversation and delivers what is missing: repairs
 /// messages whose live event never arrived (Redis restarted, a publish failed) even in
 /// conversations where nothing else happens.
-pub(super) async fn sweep(connection: &mut Connection, session: &mut Sender) -> Result<(), Closed> {
+///
+/// A message stored just now usually has its live event on the way (or waiting in this socket's
+/// outbox), so a head found ahead is only remembered: the next sweep, a period later, catches up
+/// to it if the event still has not come. Replaying it at once would read from MongoDB and send
+/// what the live events bring anyway, while they pile up behind the replay. After the node's
+/// subscriber reconnected (`lost`), events published meanwhile are gone: it catches up at once.
+pub(super) async fn sweep(connection: &mut Connection, session: &mut Sender, lost: bool) -> Result<(), Closed> {
     let ids: Vec<ConversationId> = connection.delivered.keys().cloned().collect();
     let Ok(conversations) = connection.db.conversations().get_many(&ids).await else { return Ok(()) };
-    for conversation in conversations {
-        catch_up(connection, session, &conversation.id, conversation.last_seq).await?;
+    let ahead = |c: &Conversation| connection.delivered.get(&c.id).is_some_and(|d| c.last_seq > *d);
+    let behind: HashMap<ConversationId, i64> =
+        conversations.iter().filter(|c| ahead(c)).map(|c| (c.id.clone(), c.last_seq)).collect();
+    let due = if lost { behind.clone() } else { std::mem::replace(&mut connection.behind, behind) };
+    for (id, upto) in due {
+        catch_up(connection, session, &id, upto).await?;
+    }
+    if lost {
+        connection.behind.clear();
     }
     Ok(())
 }

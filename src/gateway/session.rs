@@ -44,6 +44,9 @@ pub(super) struct Connection {
     pub(super) delivered: HashMap<ConversationId, i64>,
     /// When this socket last published `typing: true`, per conversation.
     pub(super) typing_sent: HashMap<ConversationId, Instant>,
+    /// The stored heads the last sweep found ahead of what this socket had delivered: the next
+    /// sweep catches up to them if their live events have not come by then.
+    pub(super) behind: HashMap<ConversationId, i64>,
 }
 
 /// `GET /v1/ws`: upgrades an authenticated user (see `auth::socket` for the ways in).
@@ -85,7 +88,14 @@ pub async fn connect(state: web::Data<AppState>, req: HttpRequest) -> Result<Htt
         read_ahead_bytes: 0,
     };
     Ok(handshake.accept(sizes, move |upgraded| async move {
-        let mut connection = Connection { state: state.clone(), caller, db, delivered, typing_sent: HashMap::new() };
+        let mut connection = Connection {
+            state: state.clone(),
+            caller,
+            db,
+            delivered,
+            typing_sent: HashMap::new(),
+            behind: HashMap::new(),
+        };
         if let Some(upgraded) = upgraded {
             let (mut sender, frames) = socket::split(upgraded);
             let reason = run(&mut connection, &tracked, &mut sender, frames, rx, &outbox.slow, ready.to_text()).await;
@@ -174,9 +184,11 @@ async fn run(
                 Box::pin(tracking::heartbeat(&connection.state, &connection.caller, tracked)).await;
                 let current = connection.state.hub.subscription_epoch();
                 if current != epoch || last_sweep.elapsed() >= catch_up_every {
+                    // Events published while this node's subscriber was away are lost for sure.
+                    let lost = current != epoch;
                     epoch = current;
                     last_sweep = Instant::now();
-                    if let Err(reason) = bounded(stall, Box::pin(sweep(connection, session)), |_| None).await {
+                    if let Err(reason) = bounded(stall, Box::pin(sweep(connection, session, lost)), |_| None).await {
                         return reason;
                     }
                 }

@@ -1025,6 +1025,46 @@ async fn realtime_a_redis_outage_loses_and_duplicates_no_message() {
     assert_eq!(received, (1..=13).collect::<Vec<_>>());
 }
 
+/// A message stored without a live event (here: written straight into MongoDB) in a conversation
+/// where nothing else happens reaches the socket through the periodic sweep, exactly once; the
+/// sweep waits a period before replaying, so events still on their way are not read twice.
+#[tokio::test]
+async fn realtime_a_message_whose_event_never_came_arrives_with_a_later_sweep() {
+    use mongodb::bson::{Document, doc};
+    let app = spawn_app_with(&settings(&[("gateway.heartbeat_secs", "1"), ("gateway.catch_up_secs", "1")])).await;
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    let bob = app.user(&tenant, "bob").await;
+    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    let mut socket = Client::open(&app, &bob).await;
+    let mut received = Vec::new();
+    let said = app.say(&alice, &conversation, "m1").await;
+    assert_eq!(said.status, StatusCode::CREATED, "{}", said.text);
+    take(&mut socket, &mut received, 1).await;
+
+    let db = app.mongo().await.database(&app.tenant_db_name(&tenant.id));
+    let messages = db.collection::<Document>("messages");
+    let mut silent = messages.find_one(doc! {"conversation_id": &conversation, "seq": 1}).await.unwrap().unwrap();
+    silent.insert("_id", format!("silent-{}", random_lower(8)));
+    silent.insert("seq", 2_i64);
+    silent.insert("client_msg_id", "silent");
+    silent.insert("text", "m2");
+    messages.insert_one(&silent).await.unwrap();
+    let conversations = db.collection::<Document>("conversations");
+    conversations.update_one(doc! {"_id": &conversation}, doc! {"$max": {"last_seq": 2_i64}}).await.unwrap();
+
+    let repaired = tokio::time::timeout(Duration::from_secs(10), take(&mut socket, &mut received, 2)).await;
+    assert!(repaired.is_ok(), "repaired within a few sweeps; got {received:?}");
+    let said = app.say(&alice, &conversation, "m3").await;
+    assert_eq!(said.status, StatusCode::CREATED, "{}", said.text);
+    take(&mut socket, &mut received, 3).await;
+    // Two more sweeps find nothing missing: nothing comes twice.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let quiet = socket.ping().await;
+    assert!(quiet.iter().all(|f| f["type"] != "message.new"), "nothing comes twice: {quiet:?}");
+    assert_eq!(received, [1, 2, 3], "every message once, in order");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 9. Tenants never hear from each other, even with the same user ids.
 
