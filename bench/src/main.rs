@@ -203,5 +203,8 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
     println!("{}", report::markdown(&reports));
     println!("Results: {}", path.display());
+    // Ends the driver's sessions now: a client dropped while the runtime shuts down would start
+    // that from its Drop on a runtime that no longer runs anything, and panic.
+    ctx.stack.mongo.clone().shutdown().immediate(true).await;
     Ok(!failed)
 }
