@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::domain::{Conversation, ConversationId, Message};
+use crate::domain::{ConversationId, Message};
 use crate::events::LiveEvent;
 use crate::http::live_message_view;
 
@@ -74,15 +74,19 @@ pub(super) async fn catch_up(
 pub(super) async fn sweep(connection: &mut Connection, session: &mut Sender, lost: bool) -> Result<(), Closed> {
     let ids: Vec<ConversationId> = connection.delivered.keys().cloned().collect();
     let Ok(conversations) = connection.db.conversations().get_many(&ids).await else { return Ok(()) };
-    let ahead = |c: &Conversation| connection.delivered.get(&c.id).is_some_and(|d| c.last_seq > *d);
-    let behind: HashMap<ConversationId, i64> =
-        conversations.iter().filter(|c| ahead(c)).map(|c| (c.id.clone(), c.last_seq)).collect();
-    let due = if lost { behind.clone() } else { std::mem::replace(&mut connection.behind, behind) };
+    let behind: HashMap<ConversationId, i64> = conversations
+        .into_iter()
+        .filter(|c| connection.delivered.get(&c.id).is_some_and(|d| c.last_seq > *d))
+        .map(|c| (c.id, c.last_seq))
+        .collect();
+    let due = if lost {
+        connection.behind.clear();
+        behind
+    } else {
+        std::mem::replace(&mut connection.behind, behind)
+    };
     for (id, upto) in due {
         catch_up(connection, session, &id, upto).await?;
-    }
-    if lost {
-        connection.behind.clear();
     }
     Ok(())
 }
