@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_http::HttpService;
-use actix_service::map_config;
+use actix_http::error::DispatchError;
+use actix_service::{ServiceFactoryExt, fn_service, map_config};
 use actix_web::dev::{AppConfig, Server};
 use actix_web::middleware::from_fn;
 use actix_web::{App, web};
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpStream;
 
 use crate::caches::Caches;
 use crate::chat::Committers;
@@ -71,8 +73,6 @@ impl AppState {
     }
 }
 
-/// How long a client may take to send a request's head (actix-web's default).
-const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a closing connection may take to shut down (actix-web's default).
 const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -87,6 +87,8 @@ impl Application {
         let port = listener.local_addr()?.port();
         let workers = settings.server.workers;
         let shutdown_timeout = settings.server.shutdown_timeout_secs;
+        let idle = Duration::from_secs(settings.server.keep_alive_secs);
+        let head_timeout = Duration::from_millis(settings.server.request_head_timeout_ms);
         let state = AppState::new(settings).await?;
         state.store.ensure_platform_indexes().await?;
         let state = web::Data::new(state);
@@ -115,14 +117,16 @@ impl Application {
         let mut server =
             actix_server::Server::build().shutdown_timeout(shutdown_timeout).listen("confab", listener, move || {
                 let upgrade_app = app.clone();
-                HttpService::build()
-                    .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+                let http = HttpService::build()
+                    .keep_alive(idle)
+                    .client_request_timeout(head_timeout)
                     .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
                     .upgrade(http::upgrade::upgrades(move || {
                         actix_service::IntoServiceFactory::into_factory(upgrade_app())
                     }))
                     .finish(map_config(app(), |_| AppConfig::default()))
-                    .tcp()
+                    .tcp();
+                fn_service(move |stream| first_bytes(stream, idle)).and_then(http)
             })?;
         if workers > 0 {
             server = server.workers(workers);
@@ -136,6 +140,18 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+}
+
+/// Holds a new connection until its client sends something, and closes it without a word if
+/// nothing comes within `idle`. actix's dispatcher would start its request-head timer at once
+/// and answer a silent connection with 408, which a pooling client that opened the connection
+/// ahead of need can take for the answer to the request it sends into it just then.
+async fn first_bytes(stream: TcpStream, idle: Duration) -> Result<TcpStream, DispatchError> {
+    match tokio::time::timeout(idle, stream.readable()).await {
+        Ok(Ok(())) => Ok(stream),
+        Ok(Err(e)) => Err(DispatchError::Io(e)),
+        Err(_) => Err(DispatchError::SlowRequestTimeout),
     }
 }
 

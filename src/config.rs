@@ -37,6 +37,13 @@ pub struct ServerSettings {
     /// its SYN and the client retries a second later (capped by `net.core.somaxconn`).
     pub backlog: u32,
     pub shutdown_timeout_secs: u64,
+    /// How long a connection may sit idle, before its first request or between requests, before
+    /// confab closes it without a word. Longer than a load balancer's idle timeout (60 s on
+    /// common ones), so the balancer closes first and never sends a request into a closing
+    /// connection.
+    pub keep_alive_secs: u64,
+    /// How long a client may take to send a request's head once it has started it (408 after).
+    pub request_head_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,6 +227,8 @@ port = 8080
 workers = 0
 backlog = 2048
 shutdown_timeout_secs = 10
+keep_alive_secs = 75
+request_head_timeout_ms = 5000
 
 [mongodb]
 uri = "mongodb://127.0.0.1:27017/?directConnection=true"
@@ -367,6 +376,9 @@ impl Settings {
         let env = &self.auth.api_key_env;
         if !(2..=8).contains(&env.len()) || !env.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
             return invalid("auth.api_key_env must be 2-8 characters of [a-z0-9]");
+        }
+        if self.server.keep_alive_secs == 0 || self.server.request_head_timeout_ms == 0 {
+            return invalid("server.keep_alive_secs and server.request_head_timeout_ms must be at least 1");
         }
         if self.http.default_page_size == 0 || self.http.default_page_size > self.http.max_page_size {
             return invalid("http.default_page_size must be between 1 and http.max_page_size");

@@ -146,7 +146,13 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let started = chrono::Utc::now();
     let params = Params::for_mode(args.mode);
     let mongo = mongodb::Client::with_uri_str(&args.mongo_uri).await?;
-    let http = reqwest::Client::builder().pool_max_idle_per_host(1024).timeout(Duration::from_secs(60)).build()?;
+    // Idle connections are dropped well before confab's keep-alive (75 s) closes them, so no
+    // request is sent into a connection the server is closing.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(60))
+        .build()?;
     let stack = Stack {
         node_a: args.node_a.trim_end_matches('/').to_string(),
         node_b: args.node_b.trim_end_matches('/').to_string(),

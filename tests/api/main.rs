@@ -10,6 +10,7 @@ mod chat_users;
 mod cli;
 mod code_sessions;
 mod collab;
+mod connections;
 mod e2e;
 mod errors;
 mod files;
