@@ -52,6 +52,10 @@ pub struct MongoSettings {
     /// Prefix of every database confab creates: `{prefix}platform`, `{prefix}t_{tenant}`.
     pub db_prefix: String,
     pub server_selection_timeout_ms: u64,
+    /// Most connections a node opens to each MongoDB server, unless the URI sets `maxPoolSize`.
+    /// A request that finds them all busy queues for one, so too few turn a short stall of the
+    /// database into a backlog that outlasts it.
+    pub max_pool_size: u32,
 }
 
 /// Per-node copies of tenants, users and memberships (see `caches`).
@@ -234,6 +238,7 @@ request_head_timeout_ms = 5000
 uri = "mongodb://127.0.0.1:27017/?directConnection=true"
 db_prefix = "confab_"
 server_selection_timeout_ms = 5000
+max_pool_size = 100
 
 [redis]
 url = "redis://127.0.0.1:6379"
@@ -379,6 +384,9 @@ impl Settings {
         }
         if self.server.keep_alive_secs == 0 || self.server.request_head_timeout_ms == 0 {
             return invalid("server.keep_alive_secs and server.request_head_timeout_ms must be at least 1");
+        }
+        if self.mongodb.max_pool_size == 0 {
+            return invalid("mongodb.max_pool_size must be at least 1");
         }
         if self.http.default_page_size == 0 || self.http.default_page_size > self.http.max_page_size {
             return invalid("http.default_page_size must be between 1 and http.max_page_size");

@@ -145,7 +145,10 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     loadgen::now_us(); // fixes the clock's origin before any timestamp is taken
     let started = chrono::Utc::now();
     let params = Params::for_mode(args.mode);
-    let mongo = mongodb::Client::with_uri_str(&args.mongo_uri).await?;
+    // The raw references get as many connections as a confab node has (`mongodb.max_pool_size`).
+    let mut mongo_options = mongodb::options::ClientOptions::parse(&args.mongo_uri).await?;
+    mongo_options.max_pool_size = mongo_options.max_pool_size.or(Some(100));
+    let mongo = mongodb::Client::with_options(mongo_options)?;
     // Idle connections are dropped well before confab's keep-alive (75 s) closes them, so no
     // request is sent into a connection the server is closing.
     let http = reqwest::Client::builder()

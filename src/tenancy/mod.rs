@@ -22,6 +22,15 @@ pub use collections::{PLATFORM_COLLECTIONS, TENANT_COLLECTIONS};
 pub use repos::{ApiKeysRepo, AuditRepo, SessionChanges, Snapshot, StoredUpdate, TenantsRepo, UsageRepo, binary};
 pub use tenant_db::TenantDb;
 
+/// The URI's options, with confab's settings for what it leaves out.
+async fn client_options(settings: &MongoSettings) -> Result<ClientOptions, mongodb::error::Error> {
+    let mut options = ClientOptions::parse(&settings.uri).await?;
+    options.app_name = Some("confab".into());
+    options.server_selection_timeout = Some(Duration::from_millis(settings.server_selection_timeout_ms));
+    options.max_pool_size = options.max_pool_size.or(Some(settings.max_pool_size));
+    Ok(options)
+}
+
 /// Handle to the cluster: cheap to clone, shared by every request.
 #[derive(Clone)]
 pub struct Store {
@@ -33,10 +42,7 @@ pub struct Store {
 impl Store {
     /// Builds the client; no connection is made until the first operation.
     pub async fn connect(settings: &MongoSettings) -> Result<Self, mongodb::error::Error> {
-        let mut options = ClientOptions::parse(&settings.uri).await?;
-        options.app_name = Some("confab".into());
-        options.server_selection_timeout = Some(Duration::from_millis(settings.server_selection_timeout_ms));
-        let client = Client::with_options(options)?;
+        let client = Client::with_options(client_options(settings).await?)?;
         let platform = client.database(&format!("{}platform", settings.db_prefix));
         Ok(Self { client, platform, prefix: settings.db_prefix.clone() })
     }
@@ -85,5 +91,27 @@ pub(crate) fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
             e.write_errors.as_ref().is_some_and(|errors| errors.iter().any(|w| w.code == 11000))
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(uri: &str) -> MongoSettings {
+        MongoSettings {
+            uri: uri.into(),
+            db_prefix: "confab_".into(),
+            server_selection_timeout_ms: 5000,
+            max_pool_size: 100,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_pool_size_setting_applies_unless_the_uri_sets_one() {
+        let plain = client_options(&settings("mongodb://127.0.0.1:27017")).await.unwrap();
+        assert_eq!(plain.max_pool_size, Some(100));
+        let pinned = client_options(&settings("mongodb://127.0.0.1:27017/?maxPoolSize=7")).await.unwrap();
+        assert_eq!(pinned.max_pool_size, Some(7));
     }
 }
