@@ -173,6 +173,31 @@ async fn awareness_reaches_others_across_nodes_and_is_cleared_when_a_client_vani
     bob_peer.ok(json!({"cmd": "wait_awareness", "count": 0, "timeout_ms": 15000})).await;
 }
 
+/// An editor whose socket stops reading is dropped once its outbox is full; the cursor it spoke
+/// for must not stay on everyone else's screen.
+#[tokio::test]
+async fn the_cursor_of_an_editor_dropped_for_falling_behind_is_cleared_for_the_others() {
+    let app = spawn_app().await;
+    let ws = workspace(&app).await;
+    let bob = member(&app, &ws, "bob", "editor").await;
+    let mut alice_peer = YjsPeer::connect(&app, &ws.session, &ws.file, &ws.owner, "alice").await;
+    let mut bob_peer = YjsPeer::connect(&app, &ws.session, &ws.file, &bob, "bob").await;
+    let cursor = json!({"user": {"name": "alice", "color": "#f00"}, "cursor": {"anchor": 0, "head": 0}});
+    alice_peer.ok(json!({"cmd": "awareness_set", "state": cursor})).await;
+    bob_peer.ok(json!({"cmd": "wait_awareness", "count": 1, "timeout_ms": 15000})).await;
+    let alice_pid = alice_peer.child.id().expect("alice runs").to_string();
+    let paused = Command::new("kill").args(["-STOP", &alice_pid]).status().await.unwrap();
+    assert!(paused.success());
+
+    // Far more than alice's socket buffers and outbox hold (512 frames).
+    bob_peer.ok(json!({"cmd": "churn", "count": 1500, "size": 16384})).await;
+    // Well before Yjs clients give up on a state that is not renewed (30 s).
+    let cleared = bob_peer.ask(json!({"cmd": "wait_awareness", "count": 0, "timeout_ms": 12000})).await;
+
+    Command::new("kill").args(["-CONT", &alice_pid]).status().await.unwrap();
+    assert_eq!(cleared["ok"], true, "alice's cursor stayed after she was dropped: {cleared}");
+}
+
 #[tokio::test]
 async fn replacing_content_over_rest_reaches_connected_editors_as_an_edit() {
     let app = spawn_app().await;

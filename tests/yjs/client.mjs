@@ -246,6 +246,19 @@ const commands = {
     return {}
   },
 
+  // Inserts `size` characters at the start and deletes them again, `count` times: two
+  // updates per round on the wire, and a document that does not grow.
+  async churn (cmd) {
+    const doc = requireDoc()
+    const chunk = 'x'.repeat(cmd.size)
+    for (let i = 0; i < cmd.count; i++) {
+      doc.transact(() => state.text.insert(0, chunk))
+      doc.transact(() => state.text.delete(0, chunk.length))
+      if (i % 32 === 31) await sleep(0)
+    }
+    return { text: state.text.toString() }
+  },
+
   async type (cmd) {
     const doc = requireDoc()
     const delay = cmd.delay_ms ?? 5

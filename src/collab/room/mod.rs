@@ -91,6 +91,9 @@ pub(super) struct Room {
     pub(super) loaded: LoadedDoc,
     awareness: Awareness,
     clients: HashMap<u64, Client>,
+    /// Awareness states of clients dropped for falling behind, to be cleared for the others
+    /// (`clear_departed`) once the command at hand is done.
+    departed: Vec<yrs::block::ClientID>,
     /// Edits received and checked, to be applied together (`settle`): the client, the update as
     /// it came (relayed once applied) and decoded.
     staged: Vec<(u64, Vec<u8>, documents::Decoded)>,
@@ -126,6 +129,7 @@ impl Room {
             loaded,
             awareness: Awareness::new(yrs::Doc::new()),
             clients: HashMap::new(),
+            departed: Vec::new(),
             staged: Vec::new(),
             staged_bytes: 0,
             pending: Vec::new(),
@@ -145,6 +149,7 @@ impl Room {
         let mut tick = tokio::time::interval(TICK);
         let mut ticks = 0u32;
         loop {
+            self.clear_departed().await;
             // A full batch waits for the one in flight before more edits are taken.
             if self.pending_bytes >= MAX_PENDING_BYTES && self.in_flight.is_some() {
                 self.landed().await;
@@ -258,8 +263,11 @@ impl Room {
             }
         }
         for id in behind {
-            // Dropping the sender ends the socket, which reconnects and resyncs.
-            self.clients.remove(&id);
+            // Dropping the sender ends the socket, which reconnects and resyncs; the cursors it
+            // spoke for go with the next `clear_departed`, as its own `leave` finds it gone.
+            if let Some(dropped) = self.clients.remove(&id) {
+                self.departed.extend(dropped.awareness_ids);
+            }
         }
     }
 
@@ -353,21 +361,28 @@ impl Room {
     }
 
     async fn leave(&mut self, client: u64) {
-        let Some(left) = self.clients.remove(&client) else { return };
-        if self.clients.is_empty() {
+        if let Some(left) = self.clients.remove(&client) {
+            self.departed.extend(left.awareness_ids);
+        }
+        self.clear_departed().await;
+    }
+
+    /// Clears the awareness states of clients that left or were dropped, for everyone else.
+    async fn clear_departed(&mut self) {
+        if self.clients.is_empty() && self.idle_since.is_none() {
             self.idle_since = Some(Instant::now());
         }
-        let ids: Vec<yrs::block::ClientID> = left.awareness_ids.into_iter().collect();
-        if ids.is_empty() {
-            return;
-        }
-        for id in &ids {
-            self.awareness.remove_state(*id);
-        }
-        if let Ok(update) = self.awareness.update_with_clients(ids) {
-            let frame = encode(&Message::Awareness(update));
-            self.broadcast(&frame, None);
-            self.publish(DocEventKind::Awareness, 0, frame).await;
+        // Telling the others may drop more clients that fell behind, whose states go next.
+        while !self.departed.is_empty() {
+            let ids = std::mem::take(&mut self.departed);
+            for id in &ids {
+                self.awareness.remove_state(*id);
+            }
+            if let Ok(update) = self.awareness.update_with_clients(ids) {
+                let frame = encode(&Message::Awareness(update));
+                self.broadcast(&frame, None);
+                self.publish(DocEventKind::Awareness, 0, frame).await;
+            }
         }
     }
 
