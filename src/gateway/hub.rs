@@ -1,6 +1,7 @@
 //! This node's registry of live sockets, by conversation and by user. The node's single Redis
-//! subscriber hands every event here; the hub decodes it once and offers it to the bounded
-//! outbox of each local socket that follows the conversation. A socket whose outbox is full is
+//! subscriber hands every event here; the hub skips those of tenants with no socket on this node,
+//! decodes the others once and offers each to the bounded outbox of each local socket that
+//! follows the conversation. A socket whose outbox is full is
 //! told to close (slow consumer): nobody is buffered without bound and nobody slows the others.
 //! Membership events re-point a user's sockets, so they follow conversations they join and stop
 //! hearing from conversations they leave. The hub also counts the subscriber's (re)connections:
@@ -51,6 +52,8 @@ struct Registry {
     sockets: HashMap<u64, Socket>,
     by_conversation: HashMap<ConversationKey, HashSet<u64>>,
     by_user: HashMap<UserKey, HashSet<u64>>,
+    /// Sockets per tenant: an event of a tenant with none here is not even decoded.
+    by_tenant: HashMap<TenantId, usize>,
 }
 
 impl Registry {
@@ -121,9 +124,12 @@ impl Hub {
         let mut registry = self.registry.lock().expect("hub lock");
         let user_key = (tenant.clone(), user.clone());
         registry.by_user.entry(user_key.clone()).or_default().insert(socket);
-        registry
+        let known = registry
             .sockets
             .insert(socket, Socket { user: user_key, outbox: outbox.clone(), conversations: HashSet::new() });
+        if known.is_none() {
+            *registry.by_tenant.entry(tenant.clone()).or_default() += 1;
+        }
         for conversation in conversations {
             registry.follow(socket, conversation);
         }
@@ -138,6 +144,12 @@ impl Hub {
             registry.unfollow(socket, conversation);
         }
         registry.sockets.remove(&socket);
+        if let Some(count) = registry.by_tenant.get_mut(&user.0) {
+            *count -= 1;
+            if *count == 0 {
+                registry.by_tenant.remove(&user.0);
+            }
+        }
         if let Some(set) = registry.by_user.get_mut(&user) {
             set.remove(&socket);
             if set.is_empty() {
@@ -148,6 +160,10 @@ impl Hub {
 
     /// Decodes an event and offers it to the local sockets it concerns.
     pub fn dispatch(&self, delivery: Delivery) {
+        // The node hears every tenant's events; most concern no socket here.
+        if !self.registry.lock().expect("hub lock").by_tenant.contains_key(&delivery.tenant) {
+            return;
+        }
         let Ok(event) = bson::from_slice::<LiveEvent>(&delivery.payload) else {
             tracing::warn!("dropping an undecodable event");
             return;
@@ -216,5 +232,48 @@ impl Registry {
                 Topic::Presence | Topic::Document(_) | Topic::Cache => HashSet::new(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox() -> (Outbox, mpsc::Receiver<Arc<SharedEvent>>) {
+        let (tx, rx) = mpsc::channel(8);
+        (Outbox { tx, slow: Arc::new(Notify::new()) }, rx)
+    }
+
+    fn typing(tenant: &TenantId, conversation: &ConversationId) -> Delivery {
+        let user = UserId::parse("bob").unwrap();
+        let event = LiveEvent::Typing { conversation_id: conversation.clone(), user_id: user, typing: true };
+        let payload = bson::to_vec(&event).unwrap();
+        Delivery { tenant: tenant.clone(), channel: Channel::Conversation(conversation.clone()), payload }
+    }
+
+    #[test]
+    fn events_reach_followers_while_their_tenant_has_sockets_here() {
+        let hub = Hub::default();
+        let (acme, globex) = (TenantId::parse("acme").unwrap(), TenantId::parse("globex").unwrap());
+        let conversation = ConversationId::new();
+        let alice = UserId::parse("alice").unwrap();
+        let ((first, mut first_rx), (second, mut second_rx)) = (outbox(), outbox());
+        hub.register(1, &acme, &alice, std::slice::from_ref(&conversation), &first);
+        hub.register(1, &acme, &alice, std::slice::from_ref(&conversation), &first);
+        hub.register(2, &acme, &alice, std::slice::from_ref(&conversation), &second);
+        hub.register(3, &globex, &alice, &[], &outbox().0);
+
+        hub.dispatch(typing(&acme, &conversation));
+        assert!(first_rx.try_recv().is_ok() && second_rx.try_recv().is_ok());
+
+        hub.unregister(1);
+        hub.dispatch(typing(&acme, &conversation));
+        assert!(second_rx.try_recv().is_ok(), "one socket of the tenant is still here");
+        assert_eq!(hub.registry.lock().unwrap().by_tenant.get(&acme), Some(&1), "a repeated register counted once");
+
+        hub.unregister(2);
+        hub.unregister(2);
+        assert!(!hub.registry.lock().unwrap().by_tenant.contains_key(&acme));
+        assert_eq!(hub.registry.lock().unwrap().by_tenant.get(&globex), Some(&1));
     }
 }
