@@ -1,8 +1,8 @@
 //! This node's registry of live sockets, by conversation and by user. The node's single Redis
 //! subscriber hands every event here; the hub skips those of tenants with no socket on this node,
 //! decodes the others once and offers each to the bounded outbox of each local socket that
-//! follows the conversation. A socket whose outbox is full is
-//! told to close (slow consumer): nobody is buffered without bound and nobody slows the others.
+//! follows the conversation. A socket whose outbox is full is told to close (slow consumer):
+//! nobody is buffered without bound and nobody slows the others.
 //! Membership events re-point a user's sockets, so they follow conversations they join and stop
 //! hearing from conversations they leave. The hub also counts the subscriber's (re)connections:
 //! a socket that sees the count move knows events may have been lost and catches up.
@@ -158,9 +158,9 @@ impl Hub {
         }
     }
 
-    /// Decodes an event and offers it to the local sockets it concerns.
+    /// Decodes an event and offers it to the local sockets it concerns. The node hears every
+    /// tenant's events, so one of a tenant with no socket here is dropped undecoded.
     pub fn dispatch(&self, delivery: Delivery) {
-        // The node hears every tenant's events; most concern no socket here.
         if !self.registry.lock().expect("hub lock").by_tenant.contains_key(&delivery.tenant) {
             return;
         }

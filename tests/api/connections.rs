@@ -7,8 +7,13 @@ use tokio::net::TcpStream;
 
 use crate::helpers::{TestApp, spawn_app_with};
 
-async fn app_with_short_timeouts() -> TestApp {
-    spawn_app_with(&[("server.keep_alive_secs", "2".into()), ("server.request_head_timeout_ms", "300".into())]).await
+/// confab with a keep-alive of `keep_alive_secs` and a 300 ms request-head timeout.
+async fn app_with_keep_alive(keep_alive_secs: u64) -> TestApp {
+    let timeouts = [
+        ("server.keep_alive_secs", keep_alive_secs.to_string()),
+        ("server.request_head_timeout_ms", "300".to_string()),
+    ];
+    spawn_app_with(&timeouts).await
 }
 
 async fn connect(app: &TestApp) -> TcpStream {
@@ -43,7 +48,7 @@ async fn exchange(stream: &mut TcpStream) -> String {
 /// connection with 408 would be read as the answer to the request it sends in just then.
 #[tokio::test]
 async fn a_connection_that_never_sends_a_request_is_closed_without_an_answer() {
-    let app = app_with_short_timeouts().await;
+    let app = app_with_keep_alive(2).await;
     let mut stream = connect(&app).await;
     let opened = Instant::now();
 
@@ -59,9 +64,7 @@ async fn a_connection_that_never_sends_a_request_is_closed_without_an_answer() {
 
 #[tokio::test]
 async fn a_connection_quiet_for_less_than_the_keep_alive_serves_its_first_request() {
-    let app =
-        spawn_app_with(&[("server.keep_alive_secs", "3".into()), ("server.request_head_timeout_ms", "300".into())])
-            .await;
+    let app = app_with_keep_alive(3).await;
     let mut stream = connect(&app).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
@@ -72,7 +75,7 @@ async fn a_connection_quiet_for_less_than_the_keep_alive_serves_its_first_reques
 
 #[tokio::test]
 async fn a_request_head_left_unfinished_gets_408() {
-    let app = app_with_short_timeouts().await;
+    let app = app_with_keep_alive(2).await;
     let mut stream = connect(&app).await;
     stream.write_all(b"GET /health/live HTTP/1.1\r\nhost: con").await.unwrap();
 
@@ -83,7 +86,7 @@ async fn a_request_head_left_unfinished_gets_408() {
 
 #[tokio::test]
 async fn a_kept_alive_connection_serves_again_and_is_closed_quietly_once_idle() {
-    let app = app_with_short_timeouts().await;
+    let app = app_with_keep_alive(2).await;
     let mut stream = connect(&app).await;
     assert!(exchange(&mut stream).await.starts_with("HTTP/1.1 200"));
     tokio::time::sleep(Duration::from_millis(300)).await;
