@@ -3,7 +3,7 @@
 //! Each entry's `hash` is SHA-256 over the canonical JSON of every other field, including the
 //! previous entry's hash, so editing, removing or reordering an entry breaks the chain.
 
-use bson::serde_helpers::chrono_datetime_as_bson_datetime;
+use super::bson_time::chrono_datetime_as_bson_datetime;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -1,8 +1,8 @@
 //! Code sessions: a workspace tree of files and folders edited live by the session's members.
 //! Each file's text is a Yjs document (kept in `collab_updates` / `collab_snapshots`).
 
+use super::bson_time::chrono_datetime_as_bson_datetime;
 use chrono::{DateTime, Utc};
-use mongodb::bson::serde_helpers::chrono_datetime_as_bson_datetime;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

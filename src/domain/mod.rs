@@ -2,6 +2,7 @@
 //! audit entries. Nothing here does I/O; parsing happens once, at the edge, into these types.
 
 mod audit;
+mod bson_time;
 mod clock;
 mod collab;
 mod conversation;
