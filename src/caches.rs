@@ -1,11 +1,11 @@
 //! Short-lived, per-node copies of what nearly every request reads: the caller's tenant, the
-//! caller's user record, their active membership of a conversation, and conversations as far as
-//! they never change (kind, encryption, the pair of a direct one: callers needing the live
-//! counters read those fresh).
+//! caller's API key or user record, their active membership of a conversation, and conversations
+//! as far as they never change (kind, encryption, the pair of a direct one: callers needing the
+//! live counters read those fresh).
 //!
 //! A change made through confab forgets the copy on this node at once and on the other nodes
 //! through Redis (`CacheEvent` on the tenant's `cache` channel). Pub/sub may drop that notice, so
-//! no copy outlives `cache.ttl_ms` either: a suspension, a deactivation or a removal takes effect
+//! no copy outlives `cache.ttl_ms` either: a suspension, a revoked or rotated key, a deactivation or a removal takes effect
 //! at once on the node that made it and within that bound everywhere. A copy loaded while a change
 //! was being forgotten is not kept (each map counts its forgets).
 
@@ -17,11 +17,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::CacheSettings;
-use crate::domain::{Conversation, ConversationId, Member, Tenant, TenantId, User, UserId};
+use crate::domain::{ApiKey, ApiKeyId, Conversation, ConversationId, Member, Tenant, TenantId, User, UserId};
 use crate::events::{CacheEvent, Redis};
 
 pub struct Caches {
     tenants: TtlMap<TenantId, Arc<Tenant>>,
+    api_keys: TtlMap<ApiKeyId, Arc<ApiKey>>,
+    /// When this node last recorded each key's use: a copy's `last_used_at` is as old as the
+    /// copy, so without this every request in a copy's lifetime would record the use again.
+    key_uses: Mutex<HashMap<ApiKeyId, Instant>>,
+    max_entries: usize,
     users: TtlMap<(TenantId, UserId), Arc<User>>,
     members: TtlMap<(TenantId, ConversationId, UserId), Member>,
     conversations: TtlMap<(TenantId, ConversationId), Conversation>,
@@ -32,6 +37,9 @@ impl Caches {
         let ttl = Duration::from_millis(settings.ttl_ms);
         Self {
             tenants: TtlMap::new(ttl, settings.max_entries),
+            api_keys: TtlMap::new(ttl, settings.max_entries),
+            key_uses: Mutex::default(),
+            max_entries: settings.max_entries,
             users: TtlMap::new(ttl, settings.max_entries),
             members: TtlMap::new(ttl, settings.max_entries),
             conversations: TtlMap::new(ttl, settings.max_entries),
@@ -44,6 +52,32 @@ impl Caches {
         F: Future<Output = Result<Option<Tenant>, E>>,
     {
         self.tenants.get_or_load(id, async { Ok(load.await?.map(Arc::new)) }).await
+    }
+
+    /// An API key by id, for checking a presented secret.
+    pub async fn api_key<E, F>(&self, id: &ApiKeyId, load: F) -> Result<Option<Arc<ApiKey>>, E>
+    where
+        F: Future<Output = Result<Option<ApiKey>, E>>,
+    {
+        self.api_keys.get_or_load(id, async { Ok(load.await?.map(Arc::new)) }).await
+    }
+
+    /// Whether this node should record a use of key `id` now: not if it did less than
+    /// `resolution` ago.
+    pub fn claim_key_use(&self, id: &ApiKeyId, resolution: Duration) -> bool {
+        let now = Instant::now();
+        let mut uses = self.key_uses.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if uses.get(id).is_some_and(|at| now.duration_since(*at) < resolution) {
+            return false;
+        }
+        if uses.len() >= self.max_entries {
+            uses.retain(|_, at| now.duration_since(*at) < resolution);
+            if uses.len() >= self.max_entries {
+                uses.clear();
+            }
+        }
+        uses.insert(id.clone(), now);
+        true
     }
 
     pub async fn user<E, F>(&self, tenant: &TenantId, id: &UserId, load: F) -> Result<Option<Arc<User>>, E>
@@ -91,6 +125,7 @@ impl Caches {
     pub fn apply(&self, tenant: &TenantId, event: &CacheEvent) {
         match event {
             CacheEvent::Tenant => self.tenants.forget(tenant),
+            CacheEvent::ApiKey { key_id } => self.api_keys.forget(key_id),
             CacheEvent::User { user_id } => self.users.forget(&(tenant.clone(), user_id.clone())),
             CacheEvent::Member { conversation_id, user_id } => {
                 self.members.forget(&(tenant.clone(), conversation_id.clone(), user_id.clone()))
@@ -211,5 +246,21 @@ mod tests {
             load(&map, key, "v").await;
         }
         assert!(map.entries().len() <= 2);
+    }
+
+    #[test]
+    fn each_key_use_is_claimed_once_per_resolution_and_the_record_stays_bounded() {
+        let caches = Caches::new(&CacheSettings { ttl_ms: 2000, max_entries: 2 });
+        let ids: Vec<ApiKeyId> = ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "cccccccccccccccc"]
+            .iter()
+            .map(|id| ApiKeyId::parse(id).unwrap())
+            .collect();
+        let minute = Duration::from_secs(60);
+        assert!(caches.claim_key_use(&ids[0], minute), "the first use is recorded");
+        assert!(!caches.claim_key_use(&ids[0], minute), "and not again within the resolution");
+        assert!(caches.claim_key_use(&ids[1], minute), "other keys are counted apart");
+        assert!(caches.claim_key_use(&ids[0], Duration::ZERO), "once the resolution has passed, again");
+        assert!(caches.claim_key_use(&ids[2], minute));
+        assert!(caches.key_uses.lock().unwrap().len() <= 2, "never more records than max_entries");
     }
 }

@@ -58,7 +58,7 @@ pub struct MongoSettings {
     pub max_pool_size: u32,
 }
 
-/// Per-node copies of tenants, users and memberships (see `caches`).
+/// Per-node copies of tenants, API keys, users and memberships (see `caches`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct CacheSettings {
     /// Longest a copy is used; also how long a change made on another node can go unseen

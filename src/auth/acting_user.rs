@@ -20,7 +20,7 @@ use super::{TenantScope, jwt};
 #[derive(Debug)]
 pub enum Via {
     UserToken,
-    ServerKey(Box<ApiKey>),
+    ServerKey(Arc<ApiKey>),
 }
 
 #[derive(Debug)]
@@ -78,7 +78,7 @@ impl FromRequest for ActingUser {
                 })?;
                 let id = UserId::parse(&raw).map_err(|e| ApiError::validation("user_id", e.0))?;
                 let user = load_active_user(&state, &caller.scope(), &id, || ApiError::not_found("user")).await?;
-                return Ok(Self { tenant: caller.tenant, user, via: Via::ServerKey(Box::new(caller.key)) });
+                return Ok(Self { tenant: caller.tenant, user, via: Via::ServerKey(caller.key) });
             }
             user_of_token(&state, &token).await
         })

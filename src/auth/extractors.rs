@@ -55,7 +55,7 @@ impl OperatorCaller {
 #[derive(Debug)]
 pub struct TenantCaller {
     pub tenant: Arc<Tenant>,
-    pub key: ApiKey,
+    pub key: Arc<ApiKey>,
 }
 
 impl TenantCaller {
@@ -115,9 +115,12 @@ impl FromRequest for TenantCaller {
 }
 
 /// Checks an API key: format and checksum, then hash, revocation, expiry and the tenant's status.
+/// The key's record comes from this node's cache (see `caches`: revoking or rotating forgets it).
 pub(super) async fn authenticate_key(state: &web::Data<AppState>, token: &str) -> Result<TenantCaller, ApiError> {
     let parsed = api_key::parse(token).ok_or_else(ApiError::unauthorized)?;
-    let key = state.store.api_keys().find_for_auth(&parsed.id).await?.ok_or_else(ApiError::unauthorized)?;
+    let keys = state.store.api_keys();
+    let key =
+        state.caches.api_key(&parsed.id, keys.find_for_auth(&parsed.id)).await?.ok_or_else(ApiError::unauthorized)?;
     let now = Utc::now();
     let current = api_key::hashes_match(&key.secret_hash, &parsed.hash);
     let previous = key.previous_valid_until.is_some_and(|until| now < until)
@@ -150,10 +153,14 @@ pub(super) async fn admit(state: &web::Data<AppState>, tenant: &Tenant) -> Resul
     state.redis.rate_limiter().check(&tenant.id, tenant.limits.requests_per_second).await
 }
 
-/// Writes `last_used_at` off the request path, and only when the stored value is stale.
+/// Writes `last_used_at` off the request path, and only when the stored value is stale and this
+/// node has not just written it.
 fn record_use(state: &web::Data<AppState>, key: &ApiKey, now: chrono::DateTime<Utc>) {
-    let resolution = chrono::Duration::seconds(state.settings.auth.key_last_used_resolution_secs as i64);
-    if key.last_used_at.is_some_and(|at| now - at < resolution) {
+    let secs = state.settings.auth.key_last_used_resolution_secs;
+    let resolution = chrono::Duration::seconds(secs as i64);
+    if key.last_used_at.is_some_and(|at| now - at < resolution)
+        || !state.caches.claim_key_use(&key.id, std::time::Duration::from_secs(secs))
+    {
         return;
     }
     let (repo, id) = (state.store.api_keys(), key.id.clone());

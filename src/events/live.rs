@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{ConversationId, ItemId, ItemKind, MemberRole, Message, SessionId, TenantId, UserId};
+use crate::domain::{ApiKeyId, ConversationId, ItemId, ItemKind, MemberRole, Message, SessionId, TenantId, UserId};
 
 use super::{Redis, RedisError};
 
@@ -55,6 +55,7 @@ pub enum Topic<'a> {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CacheEvent {
     Tenant,
+    ApiKey { key_id: ApiKeyId },
     User { user_id: UserId },
     Member { conversation_id: ConversationId, user_id: UserId },
 }

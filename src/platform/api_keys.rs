@@ -7,6 +7,7 @@ use crate::app::AppState;
 use crate::auth::{OperatorCaller, TenantCaller, api_key};
 use crate::domain::{ApiKey, ApiKeyId, AuditActor, Page, PageRequest, Scope, Tenant, TenantId, TenantStatus};
 use crate::error::{ApiError, ErrorCode};
+use crate::events::CacheEvent;
 use crate::tenancy::repos::{Rotation, TenantCounter};
 
 use super::audit::{self, AuditRecord};
@@ -144,6 +145,7 @@ pub async fn rotate(
         .rotate(caller.tenant_id(), id, rotation)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "the key was revoked or rotated meanwhile; retry"))?;
+    forget_key(state, caller, id).await;
     let record = AuditRecord::new(caller.actor(), "api_key.rotate", "api_key", id.as_str())
         .with_details(serde_json::json!({ "grace_period_secs": grace }));
     audit::append(&state.store, caller.tenant_id(), record).await?;
@@ -161,8 +163,14 @@ pub async fn revoke(state: &AppState, caller: &TenantCaller, id: &ApiKeyId) -> R
     if !repo.revoke(caller.tenant_id(), id, crate::domain::now()).await? {
         return Ok(());
     }
+    forget_key(state, caller, id).await;
     state.store.tenants().release(caller.tenant_id(), TenantCounter::ApiKeys).await?;
     let record = AuditRecord::new(caller.actor(), "api_key.revoke", "api_key", id.as_str());
     audit::append(&state.store, caller.tenant_id(), record).await?;
     Ok(())
+}
+
+/// Makes every node read the key again: its copies would still accept the old secret.
+async fn forget_key(state: &AppState, caller: &TenantCaller, id: &ApiKeyId) {
+    state.caches.forget(&state.redis, caller.tenant_id(), CacheEvent::ApiKey { key_id: id.clone() }).await;
 }

@@ -1,6 +1,7 @@
 //! The fast send path: group commit across many conversations and two nodes (gapless seqs,
 //! repeats answered with the original, counters and newest messages right), and the per-node
-//! caches of tenants, users and memberships, which a change must reach on every node at once.
+//! caches of tenants, API keys, users and memberships, which a change must reach on every node at
+//! once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -238,4 +239,43 @@ async fn a_suspended_tenant_is_refused_on_both_nodes() {
         eventually(async |_| second.call(Method::GET, "/v1/me", &user, None).await, |r| r.status != StatusCode::OK)
             .await;
     assert_eq!(there.body["error"]["code"], "tenant_suspended", "{}", there.text);
+}
+
+#[tokio::test]
+async fn a_revoked_or_rotated_api_key_is_refused_on_both_nodes() {
+    let (first, second) = two_nodes().await;
+    let tenant = first.create_tenant().await;
+    let (revoked, revoked_meta) = first.issue_key(&tenant, None).await;
+    let (rotated, rotated_meta) = first.issue_key(&tenant, None).await;
+    for node in [&first, &second] {
+        for key in [&revoked, &rotated] {
+            assert_eq!(node.call(Method::GET, "/v1/api-keys", key, None).await.status, StatusCode::OK);
+        }
+    }
+
+    let id = revoked_meta["id"].as_str().unwrap();
+    let revoke = first.call(Method::DELETE, &format!("/v1/api-keys/{id}"), &rotated, None).await;
+    assert_eq!(revoke.status, StatusCode::NO_CONTENT, "{}", revoke.text);
+    assert_eq!(first.call(Method::GET, "/v1/api-keys", &revoked, None).await.status, StatusCode::UNAUTHORIZED);
+    let there = eventually(
+        async |_| second.call(Method::GET, "/v1/api-keys", &revoked, None).await,
+        |r| r.status != StatusCode::OK,
+    )
+    .await;
+    assert_eq!(there.status, StatusCode::UNAUTHORIZED, "{}", there.text);
+
+    let id = rotated_meta["id"].as_str().unwrap();
+    let body = json!({"grace_period_secs": 0});
+    let rotation = second.call(Method::POST, &format!("/v1/api-keys/{id}/rotate"), &rotated, Some(body)).await;
+    assert_eq!(rotation.status, StatusCode::OK, "{}", rotation.text);
+    let newest = rotation.body["key"].as_str().unwrap().to_string();
+    let there = eventually(
+        async |_| first.call(Method::GET, "/v1/api-keys", &rotated, None).await,
+        |r| r.status != StatusCode::OK,
+    )
+    .await;
+    assert_eq!(there.status, StatusCode::UNAUTHORIZED, "the old secret, without grace: {}", there.text);
+    for node in [&first, &second] {
+        assert_eq!(node.call(Method::GET, "/v1/api-keys", &newest, None).await.status, StatusCode::OK);
+    }
 }
