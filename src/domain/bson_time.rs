@@ -1,8 +1,9 @@
 //! BSON dates as `chrono` times: the same helpers, under the same names, as bson's
 //! `serde_helpers`, except for how a date is read. bson's deserializers show a date as the small
 //! map `{"$date": {"$numberLong": "<ms>"}}`; bson's own `DateTime` reads that into a whole `Bson`
-//! value, building two hashed documents on the way, which was about a tenth of a history page's
-//! CPU. These helpers read the map's two keys and the number, and allocate nothing.
+//! value, building two hashed documents on the way (half the time of a one-date document, about
+//! 8% of a page of messages). These helpers read the map's two keys and the number instead, and
+//! build no document.
 
 use std::fmt;
 
