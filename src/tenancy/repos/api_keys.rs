@@ -4,6 +4,7 @@ use mongodb::bson::{self, doc};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 
+use super::and_any_of;
 use crate::domain::{ApiKey, ApiKeyId, TenantId};
 
 pub struct ApiKeysRepo {
@@ -109,8 +110,8 @@ impl ApiKeysRepo {
         resolution: chrono::Duration,
     ) -> Result<(), mongodb::error::Error> {
         let stale = bson_time(now - resolution);
-        let filter =
-            doc! { "_id": id.as_str(), "$or": [ { "last_used_at": null }, { "last_used_at": { "$lt": stale } } ] };
+        let unrecorded = vec![doc! { "last_used_at": null }, doc! { "last_used_at": { "$lt": stale } }];
+        let filter = and_any_of(doc! { "_id": id.as_str() }, unrecorded);
         self.keys.update_one(filter, doc! { "$set": { "last_used_at": bson_time(now) } }).await.map(|_| ())
     }
 

@@ -4,6 +4,7 @@ use mongodb::bson::{self, doc};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 
+use super::and_any_of;
 use crate::domain::{CodeSession, SessionId, SessionMember, SessionRole, UserId, Visibility};
 use crate::tenancy::is_duplicate_key;
 
@@ -48,10 +49,8 @@ impl CodeSessionsRepo {
         limit: u32,
     ) -> Result<Vec<CodeSession>, mongodb::error::Error> {
         let ids: Vec<&str> = ids.iter().map(SessionId::as_str).collect();
-        let mut filter = doc! { "$or": [ { "_id": { "$in": ids } }, { "visibility": "tenant" } ] };
-        if let Some(after) = after {
-            filter.insert("_id", doc! { "$gt": after });
-        }
+        let after = after.map_or_else(bson::Document::new, |after| doc! { "_id": { "$gt": after } });
+        let filter = and_any_of(after, vec![doc! { "_id": { "$in": ids } }, doc! { "visibility": "tenant" }]);
         self.sessions.find(filter).sort(doc! { "_id": 1 }).limit(i64::from(limit)).await?.try_collect().await
     }
 
@@ -116,7 +115,8 @@ impl CodeSessionsRepo {
         now_ms: i64,
         until_ms: i64,
     ) -> Result<bool, mongodb::error::Error> {
-        let filter = doc! { "_id": id.as_str(), "$or": [ { "tree_lock_until": null }, { "tree_lock_until": { "$lt": now_ms } } ] };
+        let free = vec![doc! { "tree_lock_until": null }, doc! { "tree_lock_until": { "$lt": now_ms } }];
+        let filter = and_any_of(doc! { "_id": id.as_str() }, free);
         let update = doc! { "$set": { "tree_lock_until": until_ms, "tree_lock_holder": holder } };
         Ok(self.sessions.update_one(filter, update).await?.modified_count == 1)
     }

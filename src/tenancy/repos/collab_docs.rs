@@ -4,6 +4,7 @@ use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
+use super::and_any_of;
 use crate::domain::ItemId;
 
 /// One stored Yjs update of a document: `seq` is gapless per document, across epochs.
@@ -96,7 +97,11 @@ impl CollabDocsRepo {
     pub async fn compact(&self, snapshot: &Snapshot) -> Result<(), mongodb::error::Error> {
         self.snapshots.insert_one(snapshot).await?;
         let id = snapshot.doc_id.as_str();
-        let older = doc! { "doc_id": id, "$or": [ { "epoch": { "$lt": snapshot.epoch } }, { "epoch": snapshot.epoch, "upto_seq": { "$lt": snapshot.upto_seq } } ] };
+        let before = vec![
+            doc! { "epoch": { "$lt": snapshot.epoch } },
+            doc! { "epoch": snapshot.epoch, "upto_seq": { "$lt": snapshot.upto_seq } },
+        ];
+        let older = and_any_of(doc! { "doc_id": id }, before);
         self.snapshots.delete_many(older).await?;
         self.updates.delete_many(doc! { "doc_id": id, "seq": { "$lte": snapshot.upto_seq } }).await.map(|_| ())
     }

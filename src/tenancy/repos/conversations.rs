@@ -6,6 +6,7 @@ use mongodb::bson::{self, Document, doc};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 
+use super::and_any_of;
 use crate::domain::{Conversation, ConversationId, LastMessage};
 use crate::tenancy::is_duplicate_key;
 
@@ -31,10 +32,8 @@ fn time(t: DateTime<Utc>) -> bson::DateTime {
 
 /// Filter and update that record `last` unless a newer message is already recorded.
 fn last_message_update(id: &ConversationId, last: &LastMessage) -> Result<(Document, Document), bson::ser::Error> {
-    let filter = doc! {
-        "_id": id.as_str(),
-        "$or": [ { "last_message": null }, { "last_message.seq": { "$lte": last.seq } } ],
-    };
+    let newer = vec![doc! { "last_message": null }, doc! { "last_message.seq": { "$lte": last.seq } }];
+    let filter = and_any_of(doc! { "_id": id.as_str() }, newer);
     let update = doc! {
         "$set": { "last_message": bson::to_bson(last)?, "last_activity_at": time(last.created_at) },
         "$max": { "last_seq": last.seq },
@@ -79,13 +78,11 @@ impl ConversationsRepo {
         let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
         let mut filter = doc! { "_id": { "$in": ids } };
         if let Some((at, id)) = before {
-            filter.insert(
-                "$or",
-                vec![
-                    doc! { "last_activity_at": { "$lt": time(at) } },
-                    doc! { "last_activity_at": time(at), "_id": { "$lt": id } },
-                ],
-            );
+            let older = vec![
+                doc! { "last_activity_at": { "$lt": time(at) } },
+                doc! { "last_activity_at": time(at), "_id": { "$lt": id } },
+            ];
+            filter = and_any_of(filter, older);
         }
         self.conversations
             .find(filter)

@@ -4,6 +4,7 @@ use mongodb::bson::{self, Document, doc};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 
+use super::and_any_of;
 use crate::domain::{PlanName, SigningKey, Tenant, TenantId, TenantLimits, TenantStatus};
 
 /// Per-tenant counters kept on the tenant record and checked against its limits.
@@ -113,10 +114,8 @@ impl TenantsRepo {
         max: u64,
     ) -> Result<bool, mongodb::error::Error> {
         let field = counter.field();
-        let filter = doc! {
-            "_id": id.as_str(),
-            "$or": [ { field: { "$lt": max as i64 } }, { field: { "$exists": false } } ],
-        };
+        let below = vec![doc! { field: { "$lt": max as i64 } }, doc! { field: { "$exists": false } }];
+        let filter = and_any_of(doc! { "_id": id.as_str() }, below);
         let result = self.tenants.update_one(filter, doc! { "$inc": { field: 1_i64 } }).await?;
         Ok(result.modified_count == 1)
     }

@@ -4,6 +4,7 @@ use mongodb::bson::{self, Document, doc};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 
+use super::and_any_of;
 use crate::domain::{User, UserId};
 use crate::tenancy::is_duplicate_key;
 
@@ -51,20 +52,26 @@ impl UsersRepo {
         after: Option<(&str, &str)>,
         limit: u32,
     ) -> Result<Vec<User>, mongodb::error::Error> {
-        let mut filter = Document::new();
+        // Past the cursor means a name at least the cursor's, which bounds the index range.
         let mut range = Document::new();
+        let lowest = match (prefix, after) {
+            (Some(prefix), Some((name, _))) => Some(prefix.max(name)),
+            (prefix, after) => prefix.or(after.map(|(name, _)| name)),
+        };
+        if let Some(lowest) = lowest {
+            range.insert("$gte", lowest);
+        }
         if let Some(prefix) = prefix {
-            range.insert("$gte", prefix);
             range.insert("$lt", format!("{prefix}\u{10ffff}"));
         }
+        let mut filter = if range.is_empty() {
+            Document::new()
+        } else {
+            doc! { "name_key": range }
+        };
         if let Some((name, id)) = after {
-            filter.insert(
-                "$or",
-                vec![doc! { "name_key": { "$gt": name } }, doc! { "name_key": name, "_id": { "$gt": id } }],
-            );
-        }
-        if !range.is_empty() {
-            filter.insert("name_key", range);
+            let past = vec![doc! { "name_key": { "$gt": name } }, doc! { "name_key": name, "_id": { "$gt": id } }];
+            filter = and_any_of(filter, past);
         }
         self.users
             .find(filter)
