@@ -19,10 +19,14 @@
 //! means the message is in MongoDB). Finishing overlaps the next batch's insert; finishes run one
 //! at a time in order, so a conversation's events go out in seq order. Heads are read only once
 //! the finish in flight is done, as the counters it records are what the read sees.
+//!
+//! `/metrics` shows the pipeline: `chat_commit_batch_messages` (drafts per insert),
+//! `chat_commit_wait_seconds` (how long a batch's oldest draft was queued),
+//! `chat_commit_insert_seconds` and `chat_commit_finish_seconds`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -49,6 +53,7 @@ pub type Committed = Result<(Message, bool), ApiError>;
 struct Draft {
     message: Message,
     reply: oneshot::Sender<Committed>,
+    queued: Instant,
 }
 
 /// A tenant's committer on this node: which of its `per_tenant` lines.
@@ -89,7 +94,7 @@ impl Committers {
     pub async fn store(&self, db: &TenantDb, redis: &Redis, message: Message) -> Committed {
         let line = self.line(db.tenant_id(), &message.conversation_id);
         let (reply, answer) = oneshot::channel();
-        let mut draft = Draft { message, reply };
+        let mut draft = Draft { message, reply, queued: Instant::now() };
         loop {
             let queue = self.queue(&line, db, redis);
             match queue.send(draft).await {
@@ -162,6 +167,9 @@ impl Committer {
     }
 
     async fn commit(&mut self, mut pending: Vec<Draft>) {
+        if let Some(oldest) = pending.iter().map(|d| d.queued).min() {
+            metrics::histogram!("chat_commit_wait_seconds").record(oldest.elapsed().as_secs_f64());
+        }
         for _ in 0..pending.len() + MAX_SEQ_ATTEMPTS {
             if pending.is_empty() {
                 return;
@@ -220,7 +228,11 @@ impl Committer {
             }
         }
         let messages: Vec<&Message> = pending.iter().map(|d| &d.message).collect();
-        let run = match self.db.messages().insert_run(&messages).await {
+        metrics::histogram!("chat_commit_batch_messages").record(messages.len() as f64);
+        let started = Instant::now();
+        let inserted = self.db.messages().insert_run(&messages).await;
+        metrics::histogram!("chat_commit_insert_seconds").record(started.elapsed().as_secs_f64());
+        let run = match inserted {
             Ok(run) => run,
             Err(e) => return Err((pending, e)),
         };
@@ -255,11 +267,13 @@ impl Committer {
 /// What storing implies elsewhere, for a stored run: newest messages and counters, reply
 /// counts, shared files; then the events and the answers.
 async fn finish(db: TenantDb, redis: Redis, stored: Vec<Draft>) {
+    let started = Instant::now();
     if let Err(e) = follow_up_all(&db, &stored).await {
         return answer_all(stored, || ApiError::from(e.clone()));
     }
     let events: Vec<LiveEvent> = stored.iter().map(|d| LiveEvent::Created { message: d.message.clone() }).collect();
     redis.publish_events(db.tenant_id(), &events).await;
+    metrics::histogram!("chat_commit_finish_seconds").record(started.elapsed().as_secs_f64());
     for draft in stored {
         let _ = draft.reply.send(Ok((draft.message, true)));
     }

@@ -65,6 +65,25 @@ async fn metrics_count_requests_in_prometheus_text() {
 }
 
 #[tokio::test]
+async fn metrics_show_the_send_pipeline_once_a_message_is_stored() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    let conversation = app.conversation(&alice, "group", &[]).await;
+    let sent = app.say(&alice, &conversation, "hello").await;
+    assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.text);
+    let metrics = app.send(app.request(Method::GET, "/metrics")).await.text;
+    for series in [
+        "chat_commit_batch_messages_bucket{le=\"1\"}",
+        "chat_commit_wait_seconds_bucket",
+        "chat_commit_insert_seconds_bucket",
+        "chat_commit_finish_seconds_count",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from {metrics}");
+    }
+}
+
+#[tokio::test]
 async fn every_response_carries_a_request_id_and_echoes_a_valid_one() {
     let app = spawn_app().await;
     let fresh = app.send(app.request(Method::GET, "/health/live")).await;
