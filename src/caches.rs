@@ -5,9 +5,9 @@
 //!
 //! A change made through confab forgets the copy on this node at once and on the other nodes
 //! through Redis (`CacheEvent` on the tenant's `cache` channel). Pub/sub may drop that notice, so
-//! no copy outlives `cache.ttl_ms` either: a suspension, a revoked or rotated key, a deactivation or a removal takes effect
-//! at once on the node that made it and within that bound everywhere. A copy loaded while a change
-//! was being forgotten is not kept (each map counts its forgets).
+//! no copy outlives `cache.ttl_ms` either: a suspension, a revoked or rotated key, a deactivation
+//! or a removal takes effect at once on the node that made it and within that bound everywhere. A
+//! copy loaded while a change was being forgotten is not kept (each map counts its forgets).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -70,12 +70,7 @@ impl Caches {
         if uses.get(id).is_some_and(|at| now.duration_since(*at) < resolution) {
             return false;
         }
-        if uses.len() >= self.max_entries {
-            uses.retain(|_, at| now.duration_since(*at) < resolution);
-            if uses.len() >= self.max_entries {
-                uses.clear();
-            }
-        }
+        make_room(&mut uses, self.max_entries, |at| now.duration_since(*at) < resolution);
         uses.insert(id.clone(), now);
         true
     }
@@ -134,6 +129,17 @@ impl Caches {
     }
 }
 
+/// Keeps `map` below `max` entries before an insert: drops what is no longer `current`, and
+/// everything if that is not enough.
+fn make_room<K, V>(map: &mut HashMap<K, V>, max: usize, current: impl Fn(&V) -> bool) {
+    if map.len() >= max {
+        map.retain(|_, value| current(value));
+        if map.len() >= max {
+            map.clear();
+        }
+    }
+}
+
 /// A map whose entries expire `ttl` after they were loaded; `ttl` zero keeps nothing.
 struct TtlMap<K, V> {
     entries: Mutex<HashMap<K, (Instant, V)>>,
@@ -166,12 +172,7 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
         let mut entries = self.entries();
         match &loaded {
             Some(value) if self.forgets.load(Ordering::Acquire) == forgets => {
-                if entries.len() >= self.max_entries {
-                    entries.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
-                    if entries.len() >= self.max_entries {
-                        entries.clear();
-                    }
-                }
+                make_room(&mut entries, self.max_entries, |(at, _)| now.duration_since(*at) < self.ttl);
                 entries.insert(key.clone(), (now, value.clone()));
             }
             _ => {

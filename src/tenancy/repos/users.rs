@@ -54,11 +54,7 @@ impl UsersRepo {
     ) -> Result<Vec<User>, mongodb::error::Error> {
         // Past the cursor means a name at least the cursor's, which bounds the index range.
         let mut range = Document::new();
-        let lowest = match (prefix, after) {
-            (Some(prefix), Some((name, _))) => Some(prefix.max(name)),
-            (prefix, after) => prefix.or(after.map(|(name, _)| name)),
-        };
-        if let Some(lowest) = lowest {
+        if let Some(lowest) = [prefix, after.map(|(name, _)| name)].into_iter().flatten().max() {
             range.insert("$gte", lowest);
         }
         if let Some(prefix) = prefix {
