@@ -99,7 +99,10 @@ impl Application {
             move |delivery| match delivery.channel {
                 Channel::Document(_) => shared.rooms.dispatch(shared.hub.node_id(), delivery),
                 Channel::Cache => match bson::from_slice(&delivery.payload) {
-                    Ok(event) => shared.caches.apply(&delivery.tenant, &event),
+                    Ok(event) => {
+                        shared.caches.apply(&delivery.tenant, &event);
+                        shared.rooms.apply(shared.hub.node_id(), &delivery.tenant, &event);
+                    }
                     Err(e) => tracing::warn!(error = %e, "undecodable cache notice"),
                 },
                 _ => shared.hub.dispatch(delivery),

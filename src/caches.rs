@@ -125,6 +125,7 @@ impl Caches {
             CacheEvent::Member { conversation_id, user_id } => {
                 self.members.forget(&(tenant.clone(), conversation_id.clone(), user_id.clone()))
             }
+            CacheEvent::SessionAccess { .. } => {}
         }
     }
 }

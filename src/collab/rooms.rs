@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::app::AppState;
-use crate::domain::{ItemId, TenantId, UserId, WorkspaceItem};
+use crate::domain::{ItemId, SessionId, TenantId, UserId, WorkspaceItem};
 use crate::error::ApiError;
-use crate::events::{Channel, Delivery, DocEvent, DocEventKind};
+use crate::events::{CacheEvent, Channel, Delivery, DocEvent, DocEventKind};
 use crate::tenancy::TenantDb;
 use crate::threads::Threads;
 
@@ -23,8 +23,14 @@ use super::room::{COMMAND_CAPACITY, ClientLink, Command, Room};
 
 type RoomKey = (TenantId, ItemId);
 
+/// An open room: its file's session, and its command queue.
+struct OpenRoom {
+    session: SessionId,
+    tx: mpsc::Sender<Command>,
+}
+
 pub struct Rooms {
-    open: Mutex<HashMap<RoomKey, mpsc::Sender<Command>>>,
+    open: Mutex<HashMap<RoomKey, OpenRoom>>,
     /// The runtime rooms run on; stopped (without waiting) when the node's state goes.
     threads: Threads,
 }
@@ -36,7 +42,7 @@ impl Rooms {
     }
 
     fn get(&self, key: &RoomKey) -> Option<mpsc::Sender<Command>> {
-        self.open.lock().expect("rooms lock").get(key).filter(|tx| !tx.is_closed()).cloned()
+        self.open.lock().expect("rooms lock").get(key).map(|room| &room.tx).filter(|tx| !tx.is_closed()).cloned()
     }
 
     /// The room of a file, loading its document if this node does not hold it yet.
@@ -51,24 +57,47 @@ impl Rooms {
         }
         let loaded = documents::load(db, item).await.map_err(ApiError::internal)?;
         let mut open = state.rooms.open.lock().expect("rooms lock");
-        if let Some(tx) = open.get(&key).filter(|tx| !tx.is_closed()) {
-            return Ok(tx.clone());
+        if let Some(room) = open.get(&key).filter(|room| !room.tx.is_closed()) {
+            return Ok(room.tx.clone());
         }
         let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
-        open.insert(key.clone(), tx.clone());
+        open.insert(key.clone(), OpenRoom { session: item.session_id.clone(), tx: tx.clone() });
         let room = Room::new(state.clone(), db.clone(), item.clone(), loaded);
         let registry = state.clone();
         let own = tx.clone();
         state.rooms.threads.spawn(async move {
             room.run(rx, move || {
                 let mut open = registry.rooms.open.lock().expect("rooms lock");
-                if open.get(&key).is_some_and(|current| current.same_channel(&own)) {
+                if open.get(&key).is_some_and(|current| current.tx.same_channel(&own)) {
                     open.remove(&key);
                 }
             })
             .await;
         });
         Ok(tx)
+    }
+
+    /// Acts on a cache notice from any node: a session member's access changed, so their
+    /// editors of its files here are closed (unless `node` sent it, having closed them already).
+    pub fn apply(&self, node: &str, tenant: &TenantId, event: &CacheEvent) {
+        if let CacheEvent::SessionAccess { session_id, user_id, origin } = event
+            && origin != node
+        {
+            self.revoke(tenant, session_id, user_id.as_ref());
+        }
+    }
+
+    /// Closes `user`'s editors (everyone's without a user) in this node's rooms of `session`:
+    /// they reconnect and get in with what they may do now, or are refused.
+    pub fn revoke(&self, tenant: &TenantId, session: &SessionId, user: Option<&UserId>) {
+        let open = self.open.lock().expect("rooms lock");
+        for ((room_tenant, _), room) in open.iter() {
+            if room_tenant == tenant && room.session == *session {
+                let (tx, user) = (room.tx.clone(), user.cloned());
+                // Queued behind the room's other commands, however full its queue is.
+                self.threads.spawn(async move { tx.send(Command::Revoke { user }).await });
+            }
+        }
     }
 
     /// Hands an event from another node to the room of its document, if open here.

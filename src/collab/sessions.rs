@@ -11,6 +11,7 @@ use crate::domain::{
     now,
 };
 use crate::error::{ApiError, ErrorCode};
+use crate::events::CacheEvent;
 use crate::tenancy::{SessionChanges, TenantDb};
 
 /// What a new session starts with.
@@ -137,9 +138,14 @@ pub async fn update(
 ) -> Result<CodeSession, ApiError> {
     caller.require(Scope::ChatWrite)?;
     let db = state.store.tenant_db(&caller.scope());
-    let (_, role) = access(&db, caller, id).await?;
+    let (before, role) = access(&db, caller, id).await?;
     require(role, SessionRole::Owner)?;
-    db.code_sessions().update(id, changes, now()).await?.ok_or_else(|| ApiError::not_found("session"))
+    let updated = db.code_sessions().update(id, changes, now()).await?.ok_or_else(|| ApiError::not_found("session"))?;
+    // Users who could view only because the whole tenant could are refused on reconnecting.
+    if before.visibility == Visibility::Tenant && updated.visibility != Visibility::Tenant {
+        access_changed(state, &db, id, None).await;
+    }
+    Ok(updated)
 }
 
 /// Deletes the session, its tree and its documents (owners). The chat stays, as a record.
@@ -202,6 +208,7 @@ pub async fn put_member(
             db.code_sessions().add_owner(id).await?;
         }
         members::follow(state, &db, &session.conversation_id, user, role == SessionRole::Owner).await?;
+        access_changed(state, &db, id, Some(user)).await;
         return Ok(updated);
     }
     let max = state.settings.collab.max_members;
@@ -239,9 +246,19 @@ pub async fn remove_member(
         return Err(ApiError::new(ErrorCode::LastOwner, "the last owner must make someone else owner before leaving"));
     }
     if db.code_sessions().remove_member(id, user).await? {
+        access_changed(state, &db, id, Some(user)).await;
         members::unfollow(state, &db, &session.conversation_id, user).await?;
     } else if owner {
         db.code_sessions().add_owner(id).await?;
     }
     Ok(())
+}
+
+/// Closes `user`'s editors (everyone's without a user) of the session's files on every node, so
+/// they reconnect with the role they have now, or are refused: a role is checked on connecting.
+async fn access_changed(state: &AppState, db: &TenantDb, session: &SessionId, user: Option<&UserId>) {
+    state.rooms.revoke(db.tenant_id(), session, user);
+    let origin = state.hub.node_id().to_string();
+    let event = CacheEvent::SessionAccess { session_id: session.clone(), user_id: user.cloned(), origin };
+    state.redis.publish_cache_event(db.tenant_id(), &event).await;
 }

@@ -55,9 +55,25 @@ pub enum Topic<'a> {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CacheEvent {
     Tenant,
-    ApiKey { key_id: ApiKeyId },
-    User { user_id: UserId },
-    Member { conversation_id: ConversationId, user_id: UserId },
+    ApiKey {
+        key_id: ApiKeyId,
+    },
+    User {
+        user_id: UserId,
+    },
+    Member {
+        conversation_id: ConversationId,
+        user_id: UserId,
+    },
+    /// A code session member was removed or given another role (`user_id`), or the session
+    /// stopped being visible to the whole tenant (no `user_id`: everyone). Nothing cached
+    /// changes: each node's rooms close those editors of the session's files (`collab::Rooms`),
+    /// which reconnect with what they may do now. `origin` is the node that did so already.
+    SessionAccess {
+        session_id: SessionId,
+        user_id: Option<UserId>,
+        origin: String,
+    },
 }
 
 impl LiveEvent {

@@ -220,3 +220,108 @@ async fn replacing_content_over_rest_reaches_connected_editors_as_an_edit() {
     }
     panic!("the editor's change after the replacement was not stored");
 }
+
+/// Polls the peer until the server has closed one of its sockets with 1012 `access_changed`.
+async fn wait_access_changed(peer: &mut YjsPeer) -> Value {
+    let mut status = Value::Null;
+    for _ in 0..150 {
+        status = peer.ok(json!({"cmd": "status"})).await;
+        let closes = status["close_events"].as_array().cloned().unwrap_or_default();
+        if closes.iter().any(|c| c["code"] == 1012 && c["reason"] == "access_changed" && c["local"] == false) {
+            return status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the server never closed the socket for the access change: {status}");
+}
+
+/// What `editor` types after losing the right to edit must reach neither the file nor anyone:
+/// the owner's later edit is stored alone.
+async fn assert_edits_refused(app: &TestApp, ws: &Workspace, owner: &mut YjsPeer, editor: &mut YjsPeer) {
+    editor.ok(json!({"cmd": "insert", "index": 0, "text": "EVIL"})).await;
+    owner.ok(json!({"cmd": "insert", "index": 0, "text": "# ok\n"})).await;
+    for _ in 0..100 {
+        if stored_text(app, ws, &ws.owner).await.starts_with("# ok") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // A relayed edit reaches the owner before it is stored; give one the time to arrive.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(stored_text(app, ws, &ws.owner).await, "# ok\nprint('hi')\n");
+    assert_eq!(owner.text().await, "# ok\nprint('hi')\n");
+}
+
+#[tokio::test]
+async fn an_editor_removed_from_the_session_is_cut_off_on_every_node() {
+    let first = spawn_app().await;
+    let second = first.second_node().await;
+    let ws = workspace(&first).await;
+    let bob = member(&first, &ws, "bob", "editor").await;
+    let mut alice_peer = YjsPeer::connect(&first, &ws.session, &ws.file, &ws.owner, "alice").await;
+    let mut bob_peer = YjsPeer::connect(&second, &ws.session, &ws.file, &bob, "bob").await;
+    let removed =
+        first.call(Method::DELETE, &format!("/v1/sessions/{}/members/bob", ws.session), &ws.owner, None).await;
+    assert_eq!(removed.status, StatusCode::NO_CONTENT, "{}", removed.text);
+
+    // Bob's socket on the other node is closed, and his provider's reconnects are refused.
+    wait_access_changed(&mut bob_peer).await;
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        status = bob_peer.ok(json!({"cmd": "status"})).await;
+        if !status["errors"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status["connected"], false, "{status}");
+    assert!(!status["errors"].as_array().unwrap().is_empty(), "the reconnect was not refused: {status}");
+    assert_edits_refused(&first, &ws, &mut alice_peer, &mut bob_peer).await;
+}
+
+#[tokio::test]
+async fn an_editor_made_viewer_reconnects_as_a_viewer() {
+    let app = spawn_app().await;
+    let ws = workspace(&app).await;
+    let bob = member(&app, &ws, "bob", "editor").await;
+    let mut alice_peer = YjsPeer::connect(&app, &ws.session, &ws.file, &ws.owner, "alice").await;
+    let mut bob_peer = YjsPeer::connect(&app, &ws.session, &ws.file, &bob, "bob").await;
+    member(&app, &ws, "bob", "viewer").await;
+
+    let closed = wait_access_changed(&mut bob_peer).await;
+    assert_eq!(closed["errors"], json!([]), "a viewer may still connect: {closed}");
+    let mut status = Value::Null;
+    for _ in 0..150 {
+        status = bob_peer.ok(json!({"cmd": "status"})).await;
+        if status["sockets_opened"].as_u64() >= Some(2) && status["synced"] == true {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!((status["connected"].as_bool(), status["synced"].as_bool()), (Some(true), Some(true)), "{status}");
+    assert_edits_refused(&app, &ws, &mut alice_peer, &mut bob_peer).await;
+    // Bob's own copy keeps what he typed, next to the owner's edit he received.
+    assert_eq!(bob_peer.text().await.replace("EVIL", ""), "# ok\nprint('hi')\n", "bob still receives edits");
+}
+
+#[tokio::test]
+async fn making_a_session_private_cuts_off_those_who_could_only_view_it_as_tenant_users() {
+    let app = spawn_app().await;
+    let ws = workspace(&app).await;
+    let path = format!("/v1/sessions/{}", ws.session);
+    let opened = app.call(Method::PATCH, &path, &ws.owner, Some(json!({"visibility": "tenant"}))).await;
+    assert_eq!(opened.status, StatusCode::OK, "{}", opened.text);
+    let eve = app.user(&ws.tenant, "eve").await;
+    let mut eve_peer = YjsPeer::connect(&app, &ws.session, &ws.file, &eve, "eve").await;
+    assert_eq!(eve_peer.text().await, "print('hi')\n");
+
+    let closed = app.call(Method::PATCH, &path, &ws.owner, Some(json!({"visibility": "private"}))).await;
+    assert_eq!(closed.status, StatusCode::OK, "{}", closed.text);
+    wait_access_changed(&mut eve_peer).await;
+    let mut alice_peer = YjsPeer::connect(&app, &ws.session, &ws.file, &ws.owner, "alice").await;
+    alice_peer.ok(json!({"cmd": "insert", "index": 0, "text": "# secret\n"})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert_eq!(eve_peer.text().await, "print('hi')\n", "eve no longer receives edits");
+    let status = eve_peer.ok(json!({"cmd": "status"})).await;
+    assert_eq!(status["connected"], false, "{status}");
+}

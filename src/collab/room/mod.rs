@@ -26,6 +26,8 @@ mod storage;
 
 pub use received::Received;
 
+/// Close code that tells a client to reconnect (service restart).
+const RESTART: u16 = 1012;
 /// Commands queued per room before senders wait.
 pub const COMMAND_CAPACITY: usize = 4096;
 /// How often a room stores pending edits it could not store at once and checks for idleness.
@@ -76,6 +78,11 @@ pub enum Command {
         reply: oneshot::Sender<String>,
     },
     Remote(DocEvent),
+    /// Access to the session changed for this user (for everyone: `None`): their clients are
+    /// closed, to reconnect.
+    Revoke {
+        user: Option<UserId>,
+    },
 }
 
 struct Client {
@@ -222,6 +229,7 @@ impl Room {
                 let _ = reply.send(documents::text(&self.loaded.doc));
             }
             Command::Remote(event) => self.remote(event).await,
+            Command::Revoke { user } => self.revoke(user.as_ref()).await,
         }
     }
 
@@ -363,6 +371,20 @@ impl Room {
     async fn leave(&mut self, client: u64) {
         if let Some(left) = self.clients.remove(&client) {
             self.departed.extend(left.awareness_ids);
+        }
+        self.clear_departed().await;
+    }
+
+    /// Closes `user`'s clients (everyone's without a user) with 1012: the stock provider
+    /// reconnects, and the upgrade checks the role afresh. Clears the cursors they spoke for.
+    async fn revoke(&mut self, user: Option<&UserId>) {
+        let theirs: Vec<u64> =
+            self.clients.iter().filter(|(_, c)| user.is_none_or(|u| c.link.user == *u)).map(|(id, _)| *id).collect();
+        for id in theirs {
+            self.close(id, RESTART, "access_changed");
+            if let Some(closed) = self.clients.remove(&id) {
+                self.departed.extend(closed.awareness_ids);
+            }
         }
         self.clear_departed().await;
     }
