@@ -249,6 +249,41 @@ where
     .await
 }
 
+/// Runs `a` and then `b` closed-loop, each at its own worker count, `rounds` times over, so
+/// whatever drifts during a run (the database's caches and checkpoints, the other processes on
+/// the machine) weighs on both alike; returns each one's outcomes, round by round.
+pub async fn alternate<FA, FutA, FB, FutB>(
+    a: (Arc<FA>, usize),
+    b: (Arc<FB>, usize),
+    rounds: usize,
+    duration: Duration,
+) -> (Vec<Outcome>, Vec<Outcome>)
+where
+    FA: Fn(Job) -> FutA + Send + Sync + 'static,
+    FutA: Future<Output = Result<(), String>> + Send + 'static,
+    FB: Fn(Job) -> FutB + Send + Sync + 'static,
+    FutB: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let (mut of_a, mut of_b) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for round in 1..=rounds {
+        let first = closed_loop(a.0.clone(), a.1, duration).await;
+        let second = closed_loop(b.0.clone(), b.1, duration).await;
+        eprintln!("    round {round}: {:>10.1}/s  against {:>10.1}/s", first.rate, second.rate);
+        of_a.push(first);
+        of_b.push(second);
+    }
+    (of_a, of_b)
+}
+
+/// Of rounds measured in pairs (`alternate`), the pair whose ratio a/b is the median (the lower
+/// of the middle two for an even count), as (a's rate, b's rate); both 0 for no rounds. Pairs
+/// keep each ratio to two runs next to each other in time.
+pub fn median_pair(a: &[Outcome], b: &[Outcome]) -> (f64, f64) {
+    let mut pairs: Vec<(f64, f64)> = a.iter().zip(b).map(|(a, b)| (a.rate, b.rate)).collect();
+    pairs.sort_by(|x, y| (x.0 / x.1.max(f64::MIN_POSITIVE)).total_cmp(&(y.0 / y.1.max(f64::MIN_POSITIVE))));
+    pairs.get(pairs.len().saturating_sub(1) / 2).copied().unwrap_or((0.0, 0.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +299,50 @@ mod tests {
         let outcome = open_loop(op, 100.0, Duration::from_millis(100), 1).await;
         assert_eq!(outcome.ok, 10);
         assert!(outcome.latency.max_ms > 300.0, "{:?}", outcome.latency);
+    }
+
+    #[test]
+    fn the_median_pair_is_the_round_with_the_middle_ratio() {
+        let of = |rates: &[f64]| -> Vec<Outcome> {
+            rates
+                .iter()
+                .map(|&rate| Outcome { rate, ..Tally::default().outcome(Duration::from_secs(1), &histogram()) })
+                .collect()
+        };
+        // Ratios 0.5, 0.9, 0.7: the middle one is the third round's, whatever each side's median.
+        assert_eq!(median_pair(&of(&[50.0, 90.0, 70.0]), &of(&[100.0, 100.0, 100.0])), (70.0, 100.0));
+        assert_eq!(median_pair(&of(&[80.0, 60.0]), &of(&[100.0, 100.0])), (60.0, 100.0), "the lower of two");
+        assert_eq!(median_pair(&[], &[]), (0.0, 0.0));
+    }
+
+    #[tokio::test]
+    async fn alternating_rounds_run_both_operations_each_round_at_their_own_concurrency() {
+        let running = Arc::new(AtomicU64::new(0));
+        let most_at_once = Arc::new(AtomicU64::new(0));
+        let op = |running: Arc<AtomicU64>, most: Arc<AtomicU64>| {
+            Arc::new(move |_job: Job| {
+                let (running, most) = (running.clone(), most.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            })
+        };
+        let b_most = Arc::new(AtomicU64::new(0));
+        let (a, b) = alternate(
+            (op(running.clone(), most_at_once.clone()), 1),
+            (op(running.clone(), b_most.clone()), 3),
+            2,
+            Duration::from_millis(60),
+        )
+        .await;
+        assert_eq!((a.len(), b.len()), (2, 2));
+        assert!(a.iter().chain(&b).all(|o| o.ok > 0 && o.errors == 0));
+        assert_eq!(most_at_once.load(Ordering::SeqCst), 1, "a ran alone, one worker");
+        assert_eq!(b_most.load(Ordering::SeqCst), 3, "b ran alone, three workers");
     }
 
     #[tokio::test]

@@ -25,6 +25,9 @@ pub struct Params {
     /// S2: conversations preloaded, messages in each.
     pub s2_conversations: usize,
     pub s2_messages: usize,
+    /// S2: alternating rounds (pages, then the raw reference, at their best levels) behind the
+    /// ceiling figures.
+    pub s2_rounds: usize,
     /// S3: subscriber counts, sender concurrency levels, and its (shorter) phase lengths.
     pub s3_subscribers: Vec<usize>,
     pub s3_levels: Vec<usize>,
@@ -50,6 +53,7 @@ impl Params {
                 s1_users: 64,
                 s2_conversations: 4,
                 s2_messages: 10_000,
+                s2_rounds: 3,
                 s3_subscribers: vec![1, 10, 100, 1000],
                 s3_levels: vec![1, 4, 16, 64],
                 s3_ceiling_secs: 8.0,
@@ -67,6 +71,7 @@ impl Params {
                 s1_users: 32,
                 s2_conversations: 1,
                 s2_messages: 2_000,
+                s2_rounds: 3,
                 s3_subscribers: vec![1, 10, 100, 1000],
                 s3_levels: vec![2, 8, 32],
                 s3_ceiling_secs: 2.0,
@@ -84,6 +89,7 @@ impl Params {
                 s1_users: 4,
                 s2_conversations: 1,
                 s2_messages: 120,
+                s2_rounds: 1,
                 s3_subscribers: vec![1, 10],
                 s3_levels: vec![1, 2],
                 s3_ceiling_secs: 1.0,
