@@ -108,6 +108,7 @@ impl Application {
                 _ => shared.hub.dispatch(delivery),
             },
         );
+        tokio::spawn(crate::gateway::sweep_presence(state.clone().into_inner()));
         let app = move || {
             App::new()
                 .app_data(state.clone())

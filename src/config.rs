@@ -196,6 +196,9 @@ pub struct GatewaySettings {
     /// A connection not refreshed by a heartbeat for this long (a crashed node's) stops counting
     /// as live for presence and the per-user limit.
     pub presence_stale_secs: u64,
+    /// How often each node looks for users whose connections all went stale without closing,
+    /// to announce them offline (at least 1).
+    pub presence_sweep_secs: u64,
     /// How often a socket re-reads its conversations' last seqs, to deliver what the previous
     /// re-read found stored and whose live event was lost (everything missing, at once, after this
     /// node's Redis subscriber reconnects).
@@ -310,6 +313,7 @@ max_frames_per_sec = 20
 max_connections_per_user = 10
 ticket_ttl_secs = 30
 presence_stale_secs = 40
+presence_sweep_secs = 10
 catch_up_secs = 60
 
 [http]
@@ -384,6 +388,9 @@ impl Settings {
         }
         if self.server.keep_alive_secs == 0 || self.server.request_head_timeout_ms == 0 {
             return invalid("server.keep_alive_secs and server.request_head_timeout_ms must be at least 1");
+        }
+        if self.gateway.presence_sweep_secs == 0 {
+            return invalid("gateway.presence_sweep_secs must be at least 1");
         }
         if self.mongodb.max_pool_size == 0 {
             return invalid("mongodb.max_pool_size must be at least 1");

@@ -26,6 +26,12 @@ impl TenantScope {
     pub fn tenant_id(&self) -> &TenantId {
         &self.tenant
     }
+
+    /// For a node's own upkeep of a tenant it found in its own shared state (the presence
+    /// sweep), never for a request: requests get theirs from the caller.
+    pub fn upkeep(tenant: &TenantId) -> Self {
+        Self { tenant: tenant.clone() }
+    }
 }
 
 /// The platform operator, authenticated by the bootstrap token from configuration.

@@ -95,8 +95,6 @@ impl LiveEvent {
 }
 
 impl Redis {
-    /// Publishes an event to every node. Best effort: stored data is already in MongoDB and
-    /// sockets fill gaps from there; a failure is logged.
     /// Publishes a cache notice; best effort (copies expire anyway).
     pub async fn publish_cache_event(&self, tenant: &TenantId, event: &CacheEvent) {
         let published = match bson::to_vec(event) {
@@ -122,6 +120,8 @@ impl Redis {
         }
     }
 
+    /// Publishes an event to every node. Best effort: stored data is already in MongoDB and
+    /// sockets fill gaps from there; a failure is logged.
     pub async fn publish_event(&self, tenant: &TenantId, event: &LiveEvent) {
         let payload = match bson::to_vec(event) {
             Ok(payload) => payload,

@@ -19,7 +19,7 @@ use crate::domain::TenantId;
 pub use bus::{Channel, Delivery};
 pub use documents::{DocEvent, DocEventKind};
 pub use live::{CacheEvent, LiveEvent, Topic};
-pub use presence::{ConnectionInfo, ConnectionView, Opened, Presence};
+pub use presence::{ConnectionInfo, ConnectionView, Opened, Presence, WentOffline};
 pub use rate_limit::RateLimiter;
 
 #[derive(Clone)]

@@ -4,6 +4,12 @@
 //! with it), and `last_seen` a hash of user -> last time seen online. A node that crashes stops
 //! refreshing its entries, so they drop out of every answer after the stale window: presence is
 //! derived from live connections, never from a flag someone must remember to clear.
+//!
+//! So that the people who share a conversation with a crashed node's users also hear those users
+//! went offline, `online` is a sorted set of the tenant's users with live connections, scored by
+//! when their newest one goes stale, and `{prefix}presence_tenants` names the tenants that have
+//! one. Every node sweeps them (`sweep`); the node whose sweep finds a user's last connection
+//! stale removes the user, atomically, and is the one that announces it.
 
 use serde::Serialize;
 
@@ -11,9 +17,10 @@ use crate::domain::{TenantId, UserId};
 
 use super::{Redis, RedisError};
 
-/// Registers a connection unless the user is at the limit. KEYS: conns, conn, last_seen.
-/// ARGV: now, stale_at, connection id, max, user, node, client, user_agent, ttl_secs, connected_at.
-/// Returns the user's live connections before this one, or -1 at the limit.
+/// Registers a connection unless the user is at the limit. KEYS: conns, conn, last_seen, online,
+/// presence_tenants. ARGV: now, stale_at, connection id, max, user, node, client, user_agent,
+/// ttl_secs, connected_at, tenant. Returns the user's live connections before this one, or -1 at
+/// the limit.
 const OPEN: &str = r#"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local live = redis.call('ZCARD', KEYS[1])
@@ -24,12 +31,14 @@ redis.call('HSET', KEYS[2], 'user_id', ARGV[5], 'node', ARGV[6], 'client', ARGV[
   'status', 'online', 'connected_at', ARGV[10], 'last_heartbeat', ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[9])
 redis.call('HSET', KEYS[3], ARGV[5], ARGV[1])
+redis.call('ZADD', KEYS[4], 'GT', ARGV[2], ARGV[5])
+redis.call('SADD', KEYS[5], ARGV[11])
 return live
 "#;
 
 /// Refreshes a connection, re-creating it whole if it expired or Redis lost it. KEYS: conns,
-/// conn, last_seen. ARGV: now, stale_at, connection id, user, ttl_secs, node, client, user_agent,
-/// connected_at.
+/// conn, last_seen, online, presence_tenants. ARGV: now, stale_at, connection id, user, ttl_secs,
+/// node, client, user_agent, connected_at, tenant.
 const HEARTBEAT: &str = r#"
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[5] * 1000)
@@ -37,18 +46,42 @@ redis.call('HSET', KEYS[2], 'user_id', ARGV[4], 'node', ARGV[6], 'client', ARGV[
   'status', 'online', 'connected_at', ARGV[9], 'last_heartbeat', ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[4], 'GT', ARGV[2], ARGV[4])
+redis.call('SADD', KEYS[5], ARGV[10])
 return 1
 "#;
 
-/// Removes a connection. KEYS: conns, conn, last_seen. ARGV: now, connection id, user.
+/// Removes a connection. KEYS: conns, conn, last_seen, online. ARGV: now, connection id, user.
 /// Returns the user's live connections after it.
 const CLOSE: &str = r#"
 redis.call('ZREM', KEYS[1], ARGV[2])
 redis.call('DEL', KEYS[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[1])
-return redis.call('ZCARD', KEYS[1])
+local left = redis.call('ZCARD', KEYS[1])
+if left == 0 then redis.call('ZREM', KEYS[4], ARGV[3]) end
+return left
 "#;
+
+/// Settles one user the sweep found due in `online`: drops their stale connections; if none is
+/// left, removes them from `online` (and the tenant from presence_tenants once `online` is empty)
+/// and returns when they were last seen (0 if unknown); otherwise rescores them by their newest
+/// connection and returns -1. KEYS: conns, last_seen, online, presence_tenants. ARGV: now, user,
+/// tenant.
+const SETTLE: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if newest[2] then
+  redis.call('ZADD', KEYS[3], newest[2], ARGV[2])
+  return -1
+end
+if redis.call('ZREM', KEYS[3], ARGV[2]) == 0 then return -1 end
+if redis.call('ZCARD', KEYS[3]) == 0 then redis.call('SREM', KEYS[4], ARGV[3]) end
+return tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
+"#;
+
+/// Users the sweep settles per tenant per round; the rest wait for the next round.
+const SWEEP_BATCH: usize = 500;
 
 /// What a new connection registers about itself.
 pub struct ConnectionInfo<'a> {
@@ -104,9 +137,37 @@ pub struct PresenceRegistry<'a> {
     stale_ms: i64,
 }
 
+/// A user the sweep found without live connections: offline since `last_seen_at`.
+#[derive(Debug)]
+pub struct WentOffline {
+    pub tenant: TenantId,
+    pub user: UserId,
+    pub last_seen_at: i64,
+}
+
 impl Redis {
     pub fn presence<'a>(&'a self, tenant: &'a TenantId, stale_after_secs: u64) -> PresenceRegistry<'a> {
         PresenceRegistry { redis: self, tenant, stale_ms: stale_after_secs as i64 * 1000 }
+    }
+
+    fn presence_tenants_key(&self) -> String {
+        format!("{}presence_tenants", self.prefix)
+    }
+
+    /// One round of the sweep: every user of every tenant whose connections all went stale
+    /// without closing (their node died or lost Redis), each reported by exactly one node.
+    pub async fn sweep_presence(&self) -> Result<Vec<WentOffline>, RedisError> {
+        let key = self.presence_tenants_key();
+        let tenants: Vec<String> = self
+            .run(|mut conn| async move { deadpool_redis::redis::cmd("SMEMBERS").arg(key).query_async(&mut conn).await })
+            .await?;
+        let mut gone = Vec::new();
+        for tenant in tenants {
+            let Ok(tenant) = TenantId::parse(&tenant) else { continue };
+            // The stale window does not matter here: settling only reads scores.
+            gone.extend(self.presence(&tenant, 0).sweep().await?);
+        }
+        Ok(gone)
     }
 }
 
@@ -127,20 +188,30 @@ impl PresenceRegistry<'_> {
         self.redis.keys(self.tenant).key("last_seen")
     }
 
+    fn online_key(&self) -> String {
+        self.redis.keys(self.tenant).key("online")
+    }
+
     fn ttl_secs(&self) -> i64 {
         self.stale_ms / 1000 + 1
     }
 
+    /// KEYS of `OPEN` and `HEARTBEAT`.
+    fn tracking_keys(&self, info: &ConnectionInfo<'_>) -> [String; 5] {
+        let tenants = self.redis.presence_tenants_key();
+        [self.conns_key(info.user), self.conn_key(info.id), self.last_seen_key(), self.online_key(), tenants]
+    }
+
     pub async fn open(&self, info: &ConnectionInfo<'_>, max_per_user: u32) -> Result<Opened, RedisError> {
         let now = now_ms();
-        let keys = [self.conns_key(info.user), self.conn_key(info.id), self.last_seen_key()];
+        let keys = self.tracking_keys(info);
         let ttl = self.ttl_secs();
         let before: i64 = self
             .redis
             .run(|mut conn| async move {
                 deadpool_redis::redis::cmd("EVAL")
                     .arg(OPEN)
-                    .arg(3)
+                    .arg(keys.len())
                     .arg(&keys)
                     .arg(now)
                     .arg(now + self.stale_ms)
@@ -152,6 +223,7 @@ impl PresenceRegistry<'_> {
                     .arg(info.user_agent)
                     .arg(ttl)
                     .arg(info.connected_at)
+                    .arg(self.tenant.as_str())
                     .query_async(&mut conn)
                     .await
             })
@@ -165,13 +237,13 @@ impl PresenceRegistry<'_> {
 
     pub async fn heartbeat(&self, info: &ConnectionInfo<'_>) -> Result<(), RedisError> {
         let now = now_ms();
-        let keys = [self.conns_key(info.user), self.conn_key(info.id), self.last_seen_key()];
+        let keys = self.tracking_keys(info);
         let ttl = self.ttl_secs();
         self.redis
             .run(|mut conn| async move {
                 deadpool_redis::redis::cmd("EVAL")
                     .arg(HEARTBEAT)
-                    .arg(3)
+                    .arg(keys.len())
                     .arg(&keys)
                     .arg(now)
                     .arg(now + self.stale_ms)
@@ -182,6 +254,7 @@ impl PresenceRegistry<'_> {
                     .arg(info.client)
                     .arg(info.user_agent)
                     .arg(info.connected_at)
+                    .arg(self.tenant.as_str())
                     .query_async::<i64>(&mut conn)
                     .await
                     .map(|_| ())
@@ -191,13 +264,13 @@ impl PresenceRegistry<'_> {
 
     /// Removes a connection; `true` when it was the user's last (they went offline).
     pub async fn close(&self, user: &UserId, id: &str) -> Result<bool, RedisError> {
-        let keys = [self.conns_key(user), self.conn_key(id), self.last_seen_key()];
+        let keys = [self.conns_key(user), self.conn_key(id), self.last_seen_key(), self.online_key()];
         let left: i64 = self
             .redis
             .run(|mut conn| async move {
                 deadpool_redis::redis::cmd("EVAL")
                     .arg(CLOSE)
-                    .arg(3)
+                    .arg(keys.len())
                     .arg(&keys)
                     .arg(now_ms())
                     .arg(id)
@@ -241,6 +314,51 @@ impl PresenceRegistry<'_> {
                 last_seen_at,
             })
             .collect())
+    }
+
+    /// This tenant's users whose newest connection went stale, settled one by one.
+    async fn sweep(&self) -> Result<Vec<WentOffline>, RedisError> {
+        let now = now_ms();
+        let online = self.online_key();
+        let due: Vec<String> = self
+            .redis
+            .run(|mut conn| async move {
+                deadpool_redis::redis::cmd("ZRANGEBYSCORE")
+                    .arg(online)
+                    .arg("-inf")
+                    .arg(now)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(SWEEP_BATCH)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let mut gone = Vec::new();
+        for user in due {
+            let Ok(user) = UserId::parse(&user) else { continue };
+            let keys =
+                [self.conns_key(&user), self.last_seen_key(), self.online_key(), self.redis.presence_tenants_key()];
+            let name = user.as_str();
+            let last_seen: i64 = self
+                .redis
+                .run(|mut conn| async move {
+                    deadpool_redis::redis::cmd("EVAL")
+                        .arg(SETTLE)
+                        .arg(keys.len())
+                        .arg(&keys)
+                        .arg(now)
+                        .arg(name)
+                        .arg(self.tenant.as_str())
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            if last_seen >= 0 {
+                gone.push(WentOffline { tenant: self.tenant.clone(), user, last_seen_at: last_seen });
+            }
+        }
+        Ok(gone)
     }
 
     /// A user's live connections.

@@ -14,3 +14,4 @@ pub mod yjs;
 
 pub use hub::Hub;
 pub use session::connect;
+pub use tracking::sweep_presence;

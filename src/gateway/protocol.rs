@@ -108,7 +108,8 @@ pub enum ServerFrame {
     #[serde(rename = "member.updated")]
     MemberUpdated { conversation_id: String, user_id: String, role: MemberRole },
     /// A user sharing a conversation came online (first connection) or went offline (last one
-    /// closed); `last_seen_at` in milliseconds since the epoch.
+    /// closed, or gone stale when its node died: then within `gateway.presence_stale_secs` plus
+    /// one sweep); `last_seen_at` in milliseconds since the epoch.
     #[serde(rename = "presence")]
     Presence { user_id: String, online: bool, last_seen_at: i64 },
     /// A code session's workspace tree changed: an item was `created`, `updated` (renamed or

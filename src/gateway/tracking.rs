@@ -2,16 +2,18 @@
 //! `gateway.max_connections_per_user`, makes its user online, and is refreshed on every
 //! heartbeat. A user's first connection and their last one closing are announced as presence
 //! events to the sockets of everyone sharing a conversation with them. If Redis is unreachable a
-//! socket still opens (untracked, logged) and registers on its next heartbeat.
+//! socket still opens (untracked, logged) and registers on its next heartbeat. Connections that
+//! go stale without closing (their node crashed or lost Redis) are found by every node's sweep,
+//! and their users announced offline once (`sweep_presence`).
 
 use actix_web::HttpRequest;
 use serde::Deserialize;
 
 use crate::app::AppState;
-use crate::auth::ActingUser;
+use crate::auth::{ActingUser, TenantScope};
 use crate::domain::ConversationId;
 use crate::error::{ApiError, ErrorCode};
-use crate::events::{ConnectionInfo, LiveEvent, Opened};
+use crate::events::{ConnectionInfo, LiveEvent, Opened, WentOffline};
 
 /// Longest `?client=` description an app may give its connection.
 const MAX_CLIENT_LEN: usize = 64;
@@ -112,6 +114,37 @@ pub(super) async fn close(state: &AppState, caller: &ActingUser, id: &str, conve
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %e, "could not unregister a connection; it expires by itself"),
     }
+}
+
+/// Every `gateway.presence_sweep_secs`, announces offline the users whose last connections went
+/// stale without closing. Runs for as long as the node does.
+pub async fn sweep_presence(state: std::sync::Arc<AppState>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(state.settings.gateway.presence_sweep_secs));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match state.redis.sweep_presence().await {
+            Ok(gone) => {
+                for offline in gone {
+                    announce_gone(&state, offline).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not sweep stale connections"),
+        }
+    }
+}
+
+/// Tells everyone sharing a conversation with a user that they went offline (their conversations
+/// read from MongoDB: the sockets that knew them are gone).
+async fn announce_gone(state: &AppState, offline: WentOffline) {
+    let db = state.store.tenant_db(&TenantScope::upkeep(&offline.tenant));
+    let conversations = match db.members().of_user(&offline.user).await {
+        Ok(members) => members.into_iter().map(|m| m.conversation_id).collect(),
+        Err(e) => return tracing::warn!(error = %e, "could not announce a user whose connections went stale"),
+    };
+    let event =
+        LiveEvent::Presence { user_id: offline.user, online: false, last_seen_at: offline.last_seen_at, conversations };
+    state.redis.publish_event(&offline.tenant, &event).await;
 }
 
 async fn announce(state: &AppState, caller: &ActingUser, online: bool, conversations: &[ConversationId]) {

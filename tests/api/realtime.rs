@@ -651,6 +651,46 @@ async fn realtime_connections_of_a_node_that_stops_heartbeating_expire() {
     assert!(doomed.ping().await.is_empty(), "the socket itself stays open on its node");
 }
 
+/// The people who share a conversation with a user whose node died (here: lost Redis, so it no
+/// longer heartbeats) hear that user went offline once the stale window has passed, from the
+/// sweep of a node that is still alive: exactly once, though every node sweeps.
+#[tokio::test]
+async fn realtime_a_user_whose_node_stops_heartbeating_is_announced_offline_once() {
+    let common =
+        [("gateway.presence_stale_secs", "2"), ("gateway.heartbeat_secs", "1"), ("gateway.presence_sweep_secs", "1")];
+    let first = spawn_app_with(&settings(&common)).await;
+    let third = node_like(&first, &settings(&common)).await;
+    let (relay, relayed) = Relay::redis().await;
+    let mut extra = settings(&common);
+    extra.extend([("redis.url", relayed), ("redis.timeout_ms", "500".to_string())]);
+    let second = node_like(&first, &extra).await;
+    wait_for_fan_out(&first).await;
+    let tenant = first.chat_tenant().await;
+    let alice = first.user(&tenant, "alice").await;
+    let bob = first.user(&tenant, "bob").await;
+    let conversation = first.conversation(&alice, "group", &["bob"]).await;
+    let mut alice_socket = Client::open(&first, &alice).await;
+    let _doomed = Client::accept(handshake(&second, "", &bearer(&bob)).await).await;
+    let online = alice_socket.next_of("presence").await;
+    assert_eq!((online["user_id"].as_str(), online["online"].as_bool()), (Some("bob"), Some(true)), "{online}");
+
+    relay.cut();
+    let offline = tokio::time::timeout(Duration::from_secs(15), alice_socket.next_of("presence"))
+        .await
+        .expect("bob is announced offline after the stale window");
+    assert_eq!((offline["user_id"].as_str(), offline["online"].as_bool()), (Some("bob"), Some(false)), "{offline}");
+    let last_seen = offline["last_seen_at"].as_i64().unwrap();
+    // His last heartbeat (or his connecting), not when the sweep noticed.
+    let seen_from = online["last_seen_at"].as_i64().unwrap() - 1000;
+    let seen_until = chrono::Utc::now().timestamp_millis() - 1000;
+    assert!((seen_from..=seen_until).contains(&last_seen), "{offline}");
+    // Two live nodes sweep every second; a few more rounds must not announce him again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = before_marker(&first, &alice, &conversation, &mut alice_socket).await;
+    assert!(later.iter().all(|f| f["type"] != "presence"), "announced more than once: {later:?}");
+    assert_eq!(presence(&third, &tenant.key, "bob").await["online"], false);
+}
+
 /// When the node reaches Redis again its heartbeat re-registers the connection, and the entry
 /// should describe the connection as it did before (node, client, user agent, connected_at).
 #[tokio::test]
