@@ -1,7 +1,6 @@
 //! Short-lived, per-node copies of what nearly every request reads: the caller's tenant, the
 //! caller's API key or user record, their active membership of a conversation, and conversations
-//! as far as they never change (kind, encryption, the pair of a direct one: callers needing the
-//! live counters read those fresh).
+//! (their settings and pins; callers needing the live counters read those fresh).
 //!
 //! A change made through confab forgets the copy on this node at once and on the other nodes
 //! through Redis (`CacheEvent` on the tenant's `cache` channel). Pub/sub may drop that notice, so
@@ -96,8 +95,8 @@ impl Caches {
         self.members.get_or_load(&(tenant.clone(), conversation.clone(), user.clone()), load).await
     }
 
-    /// A conversation, for what never changes about it: its `last_seq`, counters and names may be
-    /// stale.
+    /// A conversation as of at most `cache.ttl_ms` ago: its kind, privacy, settings and pins
+    /// (forgotten when they change); its `last_seq`, counters and newest message may be stale.
     pub async fn conversation<E, F>(
         &self,
         tenant: &TenantId,
@@ -124,6 +123,9 @@ impl Caches {
             CacheEvent::User { user_id } => self.users.forget(&(tenant.clone(), user_id.clone())),
             CacheEvent::Member { conversation_id, user_id } => {
                 self.members.forget(&(tenant.clone(), conversation_id.clone(), user_id.clone()))
+            }
+            CacheEvent::Conversation { conversation_id } => {
+                self.conversations.forget(&(tenant.clone(), conversation_id.clone()))
             }
             CacheEvent::SessionAccess { .. } => {}
         }

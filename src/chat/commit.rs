@@ -15,8 +15,8 @@
 //! conversations left over are forgotten and read again, and the rest go round again.
 //!
 //! A stored run is then finished: its conversations' counters and newest messages are recorded
-//! in one command, its events are published in one pipeline, and every sender is answered (a 201
-//! means the message is in MongoDB). Finishing overlaps the next batch's insert; finishes run one
+//! in one command, their heads raised in Redis (`events::heads`), its events are published in one
+//! pipeline, and every sender is answered (a 201 means the message is in MongoDB). Finishing overlaps the next batch's insert; finishes run one
 //! at a time in order, so a conversation's events go out in seq order. Heads are read only once
 //! the finish in flight is done, as the counters it records are what the read sees.
 //!
@@ -270,6 +270,16 @@ async fn finish(db: TenantDb, redis: Redis, stored: Vec<Draft>) {
     let started = Instant::now();
     if let Err(e) = follow_up_all(&db, &stored).await {
         return answer_all(stored, || ApiError::from(e.clone()));
+    }
+    // Before any answer, so the sender's next history page counts its message in `last_seq`.
+    let mut heads: HashMap<&ConversationId, i64> = HashMap::new();
+    for message in stored.iter().map(|d| &d.message) {
+        let head = heads.entry(&message.conversation_id).or_default();
+        *head = message.seq.max(*head);
+    }
+    let heads: Vec<(&ConversationId, i64)> = heads.into_iter().collect();
+    if let Err(e) = redis.raise_heads(db.tenant_id(), &heads).await {
+        tracing::warn!(error = %e, "could not record conversation heads");
     }
     let events: Vec<LiveEvent> = stored.iter().map(|d| LiveEvent::Created { message: d.message.clone() }).collect();
     redis.publish_events(db.tenant_id(), &events).await;

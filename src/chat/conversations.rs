@@ -7,9 +7,10 @@ use crate::app::AppState;
 use crate::auth::ActingUser;
 use crate::domain::{
     Conversation, ConversationEncryption, ConversationId, ConversationType, Member, MemberRole, Page, PageRequest,
-    RelationshipKind, Scope, UserId,
+    RelationshipKind, Scope, TenantId, UserId,
 };
 use crate::error::{ApiError, ErrorCode};
+use crate::events::CacheEvent;
 use crate::tenancy::TenantDb;
 use crate::tenancy::repos::ConversationChanges;
 
@@ -96,9 +97,22 @@ pub async fn as_sender(
     caller: &ActingUser,
     id: &ConversationId,
 ) -> Result<(Conversation, Member), ApiError> {
-    let conversation = state.caches.conversation(db.tenant_id(), id, db.conversations().get(id)).await?;
-    let member = cached_member(state, db, caller, id).await?;
-    member_of(seen_by(conversation, member)?)
+    member_of(readable_cached(state, db, caller, id).await?)
+}
+
+/// `visible` from this node's copies: the conversation as cached (its settings and pins, not its
+/// live counters) and the caller's membership.
+pub async fn readable_cached(
+    state: &AppState,
+    db: &TenantDb,
+    caller: &ActingUser,
+    id: &ConversationId,
+) -> Result<(Conversation, Option<Member>), ApiError> {
+    let (conversation, member) = futures_util::try_join!(
+        async { Ok::<_, ApiError>(state.caches.conversation(db.tenant_id(), id, db.conversations().get(id)).await?) },
+        cached_member(state, db, caller, id),
+    )?;
+    seen_by(conversation, member)
 }
 
 /// `visible` for reading history: the conversation fresh (its `last_seq` bounds the read), the
@@ -325,7 +339,14 @@ pub async fn update(
         .update(id, changes, crate::domain::now())
         .await?
         .ok_or_else(|| ApiError::not_found("conversation"))?;
+    forget(state, db.tenant_id(), id).await;
     with_member(&db, caller, updated).await
+}
+
+/// Makes every node read the conversation again: its settings or pins changed.
+pub async fn forget(state: &AppState, tenant: &TenantId, id: &ConversationId) {
+    let event = CacheEvent::Conversation { conversation_id: id.clone() };
+    state.caches.forget(&state.redis, tenant, event).await;
 }
 
 /// The caller's conversations, most recently active first, with unread counts.

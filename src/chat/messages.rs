@@ -11,7 +11,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::events::LiveEvent;
 use crate::tenancy::TenantDb;
 
-use super::conversations::{as_member, as_sender, readable, require_moderator};
+use super::conversations::{as_member, as_sender, readable, readable_cached, require_moderator};
 
 /// Characters of text kept in a conversation's `last_message.preview`.
 const PREVIEW_CHARS: usize = 100;
@@ -283,36 +283,61 @@ pub async fn history(
         return Err(ApiError::new(ErrorCode::InvalidRequest, "seq parameters must not be negative"));
     }
     let db = state.store.tenant_db(&caller.scope());
-    // An anchored window is read together with the conversation (whose `last_seq` then trims
-    // it); the latest window needs `last_seq` first.
-    let (conversation, from, to, mut messages) = match anchored {
+    let visible = readable_cached(state, &db, caller, id);
+    let (conversation, from, to, newest, messages) = match anchored {
         Some((_, from, to)) => {
             let from = from.max(1);
-            let ((conversation, _), messages) = futures_util::try_join!(readable(state, &db, caller, id), async {
-                db.messages().range(id, from, to).await.map_err(ApiError::from)
-            })?;
-            (conversation, from, to, messages)
+            // One past the window says whether more follows; the head, how far the rest goes.
+            let range = async { db.messages().range(id, from, to.saturating_add(1)).await.map_err(ApiError::from) };
+            let ((conversation, _), mut messages, head) =
+                futures_util::try_join!(visible, range, head_of(state, &db, id))?;
+            let found = messages.last().map_or(0, |m| m.seq);
+            if found > to {
+                messages.pop();
+            }
+            let newest = match head {
+                Some(head) => head.max(found),
+                // Beyond what the page shows, only the conversation's counter says how far.
+                None if found > to || messages.is_empty() => {
+                    let counted = db.conversations().get(id).await?.map_or(0, |c| c.last_seq).max(found);
+                    remember_head(state, &db, id, counted).await;
+                    counted
+                }
+                None => found,
+            };
+            (conversation, from, to, newest, messages)
         }
         None => {
-            let (conversation, _) = readable(state, &db, caller, id).await?;
-            let (from, to) = ((conversation.last_seq - n + 1).max(1), conversation.last_seq);
-            let messages = db.messages().range(id, from, to).await?;
-            (conversation, from, to, messages)
+            let latest = async { db.messages().latest(id, n).await.map_err(ApiError::from) };
+            let ((conversation, _), messages) = futures_util::try_join!(visible, latest)?;
+            let newest = messages.last().map_or(0, |m| m.seq);
+            (conversation, messages.first().map_or(1, |m| m.seq), newest, newest, messages)
         }
     };
-    let last = conversation.last_seq;
-    let to = to.min(last);
-    // A message stored after the conversation was read is left for the next read.
-    messages.retain(|m| m.seq <= last);
     let my_reactions = my_reactions_in(&db, id, caller, &messages).await?;
     Ok(History {
-        has_more_before: from > 1 && last > 0,
-        has_more_after: to < last,
-        last_seq: last,
+        has_more_before: from > 1 && newest > 0,
+        has_more_after: to < newest,
+        last_seq: newest,
         messages,
         my_reactions,
         pinned_seqs: conversation.pinned_seqs,
     })
+}
+
+/// The conversation's head as Redis has it; `None` when it has none or cannot be reached.
+async fn head_of(state: &AppState, db: &TenantDb, id: &ConversationId) -> Result<Option<i64>, ApiError> {
+    Ok(state.redis.head(db.tenant_id(), id).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not read a conversation head");
+        None
+    }))
+}
+
+/// Puts a head read from MongoDB back in Redis, so the next page need not read it again.
+async fn remember_head(state: &AppState, db: &TenantDb, id: &ConversationId, head: i64) {
+    if let Err(e) = state.redis.raise_heads(db.tenant_id(), &[(id, head)]).await {
+        tracing::warn!(error = %e, "could not record a conversation head");
+    }
 }
 
 pub async fn get_one(
@@ -440,6 +465,7 @@ pub async fn delete(state: &AppState, caller: &ActingUser, id: &ConversationId, 
         db.messages().add_reply_count(id, parent, -1).await?;
     }
     db.conversations().set_pinned(id, seq, false).await?;
+    super::conversations::forget(state, db.tenant_id(), id).await;
     db.conversations().refresh_last_message(id, &last_message_of(&deleted)).await?;
     state.redis.publish_event(&caller.tenant.id, &LiveEvent::Updated { message: deleted }).await;
     Ok(())

@@ -111,6 +111,7 @@ pub async fn set_pinned(
         }
     }
     db.conversations().set_pinned(id, seq, pinned).await?;
+    super::conversations::forget(state, db.tenant_id(), id).await;
     let event = LiveEvent::Pinned { conversation_id: id.clone(), seq, pinned, by: caller.user_id().clone() };
     state.redis.publish_event(&caller.tenant.id, &event).await;
     Ok(())

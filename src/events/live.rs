@@ -65,6 +65,10 @@ pub enum CacheEvent {
         conversation_id: ConversationId,
         user_id: UserId,
     },
+    /// A conversation's settings or pins changed.
+    Conversation {
+        conversation_id: ConversationId,
+    },
     /// A code session member was removed or given another role (`user_id`), or the session
     /// stopped being visible to the whole tenant (no `user_id`: everyone). Nothing cached
     /// changes: each node's rooms close those editors of the session's files (`collab::Rooms`),

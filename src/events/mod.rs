@@ -1,9 +1,11 @@
 //! The only module that talks to Redis: tenant-scoped key naming, the request rate limiter,
-//! pub/sub fan-out, live connections and presence, and WebSocket tickets. Every key and channel starts with
-//! `{prefix}t:{tenant_id}:`, so tenants never share Redis state.
+//! pub/sub fan-out, live connections and presence, conversation heads, and WebSocket tickets.
+//! Every key and channel starts with `{prefix}t:{tenant_id}:`, so tenants never share Redis
+//! state; the one exception, `{prefix}presence_tenants`, names the tenants with live presence.
 
 mod bus;
 mod documents;
+mod heads;
 mod live;
 mod presence;
 mod rate_limit;

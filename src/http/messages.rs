@@ -159,7 +159,8 @@ pub struct MessageView {
 pub struct HistoryView {
     /// Ascending by seq; deleted messages appear as tombstones.
     pub items: Vec<MessageView>,
-    /// The conversation's newest seq.
+    /// The conversation's newest seq: exact when the page reaches it; otherwise as last recorded,
+    /// which can trail the newest message by moments.
     pub last_seq: i64,
     pub has_more_before: bool,
     pub has_more_after: bool,

@@ -535,3 +535,84 @@ async fn another_tenants_users_cannot_reach_messages() {
     let conversation_view = app.call(Method::GET, &format!("/v1/conversations/{conversation}"), &tokens[1], None).await;
     assert_eq!(conversation_view.body["last_seq"], 1);
 }
+
+/// History on a node holding cached copies for ten minutes still reports what changed on another
+/// node at once: the conversation's head (from Redis, or MongoDB when Redis has none), its pins
+/// and its privacy (forgotten through notices).
+#[tokio::test]
+async fn history_on_another_node_follows_sends_pins_and_privacy_at_once() {
+    let long_cache = [("cache.ttl_ms", "600000".to_string())];
+    let first = crate::helpers::spawn_app_with(&long_cache).await;
+    let second = first.second_node_with(&long_cache).await;
+    let tenant = first.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(&first, &tenant, 2).await;
+    for n in 1..=10 {
+        first.say(&tokens[0], &conversation, &format!("m{n}")).await;
+    }
+    let page = |query: &'static str| {
+        let (second, token, path) = (&second, tokens[1].clone(), messages(&conversation));
+        async move {
+            let reply = second.call(Method::GET, &format!("{path}?{query}"), &token, None).await;
+            assert_eq!(reply.status, StatusCode::OK, "{query}: {}", reply.text);
+            let body = reply.body;
+            let seqs: Vec<i64> = body["items"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+            let pinned: Vec<i64> = body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["pinned"] == true)
+                .map(|m| m["seq"].as_i64().unwrap())
+                .collect();
+            (seqs, body["last_seq"].as_i64().unwrap(), body["has_more_after"].as_bool().unwrap(), pinned)
+        }
+    };
+    assert_eq!(page("before_seq=3&limit=2").await, (vec![1, 2], 10, true, vec![]));
+
+    let pin = format!("/v1/conversations/{conversation}/pins/1");
+    assert_eq!(first.call(Method::PUT, &pin, &tokens[0], None).await.status, StatusCode::NO_CONTENT);
+    for n in 11..=15 {
+        first.say(&tokens[0], &conversation, &format!("m{n}")).await;
+    }
+    // The notice crosses Redis while the answer comes back; give it a moment, never ten minutes.
+    let mut seen = page("before_seq=3&limit=2").await;
+    for _ in 0..20 {
+        if seen.3 == [1] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        seen = page("before_seq=3&limit=2").await;
+    }
+    assert_eq!(seen, (vec![1, 2], 15, true, vec![1]));
+    assert_eq!(page("limit=3").await, (vec![13, 14, 15], 15, false, vec![]));
+
+    // Without a head in Redis, the page reads the conversation's counter instead.
+    let client = deadpool_redis::redis::Client::open(crate::helpers::redis_url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let head = format!("{}t:{}:head:{conversation}", first.redis_prefix, tenant.id);
+    let removed: i64 = deadpool_redis::redis::cmd("DEL").arg(&head).query_async(&mut redis).await.unwrap();
+    assert_eq!(removed, 1, "the group commit recorded the head");
+    assert_eq!(page("before_seq=3&limit=2").await, (vec![1, 2], 15, true, vec![1]));
+    assert_eq!(page("after_seq=15").await, (vec![], 15, false, vec![]));
+
+    // A public channel made private is closed to outsiders on every node at once.
+    let outsider = first.user(&tenant, "outsider").await;
+    let body = json!({"type": "channel", "name": "news", "members": []});
+    let channel = first.call(Method::POST, "/v1/conversations", &tokens[0], Some(body)).await;
+    assert_eq!(channel.status, StatusCode::CREATED, "{}", channel.text);
+    let channel = channel.body["id"].as_str().unwrap().to_string();
+    first.say(&tokens[0], &channel, "hello").await;
+    let read = second.call(Method::GET, &messages(&channel), &outsider, None).await;
+    assert_eq!(read.status, StatusCode::OK, "a public channel's history is open: {}", read.text);
+    let private = json!({"private": true});
+    let changed = first.call(Method::PATCH, &format!("/v1/conversations/{channel}"), &tokens[0], Some(private)).await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
+    let mut refused = second.call(Method::GET, &messages(&channel), &outsider, None).await;
+    for _ in 0..20 {
+        if refused.status == StatusCode::NOT_FOUND {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        refused = second.call(Method::GET, &messages(&channel), &outsider, None).await;
+    }
+    assert_eq!(refused.status, StatusCode::NOT_FOUND, "{}", refused.text);
+}

@@ -90,6 +90,15 @@ async fn member(app: &TestApp, ws: &Workspace, user: &str, role: &str) -> String
     token
 }
 
+/// Alice's workspace with bob as an editor, and both connected: alice on `first`, bob on `bobs`.
+async fn editing_pair(first: &TestApp, bobs: &TestApp) -> (Workspace, YjsPeer, YjsPeer) {
+    let ws = workspace(first).await;
+    let bob = member(first, &ws, "bob", "editor").await;
+    let alice_peer = YjsPeer::connect(first, &ws.session, &ws.file, &ws.owner, "alice").await;
+    let bob_peer = YjsPeer::connect(bobs, &ws.session, &ws.file, &bob, "bob").await;
+    (ws, alice_peer, bob_peer)
+}
+
 async fn stored_text(app: &TestApp, ws: &Workspace, token: &str) -> String {
     let path = format!("/v1/sessions/{}/files/{}/content", ws.session, ws.file);
     let reply = app.call(Method::GET, &path, token, None).await;
@@ -101,10 +110,7 @@ async fn stored_text(app: &TestApp, ws: &Workspace, token: &str) -> String {
 async fn editors_on_two_nodes_converge_and_a_fresh_node_loads_the_same_text() {
     let first = spawn_app().await;
     let second = first.second_node().await;
-    let ws = workspace(&first).await;
-    let bob = member(&first, &ws, "bob", "editor").await;
-    let mut alice_peer = YjsPeer::connect(&first, &ws.session, &ws.file, &ws.owner, "alice").await;
-    let mut bob_peer = YjsPeer::connect(&second, &ws.session, &ws.file, &bob, "bob").await;
+    let (ws, mut alice_peer, mut bob_peer) = editing_pair(&first, &second).await;
     assert_eq!(bob_peer.text().await, "print('hi')\n", "a new client receives the stored text");
     let typing_a = json!({"cmd": "type", "text": "a".repeat(60), "delay_ms": 2});
     let typing_b = json!({"cmd": "type", "text": "b".repeat(60), "delay_ms": 2});
@@ -178,10 +184,7 @@ async fn awareness_reaches_others_across_nodes_and_is_cleared_when_a_client_vani
 #[tokio::test]
 async fn the_cursor_of_an_editor_dropped_for_falling_behind_is_cleared_for_the_others() {
     let app = spawn_app().await;
-    let ws = workspace(&app).await;
-    let bob = member(&app, &ws, "bob", "editor").await;
-    let mut alice_peer = YjsPeer::connect(&app, &ws.session, &ws.file, &ws.owner, "alice").await;
-    let mut bob_peer = YjsPeer::connect(&app, &ws.session, &ws.file, &bob, "bob").await;
+    let (_ws, mut alice_peer, mut bob_peer) = editing_pair(&app, &app).await;
     let cursor = json!({"user": {"name": "alice", "color": "#f00"}, "cursor": {"anchor": 0, "head": 0}});
     alice_peer.ok(json!({"cmd": "awareness_set", "state": cursor})).await;
     bob_peer.ok(json!({"cmd": "wait_awareness", "count": 1, "timeout_ms": 15000})).await;
@@ -256,10 +259,7 @@ async fn assert_edits_refused(app: &TestApp, ws: &Workspace, owner: &mut YjsPeer
 async fn an_editor_removed_from_the_session_is_cut_off_on_every_node() {
     let first = spawn_app().await;
     let second = first.second_node().await;
-    let ws = workspace(&first).await;
-    let bob = member(&first, &ws, "bob", "editor").await;
-    let mut alice_peer = YjsPeer::connect(&first, &ws.session, &ws.file, &ws.owner, "alice").await;
-    let mut bob_peer = YjsPeer::connect(&second, &ws.session, &ws.file, &bob, "bob").await;
+    let (ws, mut alice_peer, mut bob_peer) = editing_pair(&first, &second).await;
     let removed =
         first.call(Method::DELETE, &format!("/v1/sessions/{}/members/bob", ws.session), &ws.owner, None).await;
     assert_eq!(removed.status, StatusCode::NO_CONTENT, "{}", removed.text);
@@ -282,10 +282,7 @@ async fn an_editor_removed_from_the_session_is_cut_off_on_every_node() {
 #[tokio::test]
 async fn an_editor_made_viewer_reconnects_as_a_viewer() {
     let app = spawn_app().await;
-    let ws = workspace(&app).await;
-    let bob = member(&app, &ws, "bob", "editor").await;
-    let mut alice_peer = YjsPeer::connect(&app, &ws.session, &ws.file, &ws.owner, "alice").await;
-    let mut bob_peer = YjsPeer::connect(&app, &ws.session, &ws.file, &bob, "bob").await;
+    let (ws, mut alice_peer, mut bob_peer) = editing_pair(&app, &app).await;
     member(&app, &ws, "bob", "viewer").await;
 
     let closed = wait_access_changed(&mut bob_peer).await;

@@ -98,6 +98,21 @@ impl MessagesRepo {
             .await
     }
 
+    /// The newest `n` messages, ascending, without their search terms.
+    pub async fn latest(&self, conversation: &ConversationId, n: i64) -> Result<Vec<Message>, mongodb::error::Error> {
+        let mut newest: Vec<Message> = self
+            .messages
+            .find(doc! { "conversation_id": conversation.as_str() })
+            .sort(doc! { "conversation_id": -1, "seq": -1 })
+            .limit(n)
+            .projection(doc! { "terms": 0 })
+            .await?
+            .try_collect()
+            .await?;
+        newest.reverse();
+        Ok(newest)
+    }
+
     pub async fn get_seqs(
         &self,
         conversation: &ConversationId,
