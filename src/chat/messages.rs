@@ -325,12 +325,20 @@ pub async fn history(
     })
 }
 
-/// The conversation's head as Redis has it; `None` when it has none or cannot be reached.
+/// How long a history page waits for the head from Redis before reading MongoDB's counter (a
+/// stalled Redis must not hold reads up for `redis.timeout_ms`).
+const HEAD_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The conversation's head as Redis has it; `None` when it has none or does not answer in time.
 async fn head_of(state: &AppState, db: &TenantDb, id: &ConversationId) -> Result<Option<i64>, ApiError> {
-    Ok(state.redis.head(db.tenant_id(), id).await.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "could not read a conversation head");
-        None
-    }))
+    match tokio::time::timeout(HEAD_WAIT, state.redis.head(db.tenant_id(), id)).await {
+        Ok(Ok(head)) => Ok(head),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not read a conversation head");
+            Ok(None)
+        }
+        Err(_) => Ok(None),
+    }
 }
 
 /// Puts a head read from MongoDB back in Redis, so the next page need not read it again.

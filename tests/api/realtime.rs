@@ -691,6 +691,32 @@ async fn realtime_a_user_whose_node_stops_heartbeating_is_announced_offline_once
     assert_eq!(presence(&third, &tenant.key, "bob").await["online"], false);
 }
 
+/// History needs no Redis: a node cut off from it reads how far the conversation goes from
+/// MongoDB's counter, including messages stored since through another node.
+#[tokio::test]
+async fn history_on_a_node_cut_off_from_redis_still_reports_the_newest_seq() {
+    let first = spawn_app().await;
+    let (relay, relayed) = Relay::redis().await;
+    let second = node_like(&first, &[("redis.url", relayed), ("redis.timeout_ms", "500".to_string())]).await;
+    let tenant = first.chat_tenant().await;
+    let alice = first.user(&tenant, "alice").await;
+    let bob = first.user(&tenant, "bob").await;
+    let conversation = first.conversation(&alice, "group", &["bob"]).await;
+    for n in 1..=5 {
+        first.say(&alice, &conversation, &format!("m{n}")).await;
+    }
+    relay.cut();
+    for n in 6..=8 {
+        first.say(&alice, &conversation, &format!("m{n}")).await;
+    }
+    let path = format!("/v1/conversations/{conversation}/messages?before_seq=3&limit=2");
+    let page = second.call(Method::GET, &path, &bob, None).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    let seqs: Vec<i64> = page.body["items"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2]);
+    assert_eq!((page.body["last_seq"].as_i64(), page.body["has_more_after"].as_bool()), (Some(8), Some(true)));
+}
+
 /// When the node reaches Redis again its heartbeat re-registers the connection, and the entry
 /// should describe the connection as it did before (node, client, user agent, connected_at).
 #[tokio::test]
