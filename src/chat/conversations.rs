@@ -115,8 +115,8 @@ pub async fn readable_cached(
     seen_by(conversation, member)
 }
 
-/// `visible` for reading history: the conversation fresh (its `last_seq` bounds the read), the
-/// membership through this node's cache.
+/// `visible` with the conversation read fresh (for its live `last_seq`), the membership through
+/// this node's cache.
 pub async fn readable(
     state: &AppState,
     db: &TenantDb,

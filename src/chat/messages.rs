@@ -356,11 +356,12 @@ pub async fn get_one(
 ) -> Result<History, ApiError> {
     caller.require(Scope::ChatRead)?;
     let db = state.store.tenant_db(&caller.scope());
-    let (conversation, _) = readable(state, &db, caller, id).await?;
+    let (conversation, _) = readable_cached(state, &db, caller, id).await?;
     let message = db.messages().get(id, seq).await?.ok_or_else(|| ApiError::not_found("message"))?;
     let my_reactions = my_reactions_in(&db, id, caller, std::slice::from_ref(&message)).await?;
     Ok(History {
         messages: vec![message],
+        // Only the message is shown (`get_message`); the copy's counter may be stale.
         last_seq: conversation.last_seq,
         has_more_before: false,
         has_more_after: false,
