@@ -51,15 +51,18 @@ redis.call('SADD', KEYS[5], ARGV[10])
 return 1
 "#;
 
-/// Removes a connection. KEYS: conns, conn, last_seen, online. ARGV: now, connection id, user.
-/// Returns the user's live connections after it.
+/// Removes a connection. KEYS: conns, conn, last_seen, online, presence_tenants. ARGV: now,
+/// connection id, user, tenant. Returns the user's live connections after it.
 const CLOSE: &str = r#"
 redis.call('ZREM', KEYS[1], ARGV[2])
 redis.call('DEL', KEYS[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[1])
 local left = redis.call('ZCARD', KEYS[1])
-if left == 0 then redis.call('ZREM', KEYS[4], ARGV[3]) end
+if left == 0 then
+  redis.call('ZREM', KEYS[4], ARGV[3])
+  if redis.call('ZCARD', KEYS[4]) == 0 then redis.call('SREM', KEYS[5], ARGV[4]) end
+end
 return left
 "#;
 
@@ -264,7 +267,8 @@ impl PresenceRegistry<'_> {
 
     /// Removes a connection; `true` when it was the user's last (they went offline).
     pub async fn close(&self, user: &UserId, id: &str) -> Result<bool, RedisError> {
-        let keys = [self.conns_key(user), self.conn_key(id), self.last_seen_key(), self.online_key()];
+        let tenants = self.redis.presence_tenants_key();
+        let keys = [self.conns_key(user), self.conn_key(id), self.last_seen_key(), self.online_key(), tenants];
         let left: i64 = self
             .redis
             .run(|mut conn| async move {
@@ -275,6 +279,7 @@ impl PresenceRegistry<'_> {
                     .arg(now_ms())
                     .arg(id)
                     .arg(user.as_str())
+                    .arg(self.tenant.as_str())
                     .query_async(&mut conn)
                     .await
             })

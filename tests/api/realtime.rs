@@ -689,6 +689,20 @@ async fn realtime_a_user_whose_node_stops_heartbeating_is_announced_offline_once
     let later = before_marker(&first, &alice, &conversation, &mut alice_socket).await;
     assert!(later.iter().all(|f| f["type"] != "presence"), "announced more than once: {later:?}");
     assert_eq!(presence(&third, &tenant.key, "bob").await["online"], false);
+
+    // The sweep visits only tenants with someone online: the last close takes this one off.
+    let client = deadpool_redis::redis::Client::open(crate::helpers::redis_url()).unwrap();
+    let redis = client.get_multiplexed_async_connection().await.unwrap();
+    let swept = format!("{}presence_tenants", first.redis_prefix);
+    let listed = || {
+        let (mut redis, swept, tenant) = (redis.clone(), swept.clone(), tenant.id.clone());
+        async move {
+            deadpool_redis::redis::cmd("SISMEMBER").arg(swept).arg(tenant).query_async::<i64>(&mut redis).await.unwrap()
+        }
+    };
+    assert_eq!(listed().await, 1, "alice is online");
+    alice_socket.close().await;
+    eventually("the tenant to leave the sweep", || async { (listed().await == 0).then_some(()) }).await;
 }
 
 /// History needs no Redis: a node cut off from it reads how far the conversation goes from
