@@ -169,6 +169,9 @@ pub struct CollabSettings {
     pub snapshot_every: i64,
     /// A document without clients is snapshotted and unloaded after this long.
     pub idle_unload_secs: u64,
+    /// How often an open document re-reads its editors' roles, so an access change whose notice
+    /// was lost still takes effect (at least 1).
+    pub access_recheck_secs: u64,
     /// Members per code session.
     pub max_members: usize,
     /// Threads the open documents run on, apart from the HTTP workers (0: one per core).
@@ -300,6 +303,7 @@ max_message_bytes = 1048576
 max_clients_per_document = 64
 snapshot_every = 500
 idle_unload_secs = 30
+access_recheck_secs = 30
 max_members = 100
 room_threads = 0
 
@@ -389,8 +393,8 @@ impl Settings {
         if self.server.keep_alive_secs == 0 || self.server.request_head_timeout_ms == 0 {
             return invalid("server.keep_alive_secs and server.request_head_timeout_ms must be at least 1");
         }
-        if self.gateway.presence_sweep_secs == 0 {
-            return invalid("gateway.presence_sweep_secs must be at least 1");
+        if self.gateway.presence_sweep_secs == 0 || self.collab.access_recheck_secs == 0 {
+            return invalid("gateway.presence_sweep_secs and collab.access_recheck_secs must be at least 1");
         }
         if self.mongodb.max_pool_size == 0 {
             return invalid("mongodb.max_pool_size must be at least 1");

@@ -322,3 +322,20 @@ async fn making_a_session_private_cuts_off_those_who_could_only_view_it_as_tenan
     let status = eve_peer.ok(json!({"cmd": "status"})).await;
     assert_eq!(status["connected"], false, "{status}");
 }
+
+/// A node that never hears the notice (here: its own Redis keys and channels) still cuts a
+/// removed editor off, when it next re-reads its editors' roles.
+#[tokio::test]
+async fn a_node_that_missed_the_notice_cuts_a_removed_editor_off_at_its_next_recheck() {
+    let recheck = ("collab.access_recheck_secs", "1".to_string());
+    let first = crate::helpers::spawn_app_with(std::slice::from_ref(&recheck)).await;
+    let deaf_prefix = ("redis.key_prefix", format!("{}deaf:", first.redis_prefix));
+    let deaf = first.second_node_with(&[deaf_prefix, recheck]).await;
+    let (ws, mut alice_peer, mut bob_peer) = editing_pair(&first, &deaf).await;
+    let removed =
+        first.call(Method::DELETE, &format!("/v1/sessions/{}/members/bob", ws.session), &ws.owner, None).await;
+    assert_eq!(removed.status, StatusCode::NO_CONTENT, "{}", removed.text);
+
+    wait_access_changed(&mut bob_peer).await;
+    assert_edits_refused(&first, &ws, &mut alice_peer, &mut bob_peer).await;
+}

@@ -21,6 +21,7 @@ use crate::tenancy::TenantDb;
 
 use super::documents::{self, LoadedDoc};
 
+mod access;
 mod received;
 mod storage;
 
@@ -120,6 +121,8 @@ pub(super) struct Room {
     dropped: bool,
     /// The batch being stored, if one is.
     in_flight: Option<storage::InFlight>,
+    /// When the clients' roles were last read (`access`).
+    access_checked: Instant,
 }
 
 fn encode(message: &Message) -> Vec<u8> {
@@ -147,6 +150,7 @@ impl Room {
             idle_since: Some(Instant::now()),
             dropped: false,
             in_flight: None,
+            access_checked: Instant::now(),
         }
     }
 
@@ -187,6 +191,7 @@ impl Room {
                     if ticks.is_multiple_of(REPAIR_EVERY_TICKS) || self.known_seq > self.loaded.applied_seq {
                         self.repair().await;
                     }
+                    self.recheck_access().await;
                     if self.dropped || self.idle_since.is_some_and(|at| at.elapsed() >= idle_unload) {
                         break;
                     }
