@@ -67,7 +67,7 @@ impl Stack {
         token: &str,
         body: Option<&Value>,
     ) -> Result<Value, String> {
-        Ok(self.call_as::<Option<Value>>(node, method, path, token, body).await?.unwrap_or(Value::Null))
+        self.call_as(node, method, path, token, body).await
     }
 
     /// `call`, reading the answer as `T` (an empty body is JSON `null`). Measured requests read

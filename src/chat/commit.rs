@@ -15,7 +15,7 @@
 //! conversations left over are forgotten and read again, and the rest go round again.
 //!
 //! A stored run is then finished: its conversations' counters and newest messages are recorded
-//! in one command, their heads raised in Redis (`events::heads`), its events are published in one
+//! in one command, their heads raised in Redis (`events::heads`) and its events published in one
 //! pipeline, and every sender is answered (a 201 means the message is in MongoDB). Finishing overlaps the next batch's insert; finishes run one
 //! at a time in order, so a conversation's events go out in seq order. Heads are read only once
 //! the finish in flight is done, as the counters it records are what the read sees.
@@ -268,28 +268,25 @@ impl Committer {
 /// counts, shared files; then the events and the answers.
 async fn finish(db: TenantDb, redis: Redis, stored: Vec<Draft>) {
     let started = Instant::now();
-    if let Err(e) = follow_up_all(&db, &stored).await {
-        return answer_all(stored, || ApiError::from(e.clone()));
-    }
-    // Before any answer, so the sender's next history page counts its message in `last_seq`.
-    let mut heads: HashMap<&ConversationId, i64> = HashMap::new();
-    for message in stored.iter().map(|d| &d.message) {
-        let head = heads.entry(&message.conversation_id).or_default();
-        *head = message.seq.max(*head);
-    }
-    let heads: Vec<(&ConversationId, i64)> = heads.into_iter().collect();
-    if let Err(e) = redis.raise_heads(db.tenant_id(), &heads).await {
-        tracing::warn!(error = %e, "could not record conversation heads");
-    }
+    let heads = match follow_up_all(&db, &stored).await {
+        Ok(heads) => heads,
+        Err(e) => return answer_all(stored, || ApiError::from(e.clone())),
+    };
+    // Heads before any answer, so the sender's next history page counts its message in `last_seq`.
     let events: Vec<LiveEvent> = stored.iter().map(|d| LiveEvent::Created { message: d.message.clone() }).collect();
-    redis.publish_events(db.tenant_id(), &events).await;
+    redis.publish_stored(db.tenant_id(), &heads, &events).await;
     metrics::histogram!("chat_commit_finish_seconds").record(started.elapsed().as_secs_f64());
     for draft in stored {
         let _ = draft.reply.send(Ok((draft.message, true)));
     }
 }
 
-async fn follow_up_all(db: &TenantDb, stored: &[Draft]) -> Result<(), mongodb::error::Error> {
+/// Records the run's newest message and counter of each conversation and its replies and files;
+/// returns each conversation's newest seq.
+async fn follow_up_all<'a>(
+    db: &TenantDb,
+    stored: &'a [Draft],
+) -> Result<Vec<(&'a ConversationId, i64)>, mongodb::error::Error> {
     let mut newest: HashMap<&ConversationId, LastMessage> = HashMap::new();
     for draft in stored {
         let message = &draft.message;
@@ -303,7 +300,7 @@ async fn follow_up_all(db: &TenantDb, stored: &[Draft]) -> Result<(), mongodb::e
         }
         share_files(db, message).await?;
     }
-    Ok(())
+    Ok(newest.iter().map(|(conversation, last)| (*conversation, last.seq)).collect())
 }
 
 fn answer_all(drafts: Vec<Draft>, error: impl Fn() -> ApiError) {

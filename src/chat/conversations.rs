@@ -108,11 +108,9 @@ pub async fn readable_cached(
     caller: &ActingUser,
     id: &ConversationId,
 ) -> Result<(Conversation, Option<Member>), ApiError> {
-    let (conversation, member) = futures_util::try_join!(
-        async { Ok::<_, ApiError>(state.caches.conversation(db.tenant_id(), id, db.conversations().get(id)).await?) },
-        cached_member(state, db, caller, id),
-    )?;
-    seen_by(conversation, member)
+    let conversations = db.conversations();
+    let conversation = state.caches.conversation(db.tenant_id(), id, conversations.get(id));
+    seen_with(state, db, caller, id, conversation).await
 }
 
 /// `visible` with the conversation read fresh (for its live `last_seq`), the membership through
@@ -123,10 +121,20 @@ pub async fn readable(
     caller: &ActingUser,
     id: &ConversationId,
 ) -> Result<(Conversation, Option<Member>), ApiError> {
-    let (conversation, member) = futures_util::try_join!(
-        async { db.conversations().get(id).await.map_err(ApiError::from) },
-        cached_member(state, db, caller, id),
-    )?;
+    let conversations = db.conversations();
+    seen_with(state, db, caller, id, conversations.get(id)).await
+}
+
+/// `seen_by` for the conversation `load` finds, read beside the caller's cached membership.
+async fn seen_with(
+    state: &AppState,
+    db: &TenantDb,
+    caller: &ActingUser,
+    id: &ConversationId,
+    load: impl Future<Output = Result<Option<Conversation>, mongodb::error::Error>>,
+) -> Result<(Conversation, Option<Member>), ApiError> {
+    let conversation = async { load.await.map_err(ApiError::from) };
+    let (conversation, member) = futures_util::try_join!(conversation, cached_member(state, db, caller, id))?;
     seen_by(conversation, member)
 }
 

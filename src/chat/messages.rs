@@ -343,7 +343,7 @@ async fn head_of(state: &AppState, db: &TenantDb, id: &ConversationId) -> Result
 
 /// Puts a head read from MongoDB back in Redis, so the next page need not read it again.
 async fn remember_head(state: &AppState, db: &TenantDb, id: &ConversationId, head: i64) {
-    if let Err(e) = state.redis.raise_heads(db.tenant_id(), &[(id, head)]).await {
+    if let Err(e) = state.redis.raise_head(db.tenant_id(), id, head).await {
         tracing::warn!(error = %e, "could not record a conversation head");
     }
 }

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use deadpool_redis::redis::Pipeline;
 use futures_util::StreamExt;
 
 use crate::domain::{ConversationId, ItemId, TenantId};
@@ -49,14 +50,15 @@ impl Redis {
         .await
     }
 
-    /// Publishes each `(topic, payload)` in order, in one round trip.
-    pub async fn publish_all(&self, tenant: &TenantId, messages: Vec<(Topic<'_>, Vec<u8>)>) -> Result<(), RedisError> {
-        if messages.is_empty() {
+    /// Adds publishing `payload` on `topic` to `pipe`.
+    pub(super) fn publish_in(&self, pipe: &mut Pipeline, tenant: &TenantId, topic: Topic<'_>, payload: Vec<u8>) {
+        pipe.cmd("PUBLISH").arg(self.channel(tenant, topic)).arg(payload).ignore();
+    }
+
+    /// Runs `pipe`'s commands in order, in one round trip (none for an empty pipeline).
+    pub(super) async fn run_pipe(&self, pipe: Pipeline) -> Result<(), RedisError> {
+        if pipe.cmd_iter().next().is_none() {
             return Ok(());
-        }
-        let mut pipe = deadpool_redis::redis::pipe();
-        for (topic, payload) in messages {
-            pipe.cmd("PUBLISH").arg(self.channel(tenant, topic)).arg(payload).ignore();
         }
         self.run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await }).await
     }

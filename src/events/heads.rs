@@ -1,9 +1,11 @@
 //! Each conversation's newest stored seq, kept in Redis (`head:{conversation}`) next to the
 //! counter in MongoDB, so a history page needs no read of the conversation to say how far the
-//! conversation goes. The group commit records heads once a batch is stored, before any sender
-//! is answered; a head only ever moves up (two nodes' batches may record theirs out of order).
+//! conversation goes. The group commit raises heads once a batch is stored, in the pipeline that
+//! publishes the batch's events, before any sender is answered; a head only ever moves up (two nodes' batches may record theirs out of order).
 //! Heads are a convenience that may lag (a failed write, a Redis restored from an old snapshot):
 //! readers take the greater of the head and what they found, and read MongoDB when there is none.
+
+use deadpool_redis::redis::Pipeline;
 
 use crate::domain::{ConversationId, TenantId};
 
@@ -28,17 +30,27 @@ impl Redis {
         self.keys(tenant).key(&format!("head:{conversation}"))
     }
 
-    /// Raises each conversation's head to its seq, in one round trip.
-    pub async fn raise_heads(&self, tenant: &TenantId, heads: &[(&ConversationId, i64)]) -> Result<(), RedisError> {
-        if heads.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = deadpool_redis::redis::pipe();
-        for (conversation, seq) in heads {
-            pipe.cmd("EVAL").arg(RAISE).arg(1).arg(self.head_key(tenant, conversation)).arg(*seq).arg(HEAD_TTL_SECS);
-            pipe.ignore();
-        }
-        self.run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await }).await
+    /// Adds raising `conversation`'s head to `seq` to `pipe`.
+    pub(super) fn raise_in(&self, pipe: &mut Pipeline, tenant: &TenantId, conversation: &ConversationId, seq: i64) {
+        pipe.cmd("EVAL")
+            .arg(RAISE)
+            .arg(1)
+            .arg(self.head_key(tenant, conversation))
+            .arg(seq)
+            .arg(HEAD_TTL_SECS)
+            .ignore();
+    }
+
+    /// Raises a conversation's head to `seq`.
+    pub async fn raise_head(
+        &self,
+        tenant: &TenantId,
+        conversation: &ConversationId,
+        seq: i64,
+    ) -> Result<(), RedisError> {
+        let mut pipe = Pipeline::new();
+        self.raise_in(&mut pipe, tenant, conversation, seq);
+        self.run_pipe(pipe).await
     }
 
     /// The conversation's head, if Redis has one.

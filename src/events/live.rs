@@ -1,5 +1,6 @@
 //! What travels between nodes: the events sockets are told about. Encoded as BSON.
 
+use deadpool_redis::redis::Pipeline;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{ApiKeyId, ConversationId, ItemId, ItemKind, MemberRole, Message, SessionId, TenantId, UserId};
@@ -110,17 +111,21 @@ impl Redis {
         }
     }
 
-    /// Publishes several events in one pipeline, in order; best effort like `publish_event`.
-    pub async fn publish_events(&self, tenant: &TenantId, events: &[LiveEvent]) {
-        let mut messages = Vec::with_capacity(events.len());
+    /// Raises the conversations' `heads` (`events::heads`), then publishes `events` in order, all
+    /// in one round trip; best effort like `publish_event`.
+    pub async fn publish_stored(&self, tenant: &TenantId, heads: &[(&ConversationId, i64)], events: &[LiveEvent]) {
+        let mut pipe = Pipeline::new();
+        for (conversation, seq) in heads {
+            self.raise_in(&mut pipe, tenant, conversation, *seq);
+        }
         for event in events {
             match bson::to_vec(event) {
-                Ok(payload) => messages.push((event.topic(), payload)),
+                Ok(payload) => self.publish_in(&mut pipe, tenant, event.topic(), payload),
                 Err(e) => tracing::error!(error = %e, "could not encode a live event"),
             }
         }
-        if let Err(e) = self.publish_all(tenant, messages).await {
-            tracing::warn!(error = %e, "could not publish live events");
+        if let Err(e) = self.run_pipe(pipe).await {
+            tracing::warn!(error = %e, "could not record heads and publish live events");
         }
     }
 
