@@ -1,5 +1,6 @@
 //! Building and running the HTTP server: `Application::build(settings)` binds the port and
-//! wires state and routes; `run_until_stopped` serves until SIGINT/SIGTERM, then drains.
+//! wires state and routes; `run_until_stopped` serves until SIGINT/SIGTERM, then stops without
+//! losing what the node holds (`stop`).
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use actix_http::HttpService;
 use actix_http::error::DispatchError;
 use actix_service::{ServiceFactoryExt, fn_service, map_config};
-use actix_web::dev::{AppConfig, Server};
+use actix_web::dev::{AppConfig, Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, web};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -79,6 +80,7 @@ const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Application {
     port: u16,
     server: Server,
+    state: Arc<AppState>,
 }
 
 impl Application {
@@ -92,6 +94,7 @@ impl Application {
         let state = AppState::new(settings).await?;
         state.store.ensure_platform_indexes().await?;
         let state = web::Data::new(state);
+        let kept = state.clone().into_inner();
         let (subscribed, shared) = (state.hub.clone(), state.clone().into_inner());
         state.redis.spawn_subscriber(
             state.settings.redis.url.clone(),
@@ -118,8 +121,10 @@ impl Application {
         };
         // actix-web's HttpServer, plus an upgrade service: WebSocket upgrades run through the
         // same application and then leave the HTTP/1 dispatcher (see `http::upgrade`).
-        let mut server =
-            actix_server::Server::build().shutdown_timeout(shutdown_timeout).listen("confab", listener, move || {
+        let mut server = actix_server::Server::build().shutdown_timeout(shutdown_timeout).disable_signals().listen(
+            "confab",
+            listener,
+            move || {
                 let upgrade_app = app.clone();
                 let http = HttpService::build()
                     .keep_alive(idle)
@@ -131,20 +136,52 @@ impl Application {
                     .finish(map_config(app(), |_| AppConfig::default()))
                     .tcp();
                 fn_service(move |stream| first_bytes(stream, idle)).and_then(http)
-            })?;
+            },
+        )?;
         if workers > 0 {
             server = server.workers(workers);
         }
-        Ok(Self { port, server: server.run() })
+        Ok(Self { port, server: server.run(), state: kept })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// Serves until SIGINT or SIGTERM, then `stop`s; a second signal stops at once.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut terminate, mut interrupt) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+        let (handle, state) = (self.server.handle(), self.state);
+        let stopping = tokio::spawn(async move {
+            let mut next_signal = async move || {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            };
+            next_signal().await;
+            tracing::info!("stopping: closing sockets and storing open documents");
+            tokio::select! {
+                () = stop(&state, &handle) => {}
+                () = next_signal() => handle.stop(false).await,
+            }
+        });
+        let served = self.server.await;
+        stopping.abort();
+        served
     }
+}
+
+/// Stops the node without losing what it holds. It takes no new connection; chat sockets and
+/// live-editing clients are closed with 1012 `shutting_down`, so clients reconnect (to another
+/// node); open documents store their last edits and a snapshot; requests in flight (sends
+/// waiting for MongoDB) are answered. The last two take up to `server.shutdown_timeout_secs` each.
+async fn stop(state: &AppState, server: &ServerHandle) {
+    server.pause().await;
+    state.hub.close_all();
+    state.rooms.stop(Duration::from_secs(state.settings.server.shutdown_timeout_secs)).await;
+    server.stop(true).await;
 }
 
 /// Holds a new connection until its client sends something, and closes it without a word if

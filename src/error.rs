@@ -193,6 +193,11 @@ impl ApiError {
         Self::new(ErrorCode::ServiceUnavailable, "a backing service is unavailable; retry later").with_cause(cause)
     }
 
+    /// The node is stopping: the client connects again (to another node).
+    pub fn shutting_down() -> Self {
+        Self::new(ErrorCode::ServiceUnavailable, "this node is shutting down; connect again")
+    }
+
     pub fn not_found(what: &str) -> Self {
         Self::new(ErrorCode::NotFound, format!("{what} not found"))
     }

@@ -7,7 +7,9 @@
 //! decoded on one core while the room applies them on another, and its store task runs beside it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,6 +33,8 @@ struct OpenRoom {
 
 pub struct Rooms {
     open: Mutex<HashMap<RoomKey, OpenRoom>>,
+    /// The node is stopping (`stop`): no room opens any more.
+    stopping: AtomicBool,
     /// The runtime rooms run on; stopped (without waiting) when the node's state goes.
     threads: Threads,
 }
@@ -38,7 +42,11 @@ pub struct Rooms {
 impl Rooms {
     /// Starts `threads` room threads (0: one per core).
     pub fn start(threads: usize) -> std::io::Result<Self> {
-        Ok(Self { open: Mutex::default(), threads: Threads::start("confab-rooms", threads)? })
+        Ok(Self {
+            open: Mutex::default(),
+            stopping: AtomicBool::new(false),
+            threads: Threads::start("confab-rooms", threads)?,
+        })
     }
 
     fn get(&self, key: &RoomKey) -> Option<mpsc::Sender<Command>> {
@@ -55,8 +63,11 @@ impl Rooms {
         if let Some(tx) = state.rooms.get(&key) {
             return Ok(tx);
         }
+        state.rooms.refuse_if_stopping()?;
         let loaded = documents::load(db, item).await.map_err(ApiError::internal)?;
         let mut open = state.rooms.open.lock().expect("rooms lock");
+        // Checked again under the lock `stop` takes after setting the flag: no room slips past it.
+        state.rooms.refuse_if_stopping()?;
         if let Some(room) = open.get(&key).filter(|room| !room.tx.is_closed()) {
             return Ok(room.tx.clone());
         }
@@ -75,6 +86,32 @@ impl Rooms {
             .await;
         });
         Ok(tx)
+    }
+
+    fn refuse_if_stopping(&self) -> Result<(), ApiError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(ApiError::shutting_down());
+        }
+        Ok(())
+    }
+
+    /// For a node that is stopping: closes every open room's editors with 1012 `shutting_down`
+    /// (the stock provider reconnects, to another node behind the load balancer), stores what
+    /// each room holds with a snapshot, and waits for that up to `within`. No room opens after.
+    pub async fn stop(&self, within: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let rooms: Vec<mpsc::Sender<Command>> =
+            self.open.lock().expect("rooms lock").values().map(|room| room.tx.clone()).collect();
+        let stopped = rooms.into_iter().map(|tx| async move {
+            let (done, ended) = oneshot::channel();
+            if tx.send(Command::Stop { done }).await.is_ok() {
+                // The room drops `done` once it has stored everything (or ended otherwise).
+                let _ = ended.await;
+            }
+        });
+        if tokio::time::timeout(within, futures_util::future::join_all(stopped)).await.is_err() {
+            tracing::error!("open documents were still being stored when the node stopped");
+        }
     }
 
     /// Acts on a cache notice from any node: a session member's access changed, so their

@@ -5,13 +5,14 @@
 //! nobody is buffered without bound and nobody slows the others.
 //! Membership events re-point a user's sockets, so they follow conversations they join and stop
 //! hearing from conversations they leave. The hub also counts the subscriber's (re)connections:
-//! a socket that sees the count move knows events may have been lost and catches up.
+//! a socket that sees the count move knows events may have been lost and catches up. When the
+//! node stops, the hub tells every socket to close (`close_all`) and refuses new ones.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::domain::{ConversationId, TenantId, UserId};
 use crate::events::{Channel, Delivery, LiveEvent, Topic};
@@ -92,6 +93,8 @@ pub struct Hub {
     next_id: AtomicU64,
     subscriptions: AtomicU64,
     registry: Mutex<Registry>,
+    /// Becomes `true` once when the node stops: every socket closes.
+    closing: watch::Sender<bool>,
 }
 
 impl Hub {
@@ -107,6 +110,19 @@ impl Hub {
     /// How many times the subscriber has subscribed; a change means events may have been missed.
     pub fn subscription_epoch(&self) -> u64 {
         self.subscriptions.load(Ordering::SeqCst)
+    }
+
+    /// What a socket watches for the node's stop; `None` once it has begun (refuse the socket).
+    pub fn closing(&self) -> Option<watch::Receiver<bool>> {
+        let closing = self.closing.subscribe();
+        let stopping = *closing.borrow();
+        (!stopping).then_some(closing)
+    }
+
+    /// For a node that is stopping: every socket closes (with 1012, so clients reconnect to
+    /// another node), and `closing` refuses new ones.
+    pub fn close_all(&self) {
+        self.closing.send_replace(true);
     }
 
     pub fn next_socket_id(&self) -> u64 {

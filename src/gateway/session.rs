@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::app::AppState;
 use crate::auth::ActingUser;
@@ -22,7 +22,7 @@ use super::frames::{answer, send_error};
 use super::hub::{Outbox, SharedEvent};
 use super::protocol::{ConversationHead, ServerFrame};
 use super::relay::{relay, sweep};
-use super::socket::{self, CloseReason, Frames, GOING_AWAY, Incoming, POLICY, Sender, TOO_BIG, close_reason};
+use super::socket::{self, CloseReason, Frames, GOING_AWAY, Incoming, POLICY, RESTART, Sender, TOO_BIG, close_reason};
 use super::tracking;
 
 /// How long a client shows someone as typing without hearing again.
@@ -56,6 +56,7 @@ pub async fn connect(state: web::Data<AppState>, req: HttpRequest) -> Result<Htt
     caller.require(Scope::ChatRead)?;
     check_origin(&req, &caller.tenant)?;
     let client = tracking::client_of(&req)?;
+    let closing = state.hub.closing().ok_or_else(ApiError::shutting_down)?;
     let db = state.store.tenant_db(&caller.scope());
     let memberships = db.members().of_user(caller.user_id()).await?;
     let ids: Vec<ConversationId> = memberships.iter().map(|m| m.conversation_id.clone()).collect();
@@ -98,13 +99,22 @@ pub async fn connect(state: web::Data<AppState>, req: HttpRequest) -> Result<Htt
         };
         if let Some(upgraded) = upgraded {
             let (mut sender, frames) = socket::split(upgraded);
-            let reason = run(&mut connection, &tracked, &mut sender, frames, rx, &outbox.slow, ready.to_text()).await;
+            let ends = Ends { slow: &outbox.slow, closing };
+            let reason = run(&mut connection, &tracked, &mut sender, frames, rx, ends, ready.to_text()).await;
             let _ = tokio::time::timeout(CLOSE_WAIT, sender.close(reason)).await;
         }
         state.hub.unregister(socket);
         let followed: Vec<ConversationId> = connection.delivered.keys().cloned().collect();
         Box::pin(tracking::close(&state, &connection.caller, &tracked.id, &followed)).await;
     }))
+}
+
+/// What ends a socket from this node's side besides its own frames.
+struct Ends<'a> {
+    /// The socket fell behind (its outbox filled up).
+    slow: &'a Notify,
+    /// The node is stopping.
+    closing: watch::Receiver<bool>,
 }
 
 /// The socket's life. Steps that do I/O are boxed: an idle socket then keeps only this loop's
@@ -115,7 +125,7 @@ async fn run(
     session: &mut Sender,
     mut frames: Frames,
     mut outbox: mpsc::Receiver<Arc<SharedEvent>>,
-    slow: &Notify,
+    mut ends: Ends<'_>,
     ready: String,
 ) -> Option<CloseReason> {
     if session.text(ready).await.is_err() || session.flush().await.is_err() {
@@ -173,7 +183,8 @@ async fn run(
                     }
                 }
             }
-            _ = slow.notified() => return Some(slow_consumer()),
+            _ = ends.slow.notified() => return Some(slow_consumer()),
+            Ok(()) = ends.closing.changed() => return Some(close_reason(RESTART, "shutting_down")),
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > idle_timeout {
                     return Some(close_reason(GOING_AWAY, "idle_timeout"));

@@ -219,7 +219,8 @@ pub async fn put_content(
 /// `/v1/ws` (header, `?ticket=`, or subprotocol). `?epoch=` (from the item) is optional; a
 /// stale one is closed with 4409. Viewers receive edits but theirs are dropped. Close codes:
 /// 4400 malformed message, 4409 document re-created or deleted, 4413 file too large, 1012 the
-/// user's role changed (reconnect: it is checked again).
+/// user's role changed (reason `access_changed`; reconnect: it is checked again) or the node is
+/// stopping (`shutting_down`; reconnect, to another node).
 #[utoipa::path(get, path = "/v1/sessions/{session_id}/files/{item_id}/yjs", tag = "code-sessions",
     security(("user_jwt" = []), ("api_key" = [])),
     params(("session_id" = String, Path), ("item_id" = String, Path), ("epoch" = Option<i64>, Query), ("ticket" = Option<String>, Query)),

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::helpers::{ChatTenant, TestApp, spawn_app};
+use crate::helpers::{ChatTenant, ServeProcess, TestApp, spawn_app};
 
 /// One Node process holding one Y.Doc connected to one file.
 struct YjsPeer {
@@ -338,4 +338,67 @@ async fn a_node_that_missed_the_notice_cuts_a_removed_editor_off_at_its_next_rec
 
     wait_access_changed(&mut bob_peer).await;
     assert_edits_refused(&first, &ws, &mut alice_peer, &mut bob_peer).await;
+}
+
+/// A node told to stop (SIGTERM) stores what its open files hold, snapshots them, and closes
+/// their editors with 1012 `shutting_down`, so they reconnect to another node at once.
+#[tokio::test]
+async fn a_stopping_node_stores_its_open_files_and_sends_their_editors_elsewhere() {
+    // Snapshots only at unload: the one found below was taken by the shutdown. Idle keep-alive
+    // connections hold a stop for up to `server.shutdown_timeout_secs`: the test's go in 1 s.
+    let settings = [("CONFAB__COLLAB__SNAPSHOT_EVERY", "100000"), ("CONFAB__SERVER__KEEP_ALIVE_SECS", "1")];
+    let node = ServeProcess::start(&settings).await;
+    let ws = workspace(&node.app).await;
+    let mut alice = YjsPeer::connect(&node.app, &ws.session, &ws.file, &ws.owner, "alice").await;
+    alice.ok(json!({"cmd": "type", "text": "x = 1\n", "at": "end", "delay_ms": 0})).await;
+    let typed = "print('hi')\nx = 1\n";
+    alice.wait_text(typed).await;
+    // The node's copy has every edit (reads go through the open file).
+    for _ in 0..100 {
+        if stored_text(&node.app, &ws, &ws.owner).await == typed {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored_text(&node.app, &ws, &ws.owner).await, typed);
+    let app = TestApp {
+        address: node.app.address.clone(),
+        operator_token: node.app.operator_token.clone(),
+        db_prefix: node.app.db_prefix.clone(),
+        redis_prefix: node.app.redis_prefix.clone(),
+        settings: node.app.settings.clone(),
+        client: reqwest::Client::new(),
+    };
+    node.stop().await;
+
+    let status = alice.ok(json!({"cmd": "status"})).await;
+    let closes = status["close_events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        closes.iter().any(|c| c["code"] == 1012 && c["reason"] == "shutting_down" && c["local"] == false),
+        "the server closed the editor's socket for its shutdown: {status}"
+    );
+    let db = app.mongo().await.database(&app.tenant_db_name(&ws.tenant.id));
+    let filter = mongodb::bson::doc! { "doc_id": &ws.file };
+    let counter = db
+        .collection::<mongodb::bson::Document>("collab_counters")
+        .find_one(mongodb::bson::doc! { "_id": &ws.file })
+        .await
+        .unwrap()
+        .expect("the file's seq counter");
+    let snapshot = db
+        .collection::<mongodb::bson::Document>("collab_snapshots")
+        .find_one(filter.clone())
+        .await
+        .unwrap()
+        .expect("a snapshot taken at shutdown");
+    assert_eq!(
+        snapshot.get_i64("upto_seq").unwrap(),
+        counter.get_i64("seq").unwrap(),
+        "the snapshot covers every stored edit"
+    );
+    let left = db.collection::<mongodb::bson::Document>("collab_updates").count_documents(filter).await.unwrap();
+    assert_eq!(left, 0, "the updates it covers were compacted away");
+    // Another node loads the same text from the snapshot.
+    let other = app.second_node().await;
+    assert_eq!(stored_text(&other, &ws, &ws.owner).await, typed);
 }

@@ -1,7 +1,9 @@
 //! Starting confab for a test, and talking to it like a client would.
 
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use confab::app::Application;
 use confab::config::Settings;
@@ -280,5 +282,83 @@ impl TestApp {
     pub async fn say(&self, token: &str, conversation: &str, text: &str) -> Reply {
         let body = json!({"client_msg_id": format!("c-{}", random_lower(12)), "text": text});
         self.call(Method::POST, &format!("/v1/conversations/{conversation}/messages"), token, Some(body)).await
+    }
+}
+
+/// `confab serve` as its own process (its memory can be measured, it can be stopped with a
+/// signal); killed when dropped.
+pub struct ServeProcess {
+    pub child: Child,
+    pub app: TestApp,
+}
+
+impl ServeProcess {
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        let settings = Settings::load_with_overrides(None, &test_overrides()).expect("test settings load");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(env!("CARGO_BIN_EXE_confab"))
+            .arg("serve")
+            .env("CONFAB__MONGODB__URI", &settings.mongodb.uri)
+            .env("CONFAB__MONGODB__DB_PREFIX", &settings.mongodb.db_prefix)
+            .env("CONFAB__REDIS__URL", &settings.redis.url)
+            .env("CONFAB__REDIS__KEY_PREFIX", &settings.redis.key_prefix)
+            .env("CONFAB__AUTH__OPERATOR_TOKEN", settings.auth.operator_token.expose())
+            .env("CONFAB__SERVER__PORT", port.to_string())
+            .env("CONFAB__LOG__LEVEL", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let app = TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            operator_token: settings.auth.operator_token.expose().to_string(),
+            db_prefix: settings.mongodb.db_prefix.clone(),
+            redis_prefix: settings.redis.key_prefix.clone(),
+            settings,
+            client: reqwest::Client::new(),
+        };
+        let mut process = Self { child, app };
+        let url = format!("{}/health/ready", process.app.address);
+        for _ in 0..150 {
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status() == StatusCode::OK
+            {
+                return process;
+            }
+            assert!(process.child.try_wait().unwrap().is_none(), "confab serve exited early");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("confab serve did not become ready in 15 s");
+    }
+
+    /// The process's peak resident set size (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/<pid>/status");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub async fn stop(mut self) {
+        let killed = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(killed.success());
+        for _ in 0..150 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "{status:?}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("confab serve did not stop within 15 s of SIGTERM");
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::helpers::{ChatTenant, TestApp, random_lower, redis_url, spawn_app, spawn_app_with};
+use crate::helpers::{ChatTenant, ServeProcess, TestApp, random_lower, redis_url, spawn_app, spawn_app_with};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Handshake = Result<(Socket, Response), WsError>;
@@ -1280,4 +1280,34 @@ async fn realtime_every_server_frame_is_described_in_asyncapi_and_occurs() {
         ["delivered", "ping", "read", "resume", "send", "typing"].map(String::from).into_iter().collect(),
         "the client frames of docs/realtime.md"
     );
+}
+
+/// A node told to stop (SIGTERM) closes its sockets with 1012 `shutting_down`, so clients
+/// reconnect to another node at once, and their users go offline for the others right away, not
+/// after the stale window.
+#[tokio::test]
+async fn realtime_a_stopping_node_closes_its_sockets_and_its_users_go_offline() {
+    // Idle keep-alive connections hold a stop for up to `server.shutdown_timeout_secs`.
+    let stopping = ServeProcess::start(&[("CONFAB__SERVER__KEEP_ALIVE_SECS", "1")]).await;
+    let staying = stopping.app.second_node().await;
+    wait_for_fan_out(&staying).await;
+    let tenant = staying.chat_tenant().await;
+    let alice = staying.user(&tenant, "alice").await;
+    let bob = staying.user(&tenant, "bob").await;
+    staying.conversation(&alice, "group", &["bob"]).await;
+    let mut alice_socket = Client::open(&staying, &alice).await;
+    let mut bob_socket = Client::open(&stopping.app, &bob).await;
+    let online = alice_socket.next_of("presence").await;
+    assert_eq!((online["user_id"].as_str(), online["online"].as_bool()), (Some("bob"), Some(true)), "{online}");
+
+    stopping.stop().await;
+    let (_, closed) = bob_socket.read_to_close().await;
+    let closed = closed.expect("a close frame, not a dropped connection");
+    assert_eq!((u16::from(closed.code), closed.reason.as_str()), (1012, "shutting_down"));
+    // The default stale window is far longer than this wait.
+    let offline = tokio::time::timeout(Duration::from_secs(5), alice_socket.next_of("presence"))
+        .await
+        .expect("bob is announced offline as his node stops");
+    assert_eq!((offline["user_id"].as_str(), offline["online"].as_bool()), (Some("bob"), Some(false)), "{offline}");
+    assert_eq!(presence(&staying, &tenant.key, "bob").await["online"], false);
 }

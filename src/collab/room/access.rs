@@ -36,7 +36,7 @@ impl Room {
             .map(|c| c.link.user.clone())
             .collect();
         for user in changed {
-            self.revoke(Some(&user)).await;
+            self.close_clients(Some(&user), "access_changed").await;
         }
     }
 }

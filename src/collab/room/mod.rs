@@ -84,6 +84,11 @@ pub enum Command {
     Revoke {
         user: Option<UserId>,
     },
+    /// The node is stopping: the clients are closed (to reconnect elsewhere), and the room stores
+    /// what it holds and ends. `done` is dropped once it has.
+    Stop {
+        done: oneshot::Sender<()>,
+    },
 }
 
 struct Client {
@@ -123,6 +128,8 @@ pub(super) struct Room {
     in_flight: Option<storage::InFlight>,
     /// When the clients' roles were last read (`access`).
     access_checked: Instant,
+    /// Set by `Command::Stop`: the room ends after the command at hand, and drops this when done.
+    stopped: Option<oneshot::Sender<()>>,
 }
 
 fn encode(message: &Message) -> Vec<u8> {
@@ -151,15 +158,17 @@ impl Room {
             dropped: false,
             in_flight: None,
             access_checked: Instant::now(),
+            stopped: None,
         }
     }
 
-    /// Runs until the room has been idle long enough; then stores a snapshot and ends.
+    /// Runs until the room has been idle long enough, its document is gone, or it is stopped;
+    /// then stores what it holds and a snapshot, and ends.
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>, on_unload: impl FnOnce()) {
         let idle_unload = Duration::from_secs(self.state.settings.collab.idle_unload_secs);
         let mut tick = tokio::time::interval(TICK);
         let mut ticks = 0u32;
-        loop {
+        while self.stopped.is_none() {
             self.clear_departed().await;
             // A full batch waits for the one in flight before more edits are taken.
             if self.pending_bytes >= MAX_PENDING_BYTES && self.in_flight.is_some() {
@@ -207,6 +216,9 @@ impl Room {
             return;
         }
         self.flush_all().await;
+        if !self.pending.is_empty() {
+            tracing::error!(updates = self.pending.len(), "could not store a document's last edits before closing it");
+        }
         if let Err(e) = documents::snapshot(&self.db, &self.item.id, &mut self.loaded).await {
             tracing::warn!(error = %e, "could not snapshot a document on unload");
         }
@@ -234,7 +246,11 @@ impl Room {
                 let _ = reply.send(documents::text(&self.loaded.doc));
             }
             Command::Remote(event) => self.remote(event).await,
-            Command::Revoke { user } => self.revoke(user.as_ref()).await,
+            Command::Revoke { user } => self.close_clients(user.as_ref(), "access_changed").await,
+            Command::Stop { done } => {
+                self.close_clients(None, "shutting_down").await;
+                self.stopped = Some(done);
+            }
         }
     }
 
@@ -380,13 +396,14 @@ impl Room {
         self.clear_departed().await;
     }
 
-    /// Closes `user`'s clients (everyone's without a user) with 1012: the stock provider
-    /// reconnects, and the upgrade checks the role afresh. Clears the cursors they spoke for.
-    async fn revoke(&mut self, user: Option<&UserId>) {
+    /// Closes `user`'s clients (everyone's without a user) with 1012 and `reason`: the stock
+    /// provider reconnects, and the upgrade checks the role afresh. Clears the cursors they spoke
+    /// for.
+    async fn close_clients(&mut self, user: Option<&UserId>, reason: &'static str) {
         let theirs: Vec<u64> =
             self.clients.iter().filter(|(_, c)| user.is_none_or(|u| c.link.user == *u)).map(|(id, _)| *id).collect();
         for id in theirs {
-            self.close(id, RESTART, "access_changed");
+            self.close(id, RESTART, reason);
             if let Some(closed) = self.clients.remove(&id) {
                 self.departed.extend(closed.awareness_ids);
             }
