@@ -38,8 +38,11 @@ return live
 
 /// Refreshes a connection, re-creating it whole if it expired or Redis lost it. KEYS: conns,
 /// conn, last_seen, online, presence_tenants. ARGV: now, stale_at, connection id, user, ttl_secs,
-/// node, client, user_agent, connected_at, tenant.
+/// node, client, user_agent, connected_at, tenant. Returns 0 when the user was not in `online`
+/// (they come back: a sweep or a close took them off while this connection was cut off, or it
+/// opened untracked), else 1.
 const HEARTBEAT: &str = r#"
+local known = redis.call('ZSCORE', KEYS[4], ARGV[4]) and 1 or 0
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[5] * 1000)
 redis.call('HSET', KEYS[2], 'user_id', ARGV[4], 'node', ARGV[6], 'client', ARGV[7], 'user_agent', ARGV[8],
@@ -48,7 +51,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[1])
 redis.call('ZADD', KEYS[4], 'GT', ARGV[2], ARGV[4])
 redis.call('SADD', KEYS[5], ARGV[10])
-return 1
+return known
 "#;
 
 /// Removes a connection. KEYS: conns, conn, last_seen, online, presence_tenants. ARGV: now,
@@ -238,7 +241,9 @@ impl PresenceRegistry<'_> {
         })
     }
 
-    pub async fn heartbeat(&self, info: &ConnectionInfo<'_>) -> Result<(), RedisError> {
+    /// Refreshes a connection; `true` when its user comes back online with it (they had been
+    /// taken off as gone while it could not reach Redis, or it opened untracked).
+    pub async fn heartbeat(&self, info: &ConnectionInfo<'_>) -> Result<bool, RedisError> {
         let now = now_ms();
         let keys = self.tracking_keys(info);
         let ttl = self.ttl_secs();
@@ -260,7 +265,7 @@ impl PresenceRegistry<'_> {
                     .arg(self.tenant.as_str())
                     .query_async::<i64>(&mut conn)
                     .await
-                    .map(|_| ())
+                    .map(|known| known == 0)
             })
             .await
     }

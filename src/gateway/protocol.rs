@@ -107,9 +107,10 @@ pub enum ServerFrame {
     MemberLeft { conversation_id: String, user_id: String },
     #[serde(rename = "member.updated")]
     MemberUpdated { conversation_id: String, user_id: String, role: MemberRole },
-    /// A user sharing a conversation came online (first connection) or went offline (last one
-    /// closed, or gone stale when its node died: then within `gateway.presence_stale_secs` plus
-    /// one sweep); `last_seen_at` in milliseconds since the epoch.
+    /// A user sharing a conversation came online (first connection, or a connection whose node
+    /// reached Redis again after they were announced gone) or went offline (last one closed, or
+    /// gone stale when its node died: then within `gateway.presence_stale_secs` plus one sweep);
+    /// `last_seen_at` in milliseconds since the epoch.
     #[serde(rename = "presence")]
     Presence { user_id: String, online: bool, last_seen_at: i64 },
     /// A code session's workspace tree changed: an item was `created`, `updated` (renamed or

@@ -192,7 +192,8 @@ async fn run(
                 if let Some(reason) = Box::pin(revoked(connection)).await {
                     return Some(close_reason(POLICY, reason));
                 }
-                Box::pin(tracking::heartbeat(&connection.state, &connection.caller, tracked)).await;
+                let followed = connection.delivered.keys();
+                Box::pin(tracking::heartbeat(&connection.state, &connection.caller, tracked, followed)).await;
                 let current = connection.state.hub.subscription_epoch();
                 if current != epoch || last_sweep.elapsed() >= catch_up_every {
                     // Events published while this node's subscriber was away are lost for sure.

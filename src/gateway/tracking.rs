@@ -4,7 +4,8 @@
 //! events to the sockets of everyone sharing a conversation with them. If Redis is unreachable a
 //! socket still opens (untracked, logged) and registers on its next heartbeat. Connections that
 //! go stale without closing (their node crashed or lost Redis) are found by every node's sweep,
-//! and their users announced offline once (`sweep_presence`).
+//! and their users announced offline once (`sweep_presence`); a user whose connection comes back
+//! (its node reaches Redis again) is announced online again by its next heartbeat.
 
 use actix_web::HttpRequest;
 use serde::Deserialize;
@@ -100,10 +101,19 @@ pub(super) async fn open(
     }
 }
 
-pub(super) async fn heartbeat(state: &AppState, caller: &ActingUser, tracked: &Tracked) {
+/// Refreshes a connection. A user who had been announced offline while it could not reach Redis
+/// (or whose only connection opened untracked) is announced online again.
+pub(super) async fn heartbeat(
+    state: &AppState,
+    caller: &ActingUser,
+    tracked: &Tracked,
+    conversations: impl Iterator<Item = &ConversationId>,
+) {
     let presence = state.redis.presence(&caller.tenant.id, state.settings.gateway.presence_stale_secs);
-    if let Err(e) = presence.heartbeat(&tracked.info(state, caller)).await {
-        tracing::warn!(error = %e, "could not refresh a connection");
+    match presence.heartbeat(&tracked.info(state, caller)).await {
+        Ok(true) => announce(state, caller, true, &conversations.cloned().collect::<Vec<_>>()).await,
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "could not refresh a connection"),
     }
 }
 

@@ -653,7 +653,8 @@ async fn realtime_connections_of_a_node_that_stops_heartbeating_expire() {
 
 /// The people who share a conversation with a user whose node died (here: lost Redis, so it no
 /// longer heartbeats) hear that user went offline once the stale window has passed, from the
-/// sweep of a node that is still alive: exactly once, though every node sweeps.
+/// sweep of a node that is still alive: exactly once, though every node sweeps. When the node
+/// comes back, so does the user, announced online once.
 #[tokio::test]
 async fn realtime_a_user_whose_node_stops_heartbeating_is_announced_offline_once() {
     let common =
@@ -670,7 +671,7 @@ async fn realtime_a_user_whose_node_stops_heartbeating_is_announced_offline_once
     let bob = first.user(&tenant, "bob").await;
     let conversation = first.conversation(&alice, "group", &["bob"]).await;
     let mut alice_socket = Client::open(&first, &alice).await;
-    let _doomed = Client::accept(handshake(&second, "", &bearer(&bob)).await).await;
+    let doomed = Client::accept(handshake(&second, "", &bearer(&bob)).await).await;
     let online = alice_socket.next_of("presence").await;
     assert_eq!((online["user_id"].as_str(), online["online"].as_bool()), (Some("bob"), Some(true)), "{online}");
 
@@ -689,6 +690,20 @@ async fn realtime_a_user_whose_node_stops_heartbeating_is_announced_offline_once
     let later = before_marker(&first, &alice, &conversation, &mut alice_socket).await;
     assert!(later.iter().all(|f| f["type"] != "presence"), "announced more than once: {later:?}");
     assert_eq!(presence(&third, &tenant.key, "bob").await["online"], false);
+
+    // His node reaches Redis again: his socket's next heartbeat brings him back, announced once.
+    relay.restore();
+    let back = tokio::time::timeout(Duration::from_secs(15), alice_socket.next_of("presence"))
+        .await
+        .expect("bob is announced online again");
+    assert_eq!((back["user_id"].as_str(), back["online"].as_bool()), (Some("bob"), Some(true)), "{back}");
+    assert_eq!(presence(&third, &tenant.key, "bob").await["online"], true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = before_marker(&first, &alice, &conversation, &mut alice_socket).await;
+    assert!(later.iter().all(|f| f["type"] != "presence"), "announced back more than once: {later:?}");
+    doomed.close().await;
+    let gone = alice_socket.next_of("presence").await;
+    assert_eq!((gone["user_id"].as_str(), gone["online"].as_bool()), (Some("bob"), Some(false)), "{gone}");
 
     // The sweep visits only tenants with someone online: the last close takes this one off.
     let client = deadpool_redis::redis::Client::open(crate::helpers::redis_url()).unwrap();
