@@ -6,6 +6,7 @@
 mod cpu;
 mod loadgen;
 mod params;
+mod raw_inserts;
 mod report;
 mod s1_send;
 mod s2_history;

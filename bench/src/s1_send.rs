@@ -6,16 +6,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use mongodb::IndexModel;
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::{Document, doc};
 use serde_json::json;
 
-use crate::loadgen::{self, Job, Level, Outcome};
+use crate::loadgen::{self, Job, Level};
+use crate::raw_inserts::RawInserts;
 use crate::report::{Figure, Target};
-use crate::stack::{Stack, User, message_text};
+use crate::stack::{User, message_text};
 use crate::{BoxError, Ctx, Measured};
-
-type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
 
 /// Members per conversation; each user is in this many conversations too.
 const MEMBERS: usize = 4;
@@ -23,8 +21,6 @@ const MEMBERS: usize = 4;
 const TEXT_BYTES: usize = 120;
 /// Documents per `insert_many` in the batched reference.
 const BATCH: usize = 100;
-/// Stored messages sampled as the reference's documents.
-const SAMPLE: i64 = 1000;
 
 struct Plan {
     users: Vec<User>,
@@ -97,7 +93,8 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
     let total_stored = stored(&db, &plan).await?;
 
     eprintln!("  references (raw driver, {} workers, then at the same offered rates):", ceiling.best.workers);
-    let raw = RawInserts::prepare(&stack, &db, &plan).await?;
+    let sampled = doc! { "conversation_id": { "$in": &plan.conversations } };
+    let raw = RawInserts::prepare(&stack, &db, sampled, "s1").await?;
     let one_by_one = raw.ceiling(ceiling.best.workers, 1, p.ceiling()).await?;
     let batched = raw.ceiling(ceiling.best.workers, BATCH, p.ceiling()).await?;
     let mut raw_open = Vec::new();
@@ -155,72 +152,4 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
         "reference_insert_one": one_by_one, "reference_insert_many": batched, "reference_insert_one_open_loop": raw_open,
     });
     Ok(Measured { figures, details, problems })
-}
-
-/// Raw-driver inserts of stored messages' documents into a scratch collection with the same
-/// indexes as the tenant's `messages`, each copy with fresh unique keys.
-#[derive(Clone)]
-struct RawInserts {
-    scratch: mongodb::Database,
-    sample: Arc<Vec<Document>>,
-    next: Arc<AtomicI64>,
-}
-
-impl RawInserts {
-    async fn prepare(stack: &Stack, db: &mongodb::Database, plan: &Plan) -> Result<Self, BoxError> {
-        use futures_util::TryStreamExt;
-        let messages = db.collection::<Document>("messages");
-        let filter = doc! { "conversation_id": { "$in": &plan.conversations } };
-        let sample: Vec<Document> = messages.find(filter).limit(SAMPLE).await?.try_collect().await?;
-        if sample.is_empty() {
-            return Err("no stored messages to copy".into());
-        }
-        let scratch = stack.mongo.database(&format!("{}scratch_s1_{}", stack.db_prefix, rand::random::<u32>()));
-        scratch.create_collection("messages").await?;
-        let specs: Vec<_> = messages.list_indexes().await?.try_collect().await?;
-        let models: Vec<IndexModel> = specs
-            .into_iter()
-            .filter(|ix| ix.options.as_ref().and_then(|o| o.name.as_deref()) != Some("_id_"))
-            .collect();
-        scratch.collection::<Document>("messages").create_indexes(models).await?;
-        Ok(Self { scratch, sample: Arc::new(sample), next: Arc::new(AtomicI64::new(1)) })
-    }
-
-    fn copy(&self) -> Document {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut doc = self.sample[n as usize % self.sample.len()].clone();
-        doc.insert("_id", Bson::String(format!("raw-{n}")));
-        doc.insert("seq", Bson::Int64(n));
-        doc.insert("client_msg_id", Bson::String(format!("raw-{n}")));
-        doc
-    }
-
-    /// Inserts `batch` copies per call: `insert_one` for 1, `insert_many` otherwise.
-    fn op(&self, batch: usize) -> Arc<impl Fn(Job) -> BoxFuture + Send + Sync + 'static> {
-        let this = self.clone();
-        Arc::new(move |_job: Job| -> BoxFuture {
-            let this = this.clone();
-            Box::pin(async move {
-                let collection = this.scratch.collection::<Document>("messages");
-                let docs: Vec<Document> = (0..batch).map(|_| this.copy()).collect();
-                let result = if batch == 1 {
-                    collection.insert_one(&docs[0]).await.map(|_| ())
-                } else {
-                    collection.insert_many(&docs).await.map(|_| ())
-                };
-                result.map_err(|e| e.to_string())
-            })
-        })
-    }
-
-    /// `workers` closed-loop inserters of `batch` documents per call; rate in documents stored/s.
-    async fn ceiling(&self, workers: usize, batch: usize, duration: std::time::Duration) -> Result<Outcome, BoxError> {
-        let collection = self.scratch.collection::<Document>("messages");
-        let before = collection.count_documents(doc! {}).await?;
-        let mut outcome = loadgen::closed_loop(self.op(batch), workers, duration).await;
-        let after = collection.count_documents(doc! {}).await?;
-        // Documents actually stored, as for confab's own figure.
-        outcome.rate = (after - before) as f64 / outcome.elapsed_secs;
-        Ok(outcome)
-    }
 }

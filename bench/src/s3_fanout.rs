@@ -2,7 +2,9 @@
 //! half on node A and half on node B (so every message also crosses Redis). Each message carries
 //! its intended send time; each subscriber records send-to-receive latency. Figures per K:
 //! deliveries/s at the ceiling, latency at 50% and 80% of it, and the delivery ratio, which must
-//! be exactly 1 (nothing lost, nothing twice). Reference: `s3_relay`, a bare Redis relay.
+//! be exactly 1 (nothing lost, nothing twice). Reference: `s3_relay`, a bare Redis relay. As a
+//! delivery starts with a stored message, the sends' own answers at 50% are also reported next to
+//! raw-driver inserts of copies of the messages at the same rate, alone on the database.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -10,11 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use mongodb::bson::doc;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::loadgen::{self, Job, Level, Percentiles};
+use crate::raw_inserts::RawInserts;
 use crate::report::{Figure, Target};
 use crate::s3_inbox::{Board, Frame, Receiver, drain};
 use crate::stack::{Socket, SocketTasks, Stack, User, open_socket, ws_base};
@@ -141,7 +145,13 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
         }
         wait_joined(&subs[..k], &conversation).await?;
         let connect_secs = connecting.elapsed().as_secs_f64();
-        let run = Fanout { stack: stack.clone(), sender: sender.clone(), conversation, board: board.clone() };
+        let run = Fanout {
+            stack: stack.clone(),
+            db: stack.tenant_db(&tenant),
+            sender: sender.clone(),
+            conversation,
+            board: board.clone(),
+        };
         let measured = run.measure(ctx, &subs[..k]).await?;
         let frame_bytes = frame_len.load(Ordering::Relaxed).max(200);
         let relay = s3_relay::measure(ctx, k, frame_bytes).await?;
@@ -163,6 +173,8 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
 
 struct Fanout {
     stack: Arc<Stack>,
+    /// The tenant's database, whose stored messages the raw-insert reference copies.
+    db: mongodb::Database,
     sender: User,
     conversation: String,
     board: Arc<Board>,
@@ -172,6 +184,9 @@ struct FanoutResult {
     ceiling: f64,
     half: Percentiles,
     eighty: Percentiles,
+    /// The sends' own answers (201: stored) at 50%, and raw inserts alone at the same rate.
+    half_sends: Percentiles,
+    half_stored_alone: Percentiles,
     ratio: f64,
     errors: u64,
     details: Value,
@@ -217,7 +232,7 @@ impl Fanout {
             }
         })
         .await?;
-        let (mut open, mut open_latency, mut open_errors) = (Vec::new(), Vec::new(), 0);
+        let (mut open, mut open_latency, mut open_sends, mut open_errors) = (Vec::new(), Vec::new(), Vec::new(), 0);
         for share in [0.5, 0.8] {
             self.board.next_phase();
             let rate = ceiling.best.rate / k as f64 * share;
@@ -229,9 +244,18 @@ impl Fanout {
             let latency = Percentiles::of(&got.latency);
             eprintln!("    open loop at {:.0}%: {rate:.1} sends/s -> p99 {:.2} ms", share * 100.0, latency.p99_ms);
             open_latency.push(latency);
+            open_sends.push(outcome.latency);
             open_errors += outcome.errors;
             open.push(json!({"share": share, "send_rate": rate, "sends": outcome, "deliveries": got.received, "latency": latency}));
         }
+        // Every delivery starts with a stored message: the database alone at the 50% send rate.
+        let sampled = doc! { "conversation_id": &self.conversation };
+        let raw = RawInserts::prepare(&self.stack, &self.db, sampled, "s3").await?;
+        let half_rate = ceiling.best.rate / k as f64 * 0.5;
+        let secs = Duration::from_secs_f64(p.s3_open_secs);
+        let stored_alone = loadgen::open_loop(raw.op(1), half_rate, secs, p.max_in_flight).await;
+        raw.scratch.drop().await?;
+        eprintln!("    raw insert_one alone at the 50% rate: p99 {:.2} ms", stored_alone.latency.p99_ms);
         let (sent, delivered) = (sent.load(Ordering::Relaxed), delivered.load(Ordering::Relaxed));
         let duplicates: u64 = receivers.iter().map(|r| r.duplicates.load(Ordering::Relaxed)).sum();
         let strays: u64 = receivers.iter().map(|r| r.strays.load(Ordering::Relaxed)).sum();
@@ -240,10 +264,12 @@ impl Fanout {
             ceiling: ceiling.best.rate,
             half: open_latency[0],
             eighty: open_latency[1],
+            half_sends: open_sends[0],
+            half_stored_alone: stored_alone.latency,
             ratio: delivered as f64 / (sent * k).max(1) as f64,
             errors,
             details: json!({"ceiling": ceiling, "deliveries_per_level": *per_level.lock().expect("lock"),
-                "open_loop": open, "sent": sent, "delivered": delivered, "duplicates": duplicates, "late_strays": strays}),
+                "open_loop": open, "reference_insert_one_at_half": stored_alone, "sent": sent, "delivered": delivered, "duplicates": duplicates, "late_strays": strays}),
         })
     }
 }
@@ -260,6 +286,8 @@ impl FanoutResult {
             Figure::new(format!("K={k}: send->receive p50 at 50%"), self.half.p50_ms, "ms")
                 .against("relay p50 at 50%", relay.half_load.p50_ms),
             p99.against("relay p99 at 50%", relay.half_load.p99_ms),
+            Figure::new(format!("K={k}: send answer (stored) p99 at 50%"), self.half_sends.p99_ms, "ms")
+                .against("raw insert_one p99, same rate", self.half_stored_alone.p99_ms),
             Figure::new(format!("K={k}: send->receive p99 at 80%"), self.eighty.p99_ms, "ms"),
             Figure::new(format!("K={k}: delivery ratio"), self.ratio, "")
                 .target(Target::Exactly(1.0))
