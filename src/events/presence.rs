@@ -36,12 +36,18 @@ redis.call('SADD', KEYS[5], ARGV[11])
 return live
 "#;
 
-/// Refreshes a connection, re-creating it whole if it expired or Redis lost it. KEYS: conns,
-/// conn, last_seen, online, presence_tenants. ARGV: now, stale_at, connection id, user, ttl_secs,
-/// node, client, user_agent, connected_at, tenant. Returns 0 when the user was not in `online`
-/// (they come back: a sweep or a close took them off while this connection was cut off, or it
-/// opened untracked), else 1.
+/// Refreshes a connection, re-creating it whole if it expired or Redis lost it. A connection
+/// re-created so (it went stale while its node could not reach Redis, or it opened untracked)
+/// counts against the limit like a new one: at the limit nothing changes and -1 is returned.
+/// KEYS: conns, conn, last_seen, online, presence_tenants. ARGV: now, stale_at, connection id,
+/// user, ttl_secs, node, client, user_agent, connected_at, tenant, max. Returns 0 when the user
+/// was not in `online` (they come back: a sweep or a close took them off meanwhile), else 1.
 const HEARTBEAT: &str = r#"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
+if (not score) or tonumber(score) <= tonumber(ARGV[1]) then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[11]) then return -1 end
+end
 local known = redis.call('ZSCORE', KEYS[4], ARGV[4]) and 1 or 0
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[5] * 1000)
@@ -241,9 +247,10 @@ impl PresenceRegistry<'_> {
         })
     }
 
-    /// Refreshes a connection; `true` when its user comes back online with it (they had been
-    /// taken off as gone while it could not reach Redis, or it opened untracked).
-    pub async fn heartbeat(&self, info: &ConnectionInfo<'_>) -> Result<bool, RedisError> {
+    /// Refreshes a connection: `FirstOfUser` when its user comes back online with it (they had
+    /// been taken off as gone while it could not reach Redis, or it opened untracked); `AtLimit`
+    /// when it had to be re-created and the user holds `max_per_user` live connections without it.
+    pub async fn heartbeat(&self, info: &ConnectionInfo<'_>, max_per_user: u32) -> Result<Opened, RedisError> {
         let now = now_ms();
         let keys = self.tracking_keys(info);
         let ttl = self.ttl_secs();
@@ -263,11 +270,16 @@ impl PresenceRegistry<'_> {
                     .arg(info.user_agent)
                     .arg(info.connected_at)
                     .arg(self.tenant.as_str())
+                    .arg(max_per_user)
                     .query_async::<i64>(&mut conn)
                     .await
-                    .map(|known| known == 0)
             })
             .await
+            .map(|known| match known {
+                -1 => Opened::AtLimit,
+                0 => Opened::FirstOfUser,
+                _ => Opened::Another,
+            })
     }
 
     /// Removes a connection; `true` when it was the user's last (they went offline).

@@ -193,7 +193,9 @@ async fn run(
                     return Some(close_reason(POLICY, reason));
                 }
                 let followed = connection.delivered.keys();
-                Box::pin(tracking::heartbeat(&connection.state, &connection.caller, tracked, followed)).await;
+                if !Box::pin(tracking::heartbeat(&connection.state, &connection.caller, tracked, followed)).await {
+                    return Some(close_reason(POLICY, "too_many_connections"));
+                }
                 let current = connection.state.hub.subscription_epoch();
                 if current != epoch || last_sweep.elapsed() >= catch_up_every {
                     // Events published while this node's subscriber was away are lost for sure.

@@ -102,19 +102,24 @@ pub(super) async fn open(
 }
 
 /// Refreshes a connection. A user who had been announced offline while it could not reach Redis
-/// (or whose only connection opened untracked) is announced online again.
+/// (or whose only connection opened untracked) is announced online again. `false` when the
+/// connection had to be registered afresh and its user is at `gateway.max_connections_per_user`
+/// without it: the socket closes.
 pub(super) async fn heartbeat(
     state: &AppState,
     caller: &ActingUser,
     tracked: &Tracked,
     conversations: impl Iterator<Item = &ConversationId>,
-) {
-    let presence = state.redis.presence(&caller.tenant.id, state.settings.gateway.presence_stale_secs);
-    match presence.heartbeat(&tracked.info(state, caller)).await {
-        Ok(true) => announce(state, caller, true, &conversations.cloned().collect::<Vec<_>>()).await,
-        Ok(false) => {}
+) -> bool {
+    let gateway = &state.settings.gateway;
+    let presence = state.redis.presence(&caller.tenant.id, gateway.presence_stale_secs);
+    match presence.heartbeat(&tracked.info(state, caller), gateway.max_connections_per_user).await {
+        Ok(Opened::FirstOfUser) => announce(state, caller, true, &conversations.cloned().collect::<Vec<_>>()).await,
+        Ok(Opened::Another) => {}
+        Ok(Opened::AtLimit) => return false,
         Err(e) => tracing::warn!(error = %e, "could not refresh a connection"),
     }
+    true
 }
 
 pub(super) async fn close(state: &AppState, caller: &ActingUser, id: &str, conversations: &[ConversationId]) {

@@ -620,6 +620,7 @@ async fn realtime_connections_are_listed_across_nodes_until_closed() {
 
 /// A node that can no longer reach Redis stops refreshing its connections, as a crashed one
 /// would: they drop out of the listing, presence and the per-user limit after the stale window.
+/// When it reaches Redis again, they count against the limit like new connections.
 #[tokio::test]
 async fn realtime_connections_of_a_node_that_stops_heartbeating_expire() {
     let common = [
@@ -649,6 +650,16 @@ async fn realtime_connections_of_a_node_that_stops_heartbeating_expire() {
     let replacement = Client::open(&first, &bob).await;
     assert_eq!(replacement.user_id(), "bob", "a stale connection no longer counts against the limit");
     assert!(doomed.ping().await.is_empty(), "the socket itself stays open on its node");
+
+    // Its node reaches Redis again: registering the old socket afresh would pass the limit, so
+    // it is closed instead, and the replacement stays the only connection.
+    relay.restore();
+    let (_, closed) = doomed.read_to_close().await;
+    let closed = closed.expect("a close frame");
+    assert_eq!((u16::from(closed.code), closed.reason.as_str()), (1008, "too_many_connections"));
+    let listed = connections(&first, &tenant, "bob").await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["connection_id"], replacement.ready["connection_id"]);
 }
 
 /// The people who share a conversation with a user whose node died (here: lost Redis, so it no
