@@ -54,7 +54,10 @@ async fn listen(mut socket: Socket, sub: Arc<Subscriber>, board: Arc<Board>, fra
         match (frame.kind, frame.conversation_id, frame.message) {
             ("message.new", Some(conversation), Some(message)) => {
                 let seq = message.seq.unwrap_or_default();
-                let last = last_seq.entry(conversation.to_string()).or_default();
+                if !last_seq.contains_key(conversation) {
+                    last_seq.insert(conversation.to_string(), 0);
+                }
+                let last = last_seq.get_mut(conversation).expect("inserted above");
                 if seq <= *last {
                     sub.receiver.duplicates.fetch_add(1, Ordering::Relaxed);
                     continue;

@@ -179,6 +179,12 @@ pub fn message_text(seq: u64, bytes: usize) -> String {
     text
 }
 
+/// Bytes a benchmark socket reads at once unless its `config` says otherwise. tungstenite zeroes
+/// the whole read buffer before every read (128 KiB by default): S3's subscribers read each
+/// frame as it comes, and that zeroing was a fifth of the load generator's CPU, taken from the
+/// 2 cores the stack under test shares with it.
+const CLIENT_READ_BUFFER: usize = 16 * 1024;
+
 /// Opens a WebSocket to `url` (ws://host:port/path) as `token`, from `source` when given (a
 /// 127.0.0.x address of its own, so many sockets do not run out of ephemeral ports).
 pub async fn open_socket(
@@ -201,7 +207,8 @@ pub async fn open_socket(
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (socket, _) = tokio_tungstenite::client_async_with_config(request, stream, config)
+    let config = config.unwrap_or_else(|| WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER));
+    let (socket, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
         .await
         .map_err(|e| format!("upgrade: {e}"))?;
     Ok(socket)
