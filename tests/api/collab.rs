@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::helpers::{ChatTenant, ServeProcess, TestApp, spawn_app};
+use crate::helpers::{ChatTenant, ServeProcess, TestApp, spawn_app, spawn_app_with};
 
 /// One Node process holding one Y.Doc connected to one file.
 struct YjsPeer {
@@ -377,28 +377,50 @@ async fn a_stopping_node_stores_its_open_files_and_sends_their_editors_elsewhere
         closes.iter().any(|c| c["code"] == 1012 && c["reason"] == "shutting_down" && c["local"] == false),
         "the server closed the editor's socket for its shutdown: {status}"
     );
-    let db = app.mongo().await.database(&app.tenant_db_name(&ws.tenant.id));
-    let filter = mongodb::bson::doc! { "doc_id": &ws.file };
-    let counter = db
-        .collection::<mongodb::bson::Document>("collab_counters")
-        .find_one(mongodb::bson::doc! { "_id": &ws.file })
-        .await
-        .unwrap()
-        .expect("the file's seq counter");
-    let snapshot = db
-        .collection::<mongodb::bson::Document>("collab_snapshots")
-        .find_one(filter.clone())
-        .await
-        .unwrap()
-        .expect("a snapshot taken at shutdown");
-    assert_eq!(
-        snapshot.get_i64("upto_seq").unwrap(),
-        counter.get_i64("seq").unwrap(),
-        "the snapshot covers every stored edit"
-    );
-    let left = db.collection::<mongodb::bson::Document>("collab_updates").count_documents(filter).await.unwrap();
-    assert_eq!(left, 0, "the updates it covers were compacted away");
+    assert!(compacted(&app, &ws).await, "a snapshot taken at shutdown covers every stored edit");
     // Another node loads the same text from the snapshot.
     let other = app.second_node().await;
     assert_eq!(stored_text(&other, &ws, &ws.owner).await, typed);
+}
+
+/// Whether the file's newest snapshot covers every update ever stored for it (its seq counter),
+/// with the updates it covers compacted away.
+async fn compacted(app: &TestApp, ws: &Workspace) -> bool {
+    use mongodb::bson::{Document, doc};
+    let db = app.mongo().await.database(&app.tenant_db_name(&ws.tenant.id));
+    let counter = db.collection::<Document>("collab_counters").find_one(doc! { "_id": &ws.file }).await.unwrap();
+    let stored = counter.expect("the file's seq counter").get_i64("seq").unwrap();
+    let filter = doc! { "doc_id": &ws.file };
+    let snapshots = db.collection::<Document>("collab_snapshots");
+    let newest = snapshots.find_one(filter.clone()).sort(doc! { "upto_seq": -1 }).await.unwrap();
+    let covered = newest.map(|snapshot| snapshot.get_i64("upto_seq").unwrap());
+    let left = db.collection::<Document>("collab_updates").count_documents(filter).await.unwrap();
+    covered == Some(stored) && left == 0
+}
+
+/// A file nobody has open for `collab.idle_unload_secs` is stored with a snapshot and unloaded;
+/// the next editor loads it back from that snapshot.
+#[tokio::test]
+async fn an_idle_file_is_snapshotted_unloaded_and_loads_back() {
+    let settings = [("collab.idle_unload_secs", "1".to_string()), ("collab.snapshot_every", "100000".to_string())];
+    let app = spawn_app_with(&settings).await;
+    let ws = workspace(&app).await;
+    let mut alice = YjsPeer::connect(&app, &ws.session, &ws.file, &ws.owner, "alice").await;
+    alice.ok(json!({"cmd": "type", "text": "y = 2\n", "at": "end", "delay_ms": 0})).await;
+    let typed = "print('hi')\ny = 2\n";
+    alice.wait_text(typed).await;
+    assert!(!compacted(&app, &ws).await, "no snapshot while the file is open and young");
+    alice.ok(json!({"cmd": "close"})).await;
+    let mut unloaded = false;
+    for _ in 0..100 {
+        if compacted(&app, &ws).await {
+            unloaded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(unloaded, "the idle file was snapshotted as it unloaded");
+    let mut bob = YjsPeer::connect(&app, &ws.session, &ws.file, &ws.owner, "bob").await;
+    bob.wait_text(typed).await;
+    assert_eq!(stored_text(&app, &ws, &ws.owner).await, typed);
 }
