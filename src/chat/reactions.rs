@@ -68,7 +68,12 @@ pub async fn add(
         created_at: crate::domain::now(),
     };
     if db.reactions().add(&reaction).await? {
-        db.messages().add_reaction_count(id, seq, emoji, 1).await?;
+        if !db.messages().add_reaction_count(id, seq, emoji, 1).await? {
+            // Deleted since it was checked: its delete may have cleared reactions before this
+            // one was stored, so this one goes too.
+            db.reactions().remove(id, seq, emoji, caller.user_id()).await?;
+            return Err(ApiError::not_found("message"));
+        }
         announce(state, &db, id, seq).await?;
     }
     Ok(())
@@ -83,8 +88,10 @@ pub async fn remove(
     emoji: &str,
 ) -> Result<(), ApiError> {
     let db = reaction_target(state, caller, id, seq, emoji).await?;
-    if db.reactions().remove(id, seq, emoji, caller.user_id()).await? {
-        db.messages().add_reaction_count(id, seq, emoji, -1).await?;
+    // A message deleted meanwhile has no counts left to lower.
+    if db.reactions().remove(id, seq, emoji, caller.user_id()).await?
+        && db.messages().add_reaction_count(id, seq, emoji, -1).await?
+    {
         announce(state, &db, id, seq).await?;
     }
     Ok(())

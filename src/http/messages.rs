@@ -343,7 +343,8 @@ pub async fn delete_message(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// React with an emoji (once per user per emoji; repeating is harmless).
+/// React with an emoji (once per user per emoji; repeating is harmless). A deleted message takes
+/// no reactions (404), even one racing its delete.
 #[utoipa::path(put, path = "/v1/conversations/{conversation_id}/messages/{seq}/reactions/{emoji}", tag = "messages",
     security(("user_jwt" = []), ("api_key" = [])),
     params(("conversation_id" = String, Path), ("seq" = i64, Path), ("emoji" = String, Path)),

@@ -335,6 +335,41 @@ async fn reactions_count_once_per_user_and_emoji() {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }
 
+/// Reactions racing the message's delete leave nothing behind: no count on the tombstone, no
+/// stored reaction (whichever lands first).
+#[tokio::test]
+async fn reactions_racing_a_delete_leave_nothing_behind() {
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(&app, &tenant, 4).await;
+    let db = app.mongo().await.database(&app.tenant_db_name(&tenant.id));
+    for seq in 1..=25 {
+        app.say(&tokens[0], &conversation, "going soon").await;
+        let reaction = format!("{}/{seq}/reactions/👍", messages(&conversation));
+        let message = format!("{}/{seq}", messages(&conversation));
+        // One reaction is removed while the delete runs, too.
+        let added = app.call(Method::PUT, &reaction, &tokens[3], None).await;
+        assert_eq!(added.status, StatusCode::NO_CONTENT);
+        let (a, b, c, deleted) = tokio::join!(
+            app.call(Method::PUT, &reaction, &tokens[1], None),
+            app.call(Method::PUT, &reaction, &tokens[2], None),
+            app.call(Method::DELETE, &reaction, &tokens[3], None),
+            app.call(Method::DELETE, &message, &tokens[0], None),
+        );
+        assert!(deleted.status.is_success(), "{}", deleted.text);
+        for reply in [a, b, c] {
+            assert!([StatusCode::NO_CONTENT, StatusCode::NOT_FOUND].contains(&reply.status), "{}", reply.text);
+        }
+        let filter = mongodb::bson::doc! { "conversation_id": &conversation, "seq": seq as i64 };
+        let stored =
+            db.collection::<mongodb::bson::Document>("messages").find_one(filter.clone()).await.unwrap().unwrap();
+        let counts = stored.get_document("reaction_counts").unwrap();
+        assert!(counts.values().all(|n| n.as_i64().or(n.as_i32().map(i64::from)) == Some(0)), "seq {seq}: {counts}");
+        let left = db.collection::<mongodb::bson::Document>("reactions").count_documents(filter).await.unwrap();
+        assert_eq!(left, 0, "seq {seq}: reactions left on a deleted message");
+    }
+}
+
 /// `mine` is the reader's own, on exactly the messages they reacted to, in every window kind
 /// (pages where nobody reacted skip the lookup, so mixed pages matter).
 #[tokio::test]

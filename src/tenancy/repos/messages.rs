@@ -218,20 +218,22 @@ impl MessagesRepo {
             .await
     }
 
+    /// Moves a live message's count of `emoji` by `delta`; `false` if the message is deleted (or
+    /// missing): a delete clears the counts, and no reaction may move them afterwards.
     pub async fn add_reaction_count(
         &self,
         conversation: &ConversationId,
         seq: i64,
         emoji: &str,
         delta: i64,
-    ) -> Result<(), mongodb::error::Error> {
+    ) -> Result<bool, mongodb::error::Error> {
         self.messages
             .update_one(
-                doc! { "conversation_id": conversation.as_str(), "seq": seq },
+                doc! { "conversation_id": conversation.as_str(), "seq": seq, "deleted_at": null },
                 doc! { "$inc": { format!("reaction_counts.{emoji}"): delta } },
             )
             .await
-            .map(|_| ())
+            .map(|updated| updated.matched_count == 1)
     }
 
     /// Unread messages for `user`: after `after`, up to `upto`, not the user's own, not deleted.
