@@ -102,8 +102,7 @@ pub async fn register(state: &AppState, caller: &ActingUser, new: NewDevice) -> 
     let db = state.store.tenant_db(&caller.scope());
     let max = state.settings.e2e.max_devices_per_user;
     if db.devices().count_active(caller.user_id()).await? >= max {
-        return Err(ApiError::new(ErrorCode::LimitReached, format!("at most {max} active devices per user"))
-            .with_details(serde_json::json!({ "limit": "max_devices_per_user", "value": max })));
+        return Err(too_many_devices(max));
     }
     let device = Device {
         id: Device::key(caller.user_id(), &new.device_id),
@@ -119,8 +118,20 @@ pub async fn register(state: &AppState, caller: &ActingUser, new: NewDevice) -> 
         return Err(ApiError::new(ErrorCode::Conflict, "this device id is already registered")
             .with_details(serde_json::json!({ "device_id": new.device_id })));
     }
+    // Registrations racing each other all passed the check above: each counts again with itself
+    // stored, and leaves if that passes the limit. A device counted after every other that stays
+    // sees them all, so the limit holds; racers may all leave (their retries get in).
+    if db.devices().count_active(caller.user_id()).await? > max {
+        db.devices().delete(&device.id).await?;
+        return Err(too_many_devices(max));
+    }
     log(&db, caller, KeyEventKind::DeviceAdded, &device.device_id, Some(key.key_id)).await?;
     Ok(device)
+}
+
+fn too_many_devices(max: u64) -> ApiError {
+    ApiError::new(ErrorCode::LimitReached, format!("at most {max} active devices per user"))
+        .with_details(serde_json::json!({ "limit": "max_devices_per_user", "value": max }))
 }
 
 /// Replaces a device's current X25519 key; the old one is kept as retired.

@@ -116,7 +116,9 @@ fn upload(k: KeyUploadRequest) -> KeyUpload {
     KeyUpload { key_id: k.key_id, public_key: k.public_key, not_after: k.not_after, signature: k.signature }
 }
 
-/// Publish one of your devices with its identity key and first X25519 key.
+/// Publish one of your devices with its identity key and first X25519 key. At most
+/// `e2e.max_devices_per_user` active devices (409 `limit_reached`); of registrations racing past
+/// the limit, all may be refused, and a retry gets in while there is room.
 #[utoipa::path(post, path = "/v1/me/devices", tag = "e2e", security(("user_jwt" = []), ("api_key" = [])),
     request_body = RegisterDeviceRequest, responses((status = 201, body = DeviceView), ErrorResponses))]
 pub async fn register_device(

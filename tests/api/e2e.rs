@@ -522,6 +522,35 @@ async fn a_device_id_registers_once_and_the_device_limit_counts_active_devices()
     assert_eq!(added, 3, "only accepted registrations are logged: {events:?}");
 }
 
+/// Registrations racing past the device limit never leave more active devices than it allows.
+#[tokio::test]
+async fn racing_registrations_never_pass_the_device_limit() {
+    let app = spawn_app_with(&[("e2e.max_devices_per_user", "3".into())]).await;
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    let bodies: Vec<Value> = (0..10)
+        .map(|n| device_body(&tenant.id, "alice", &DeviceKeys::generate(&format!("d{n}"), "k1", &mut rand::rng())))
+        .collect();
+    let replies = futures_util::future::join_all(bodies.into_iter().map(|body| post_device(&app, &alice, body))).await;
+    for reply in &replies {
+        assert!([StatusCode::CREATED, StatusCode::CONFLICT].contains(&reply.status), "{}", reply.text);
+    }
+    let created = replies.iter().filter(|r| r.status == StatusCode::CREATED).count();
+    assert!(created <= 3, "{created} registrations got in past a limit of 3");
+    assert_eq!(directory(&app, &alice, &["alice"]).await.len(), created);
+    // Refused racers may register again, up to the limit exactly.
+    for n in 10..20 {
+        let keys = DeviceKeys::generate(&format!("d{n}"), "k1", &mut rand::rng());
+        if post_device(&app, &alice, device_body(&tenant.id, "alice", &keys)).await.status != StatusCode::CREATED {
+            break;
+        }
+    }
+    assert_eq!(directory(&app, &alice, &["alice"]).await.len(), 3);
+    let events = key_events(&app, &alice, "alice", 50).await;
+    let added = events.iter().filter(|e| e["kind"] == "device_added").count();
+    assert_eq!(added, 3, "only registrations that stand are logged: {events:?}");
+}
+
 #[tokio::test]
 async fn the_directory_lists_the_active_devices_of_several_users_at_once() {
     let app = spawn_app().await;

@@ -26,6 +26,11 @@ impl DevicesRepo {
         }
     }
 
+    /// Removes a registration that must not stand (see `e2e::devices::register`).
+    pub async fn delete(&self, id: &str) -> Result<(), mongodb::error::Error> {
+        self.devices.delete_one(doc! { "_id": id }).await.map(|_| ())
+    }
+
     pub async fn get(&self, user: &UserId, device_id: &str) -> Result<Option<Device>, mongodb::error::Error> {
         self.devices.find_one(doc! { "_id": Device::key(user, device_id) }).await
     }
