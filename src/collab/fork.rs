@@ -1,5 +1,7 @@
 //! Forking: a new session owned by the caller with a copy of the tree (new ids, same shape)
-//! and every file's current text as the first state of a fresh document.
+//! and every file's current text as the first state of a fresh document. A tree over the item
+//! limit is refused before anything is made; a fork that fails while copying is removed again
+//! (its session, items and documents).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use crate::app::AppState;
 use crate::auth::ActingUser;
 use crate::domain::{CodeSession, ItemId, ItemKind, SessionId, WorkspaceItem, now};
 use crate::error::{ApiError, ErrorCode};
+use crate::tenancy::TenantDb;
 
 use super::sessions::{self, NewSession, access};
 use super::{documents, rooms};
@@ -29,16 +32,53 @@ pub async fn fork(
         visibility: crate::domain::Visibility::Private,
         tags: source.tags.clone(),
     };
-    let forked = sessions::create(state, caller, new).await?;
     let count = items.len() as u32;
-    if !db.code_sessions().reserve_items(&forked.id, count, max).await? {
-        return Err(ApiError::new(ErrorCode::LimitReached, "the session has too many items to fork"));
+    if count > max {
+        return Err(too_many_items(max));
+    }
+    let forked = sessions::create(state, caller, new).await?;
+    match copy_tree(state, &db, caller, &source, &forked, &items).await {
+        Ok(forked) => Ok(forked),
+        Err(e) => {
+            if let Err(cleanup) = discard(&db, &forked.id).await {
+                tracing::warn!(error = %cleanup, "could not remove a fork that failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn too_many_items(max: u32) -> ApiError {
+    ApiError::new(ErrorCode::LimitReached, "the session has too many items to fork")
+        .with_details(serde_json::json!({ "limit": "max_items_per_session", "value": max }))
+}
+
+/// Removes what a failed fork made: its documents, items and session record.
+async fn discard(db: &TenantDb, id: &SessionId) -> Result<(), mongodb::error::Error> {
+    let ids: Vec<ItemId> = db.workspace().tree(id).await?.into_iter().map(|i| i.id).collect();
+    db.collab_docs().delete_docs(&ids).await?;
+    db.workspace().delete_session(id).await?;
+    db.code_sessions().delete(id).await
+}
+
+/// Copies `items` (the source's tree) into the new session `forked`.
+async fn copy_tree(
+    state: &Arc<AppState>,
+    db: &TenantDb,
+    caller: &ActingUser,
+    source: &CodeSession,
+    forked: &CodeSession,
+    items: &[WorkspaceItem],
+) -> Result<CodeSession, ApiError> {
+    let max = state.settings.collab.max_items_per_session;
+    if !db.code_sessions().reserve_items(&forked.id, items.len() as u32, max).await? {
+        return Err(too_many_items(max));
     }
     let ids: HashMap<ItemId, ItemId> = items.iter().map(|i| (i.id.clone(), ItemId::new())).collect();
     let at = now();
     let mut copies = Vec::with_capacity(items.len());
     let mut texts = Vec::new();
-    for item in &items {
+    for item in items {
         let copy = WorkspaceItem {
             id: ids[&item.id].clone(),
             session_id: forked.id.clone(),
@@ -51,13 +91,13 @@ pub async fn fork(
             ..item.clone()
         };
         if item.kind == ItemKind::File {
-            texts.push((copy.clone(), rooms::read(state, &db, item).await?));
+            texts.push((copy.clone(), rooms::read(state, db, item).await?));
         }
         copies.push(copy);
     }
     db.workspace().insert_many(&copies).await?;
     for (copy, text) in texts {
-        documents::create_with_text(&db, &copy, &text).await.map_err(ApiError::internal)?;
+        documents::create_with_text(db, &copy, &text).await.map_err(ApiError::internal)?;
     }
     let mut forked = db.code_sessions().get(&forked.id).await?.ok_or_else(|| ApiError::not_found("session"))?;
     forked.forked_from = Some(source.id.clone());

@@ -212,7 +212,8 @@ pub async fn delete_session(
 }
 
 /// Fork a session the caller can read: a new session they own, with a copy of the tree and
-/// every file's current text.
+/// every file's current text. A tree over `collab.max_items_per_session` is refused (409
+/// `limit_reached`) and nothing is made; a fork that fails while copying is removed again.
 #[utoipa::path(post, path = "/v1/sessions/{session_id}/fork", tag = "code-sessions",
     security(("user_jwt" = []), ("api_key" = [])), params(("session_id" = String, Path)),
     request_body = ForkRequest, responses((status = 201, body = SessionView), ErrorResponses))]

@@ -1117,6 +1117,22 @@ async fn a_fork_respects_the_item_limit() {
     assert_error(&full, StatusCode::CONFLICT, "limit_reached");
 }
 
+/// A tree over the limit of the node forking it (here: lowered since the tree was made) is
+/// refused before anything is made: no half-made session is left behind.
+#[tokio::test]
+async fn a_fork_over_the_item_limit_leaves_nothing_behind() {
+    let f = Fixture::new().await;
+    let (app, alice, s) = (&f.app, &f.alice, f.id());
+    for name in ["a", "b", "c", "d"] {
+        folder(app, alice, s, None, name).await;
+    }
+    let strict = app.second_node_with(&[("collab.max_items_per_session", "3".into())]).await;
+    let forked = strict.call(Method::POST, &format!("/v1/sessions/{s}/fork"), alice, None).await;
+    assert_error(&forked, StatusCode::CONFLICT, "limit_reached");
+    assert_eq!(forked.body["error"]["details"], json!({"limit": "max_items_per_session", "value": 3}));
+    assert_eq!(ids(&list_sessions(app, alice).await), BTreeSet::from([s.to_string()]), "no half-made fork");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. workspace.changed on /v1/ws
 
