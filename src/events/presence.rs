@@ -17,14 +17,12 @@ use crate::domain::{TenantId, UserId};
 
 use super::{Redis, RedisError};
 
-/// Registers a connection unless the user is at the limit. KEYS: conns, conn, last_seen, online,
-/// presence_tenants. ARGV: now, stale_at, connection id, max, user, node, client, user_agent,
-/// ttl_secs, connected_at, tenant. Returns the user's live connections before this one, or -1 at
-/// the limit.
-const OPEN: &str = r#"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-local live = redis.call('ZCARD', KEYS[1])
-if live >= tonumber(ARGV[4]) then return -1 end
+/// The Lua that records a connection as live until stale_at, shared by `OPEN` and `HEARTBEAT`,
+/// which take the same KEYS (conns, conn, last_seen, online, presence_tenants) and ARGV (now,
+/// stale_at, connection id, max, user, node, client, user_agent, ttl_secs, connected_at, tenant).
+macro_rules! register_connection {
+    () => {
+        r#"
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[9] * 1000)
 redis.call('HSET', KEYS[2], 'user_id', ARGV[5], 'node', ARGV[6], 'client', ARGV[7], 'user_agent', ARGV[8],
@@ -33,32 +31,39 @@ redis.call('EXPIRE', KEYS[2], ARGV[9])
 redis.call('HSET', KEYS[3], ARGV[5], ARGV[1])
 redis.call('ZADD', KEYS[4], 'GT', ARGV[2], ARGV[5])
 redis.call('SADD', KEYS[5], ARGV[11])
-return live
-"#;
+"#
+    };
+}
+
+/// Registers a connection unless the user is at the limit. Returns the user's live connections
+/// before this one, or -1 at the limit.
+const OPEN: &str = concat!(
+    r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local live = redis.call('ZCARD', KEYS[1])
+if live >= tonumber(ARGV[4]) then return -1 end
+"#,
+    register_connection!(),
+    "return live\n"
+);
 
 /// Refreshes a connection, re-creating it whole if it expired or Redis lost it. A connection
 /// re-created so (it went stale while its node could not reach Redis, or it opened untracked)
 /// counts against the limit like a new one: at the limit nothing changes and -1 is returned.
-/// KEYS: conns, conn, last_seen, online, presence_tenants. ARGV: now, stale_at, connection id,
-/// user, ttl_secs, node, client, user_agent, connected_at, tenant, max. Returns 0 when the user
-/// was not in `online` (they come back: a sweep or a close took them off meanwhile), else 1.
-const HEARTBEAT: &str = r#"
+/// Otherwise 0 when the user was not in `online` (they come back: a sweep or a close took them
+/// off meanwhile), else 1.
+const HEARTBEAT: &str = concat!(
+    r#"
 local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
 if (not score) or tonumber(score) <= tonumber(ARGV[1]) then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[11]) then return -1 end
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return -1 end
 end
-local known = redis.call('ZSCORE', KEYS[4], ARGV[4]) and 1 or 0
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[5] * 1000)
-redis.call('HSET', KEYS[2], 'user_id', ARGV[4], 'node', ARGV[6], 'client', ARGV[7], 'user_agent', ARGV[8],
-  'status', 'online', 'connected_at', ARGV[9], 'last_heartbeat', ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-redis.call('HSET', KEYS[3], ARGV[4], ARGV[1])
-redis.call('ZADD', KEYS[4], 'GT', ARGV[2], ARGV[4])
-redis.call('SADD', KEYS[5], ARGV[10])
-return known
-"#;
+local known = redis.call('ZSCORE', KEYS[4], ARGV[5]) and 1 or 0
+"#,
+    register_connection!(),
+    "return known\n"
+);
 
 /// Removes a connection. KEYS: conns, conn, last_seen, online, presence_tenants. ARGV: now,
 /// connection id, user, tenant. Returns the user's live connections after it.
@@ -208,21 +213,23 @@ impl PresenceRegistry<'_> {
         self.stale_ms / 1000 + 1
     }
 
-    /// KEYS of `OPEN` and `HEARTBEAT`.
-    fn tracking_keys(&self, info: &ConnectionInfo<'_>) -> [String; 5] {
+    /// KEYS of `OPEN`, `HEARTBEAT` and `CLOSE` for `user`'s connection `id`.
+    fn connection_keys(&self, user: &UserId, id: &str) -> [String; 5] {
         let tenants = self.redis.presence_tenants_key();
-        [self.conns_key(info.user), self.conn_key(info.id), self.last_seen_key(), self.online_key(), tenants]
+        [self.conns_key(user), self.conn_key(id), self.last_seen_key(), self.online_key(), tenants]
     }
 
-    pub async fn open(&self, info: &ConnectionInfo<'_>, max_per_user: u32) -> Result<Opened, RedisError> {
+    /// Registers a connection (`OPEN`) or refreshes it (`HEARTBEAT`): -1 at the limit becomes
+    /// `AtLimit`, 0 (no live connection before, or not in `online`) `FirstOfUser`.
+    async fn track(&self, script: &str, info: &ConnectionInfo<'_>, max_per_user: u32) -> Result<Opened, RedisError> {
         let now = now_ms();
-        let keys = self.tracking_keys(info);
+        let keys = self.connection_keys(info.user, info.id);
         let ttl = self.ttl_secs();
-        let before: i64 = self
+        let outcome: i64 = self
             .redis
             .run(|mut conn| async move {
                 deadpool_redis::redis::cmd("EVAL")
-                    .arg(OPEN)
+                    .arg(script)
                     .arg(keys.len())
                     .arg(&keys)
                     .arg(now)
@@ -240,52 +247,27 @@ impl PresenceRegistry<'_> {
                     .await
             })
             .await?;
-        Ok(match before {
+        Ok(match outcome {
             -1 => Opened::AtLimit,
             0 => Opened::FirstOfUser,
             _ => Opened::Another,
         })
     }
 
+    pub async fn open(&self, info: &ConnectionInfo<'_>, max_per_user: u32) -> Result<Opened, RedisError> {
+        self.track(OPEN, info, max_per_user).await
+    }
+
     /// Refreshes a connection: `FirstOfUser` when its user comes back online with it (they had
     /// been taken off as gone while it could not reach Redis, or it opened untracked); `AtLimit`
     /// when it had to be re-created and the user holds `max_per_user` live connections without it.
     pub async fn heartbeat(&self, info: &ConnectionInfo<'_>, max_per_user: u32) -> Result<Opened, RedisError> {
-        let now = now_ms();
-        let keys = self.tracking_keys(info);
-        let ttl = self.ttl_secs();
-        self.redis
-            .run(|mut conn| async move {
-                deadpool_redis::redis::cmd("EVAL")
-                    .arg(HEARTBEAT)
-                    .arg(keys.len())
-                    .arg(&keys)
-                    .arg(now)
-                    .arg(now + self.stale_ms)
-                    .arg(info.id)
-                    .arg(info.user.as_str())
-                    .arg(ttl)
-                    .arg(info.node)
-                    .arg(info.client)
-                    .arg(info.user_agent)
-                    .arg(info.connected_at)
-                    .arg(self.tenant.as_str())
-                    .arg(max_per_user)
-                    .query_async::<i64>(&mut conn)
-                    .await
-            })
-            .await
-            .map(|known| match known {
-                -1 => Opened::AtLimit,
-                0 => Opened::FirstOfUser,
-                _ => Opened::Another,
-            })
+        self.track(HEARTBEAT, info, max_per_user).await
     }
 
     /// Removes a connection; `true` when it was the user's last (they went offline).
     pub async fn close(&self, user: &UserId, id: &str) -> Result<bool, RedisError> {
-        let tenants = self.redis.presence_tenants_key();
-        let keys = [self.conns_key(user), self.conn_key(id), self.last_seen_key(), self.online_key(), tenants];
+        let keys = self.connection_keys(user, id);
         let left: i64 = self
             .redis
             .run(|mut conn| async move {
