@@ -36,8 +36,7 @@ impl RawInserts {
     ) -> Result<Self, BoxError> {
         use futures_util::TryStreamExt;
         let messages = db.collection::<Document>("messages");
-        let filter = sampled;
-        let sample: Vec<Document> = messages.find(filter).limit(SAMPLE).await?.try_collect().await?;
+        let sample: Vec<Document> = messages.find(sampled).limit(SAMPLE).await?.try_collect().await?;
         if sample.is_empty() {
             return Err("no stored messages to copy".into());
         }

@@ -236,10 +236,11 @@ impl Fanout {
         })
         .await?;
         let (mut open, mut open_latency, mut open_sends, mut open_errors) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        let secs = Duration::from_secs_f64(p.s3_open_secs);
+        let send_rate = |share: f64| ceiling.best.rate / k as f64 * share;
         for share in [0.5, 0.8] {
             self.board.next_phase();
-            let rate = ceiling.best.rate / k as f64 * share;
-            let secs = Duration::from_secs_f64(p.s3_open_secs);
+            let rate = send_rate(share);
             let outcome = loadgen::open_loop(op.clone(), rate, secs, p.max_in_flight).await;
             let got = drain(&receivers, outcome.ok * k, QUIET).await;
             sent.fetch_add(outcome.ok, Ordering::Relaxed);
@@ -254,9 +255,7 @@ impl Fanout {
         // Every delivery starts with a stored message: the database alone at the 50% send rate.
         let sampled = doc! { "conversation_id": &self.conversation };
         let raw = RawInserts::prepare(&self.stack, &self.db, sampled, "s3").await?;
-        let half_rate = ceiling.best.rate / k as f64 * 0.5;
-        let secs = Duration::from_secs_f64(p.s3_open_secs);
-        let stored_alone = loadgen::open_loop(raw.op(1), half_rate, secs, p.max_in_flight).await;
+        let stored_alone = loadgen::open_loop(raw.op(1), send_rate(0.5), secs, p.max_in_flight).await;
         raw.scratch.drop().await?;
         eprintln!("    raw insert_one alone at the 50% rate: p99 {:.2} ms", stored_alone.latency.p99_ms);
         let (sent, delivered) = (sent.load(Ordering::Relaxed), delivered.load(Ordering::Relaxed));

@@ -318,6 +318,15 @@ async fn wait_for_fan_out(app: &TestApp) {
     panic!("events never came through the node's subscriber");
 }
 
+/// A node like `first` (with `extra` settings) that reaches Redis through a relay the test can
+/// cut, giving up on Redis calls after 500 ms.
+async fn node_behind_relay(first: &TestApp, extra: &[(&'static str, String)]) -> (Relay, TestApp) {
+    let (relay, relayed) = Relay::redis().await;
+    let mut settings = extra.to_vec();
+    settings.extend([("redis.url", relayed), ("redis.timeout_ms", "500".to_string())]);
+    (relay, node_like(first, &settings).await)
+}
+
 /// Another node sharing `first`'s databases, Redis keys and operator token, with extra settings.
 async fn node_like(first: &TestApp, extra: &[(&'static str, String)]) -> TestApp {
     let mut overrides = vec![
@@ -629,10 +638,7 @@ async fn realtime_connections_of_a_node_that_stops_heartbeating_expire() {
         ("gateway.max_connections_per_user", "1"),
     ];
     let first = spawn_app_with(&settings(&common)).await;
-    let (relay, relayed) = Relay::redis().await;
-    let mut extra = settings(&common);
-    extra.extend([("redis.url", relayed), ("redis.timeout_ms", "500".to_string())]);
-    let second = node_like(&first, &extra).await;
+    let (relay, second) = node_behind_relay(&first, &settings(&common)).await;
     let tenant = first.chat_tenant().await;
     let bob = first.user(&tenant, "bob").await;
 
@@ -672,10 +678,7 @@ async fn realtime_a_user_whose_node_stops_heartbeating_is_announced_offline_once
         [("gateway.presence_stale_secs", "2"), ("gateway.heartbeat_secs", "1"), ("gateway.presence_sweep_secs", "1")];
     let first = spawn_app_with(&settings(&common)).await;
     let third = node_like(&first, &settings(&common)).await;
-    let (relay, relayed) = Relay::redis().await;
-    let mut extra = settings(&common);
-    extra.extend([("redis.url", relayed), ("redis.timeout_ms", "500".to_string())]);
-    let second = node_like(&first, &extra).await;
+    let (relay, second) = node_behind_relay(&first, &settings(&common)).await;
     wait_for_fan_out(&first).await;
     let tenant = first.chat_tenant().await;
     let alice = first.user(&tenant, "alice").await;
@@ -736,8 +739,7 @@ async fn realtime_a_user_whose_node_stops_heartbeating_is_announced_offline_once
 #[tokio::test]
 async fn history_on_a_node_cut_off_from_redis_still_reports_the_newest_seq() {
     let first = spawn_app().await;
-    let (relay, relayed) = Relay::redis().await;
-    let second = node_like(&first, &[("redis.url", relayed), ("redis.timeout_ms", "500".to_string())]).await;
+    let (relay, second) = node_behind_relay(&first, &[]).await;
     let tenant = first.chat_tenant().await;
     let alice = first.user(&tenant, "alice").await;
     let bob = first.user(&tenant, "bob").await;
@@ -763,10 +765,7 @@ async fn history_on_a_node_cut_off_from_redis_still_reports_the_newest_seq() {
 async fn realtime_a_connection_re_registered_after_an_outage_keeps_its_details() {
     let common = [("gateway.presence_stale_secs", "2"), ("gateway.heartbeat_secs", "1")];
     let first = spawn_app_with(&settings(&common)).await;
-    let (relay, relayed) = Relay::redis().await;
-    let mut extra = settings(&common);
-    extra.extend([("redis.url", relayed), ("redis.timeout_ms", "500".to_string())]);
-    let second = node_like(&first, &extra).await;
+    let (relay, second) = node_behind_relay(&first, &settings(&common)).await;
     let tenant = first.chat_tenant().await;
     let bob = first.user(&tenant, "bob").await;
 
@@ -1066,10 +1065,7 @@ async fn take(socket: &mut Client, received: &mut Vec<i64>, upto: i64) {
 async fn realtime_a_redis_outage_loses_and_duplicates_no_message() {
     let heartbeat = ("gateway.heartbeat_secs", "1");
     let first = spawn_app_with(&settings(&[heartbeat])).await;
-    let (relay, relayed) = Relay::redis().await;
-    let mut extra = settings(&[heartbeat, ("redis.timeout_ms", "500")]);
-    extra.push(("redis.url", relayed));
-    let second = node_like(&first, &extra).await;
+    let (relay, second) = node_behind_relay(&first, &settings(&[heartbeat])).await;
     wait_for_fan_out(&second).await;
     let tenant = first.chat_tenant().await;
     let alice = first.user(&tenant, "alice").await;
