@@ -40,7 +40,7 @@ pub async fn fork(
     match copy_tree(state, &db, caller, &source, &forked, &items).await {
         Ok(forked) => Ok(forked),
         Err(e) => {
-            if let Err(cleanup) = discard(&db, &forked.id).await {
+            if let Err(cleanup) = sessions::remove(state, &db, &forked.id).await {
                 tracing::warn!(error = %cleanup, "could not remove a fork that failed");
             }
             Err(e)
@@ -51,14 +51,6 @@ pub async fn fork(
 fn too_many_items(max: u32) -> ApiError {
     ApiError::new(ErrorCode::LimitReached, "the session has too many items to fork")
         .with_details(serde_json::json!({ "limit": "max_items_per_session", "value": max }))
-}
-
-/// Removes what a failed fork made: its documents, items and session record.
-async fn discard(db: &TenantDb, id: &SessionId) -> Result<(), mongodb::error::Error> {
-    let ids: Vec<ItemId> = db.workspace().tree(id).await?.into_iter().map(|i| i.id).collect();
-    db.collab_docs().delete_docs(&ids).await?;
-    db.workspace().delete_session(id).await?;
-    db.code_sessions().delete(id).await
 }
 
 /// Copies `items` (the source's tree) into the new session `forked`.

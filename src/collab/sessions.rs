@@ -154,6 +154,12 @@ pub async fn delete(state: &AppState, caller: &ActingUser, id: &SessionId) -> Re
     let db = state.store.tenant_db(&caller.scope());
     let (_, role) = access(&db, caller, id).await?;
     require(role, SessionRole::Owner)?;
+    Ok(remove(state, &db, id).await?)
+}
+
+/// Removes a session with its items and their documents (open ones are closed on every node);
+/// its chat stays.
+pub(super) async fn remove(state: &AppState, db: &TenantDb, id: &SessionId) -> Result<(), mongodb::error::Error> {
     let items = db.workspace().tree(id).await?;
     for item in &items {
         crate::collab::rooms::reset(state, item).await;
@@ -161,8 +167,7 @@ pub async fn delete(state: &AppState, caller: &ActingUser, id: &SessionId) -> Re
     let ids: Vec<_> = items.iter().map(|i| i.id.clone()).collect();
     db.collab_docs().delete_docs(&ids).await?;
     db.workspace().delete_session(id).await?;
-    db.code_sessions().delete(id).await?;
-    Ok(())
+    db.code_sessions().delete(id).await
 }
 
 pub async fn list_members(
