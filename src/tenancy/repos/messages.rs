@@ -1,8 +1,7 @@
 use chrono::{DateTime, Utc};
-use futures_util::TryStreamExt;
 use mongodb::bson::{self, doc};
 use mongodb::options::ReturnDocument;
-use mongodb::{Collection, Database};
+use mongodb::{Collection, Cursor, Database};
 
 use crate::domain::{ConversationId, EditedText, Message, UserId};
 
@@ -25,6 +24,16 @@ pub enum RunFailure {
     SeqTaken,
     /// The sender already sent this `client_msg_id`: here is the original.
     Duplicate(Box<Message>),
+}
+
+/// Every message the cursor finds, each read by `message_reader` (much cheaper than the cursor's
+/// own serde decoding).
+async fn read_all(mut cursor: Cursor<Message>) -> Result<Vec<Message>, mongodb::error::Error> {
+    let mut messages = Vec::new();
+    while cursor.advance().await? {
+        messages.push(super::message_reader::read(cursor.current())?);
+    }
+    Ok(messages)
 }
 
 fn time(t: DateTime<Utc>) -> bson::DateTime {
@@ -88,27 +97,26 @@ impl MessagesRepo {
         if from > to {
             return Ok(Vec::new());
         }
-        self.messages
+        let cursor = self
+            .messages
             .find(doc! { "conversation_id": conversation.as_str(), "seq": { "$gte": from, "$lte": to } })
             .sort(doc! { "conversation_id": 1, "seq": 1 })
             // The search terms are a dozen strings per message that no reader shows.
             .projection(doc! { "terms": 0 })
-            .await?
-            .try_collect()
-            .await
+            .await?;
+        read_all(cursor).await
     }
 
     /// The newest `n` messages, ascending, without their search terms.
     pub async fn latest(&self, conversation: &ConversationId, n: i64) -> Result<Vec<Message>, mongodb::error::Error> {
-        let mut newest: Vec<Message> = self
+        let cursor = self
             .messages
             .find(doc! { "conversation_id": conversation.as_str() })
             .sort(doc! { "conversation_id": -1, "seq": -1 })
             .limit(n)
             .projection(doc! { "terms": 0 })
-            .await?
-            .try_collect()
             .await?;
+        let mut newest = read_all(cursor).await?;
         newest.reverse();
         Ok(newest)
     }
@@ -118,12 +126,12 @@ impl MessagesRepo {
         conversation: &ConversationId,
         seqs: &[i64],
     ) -> Result<Vec<Message>, mongodb::error::Error> {
-        self.messages
+        let cursor = self
+            .messages
             .find(doc! { "conversation_id": conversation.as_str(), "seq": { "$in": seqs } })
             .sort(doc! { "conversation_id": 1, "seq": 1 })
-            .await?
-            .try_collect()
-            .await
+            .await?;
+        read_all(cursor).await
     }
 
     /// Replies to `parent` with seq above `after`, ascending.
@@ -134,13 +142,13 @@ impl MessagesRepo {
         after: i64,
         limit: u32,
     ) -> Result<Vec<Message>, mongodb::error::Error> {
-        self.messages
+        let cursor = self
+            .messages
             .find(doc! { "conversation_id": conversation.as_str(), "reply_to": parent, "seq": { "$gt": after } })
             .sort(doc! { "conversation_id": 1, "reply_to": 1, "seq": 1 })
             .limit(i64::from(limit))
-            .await?
-            .try_collect()
-            .await
+            .await?;
+        read_all(cursor).await
     }
 
     pub async fn add_reply_count(
@@ -270,6 +278,6 @@ impl MessagesRepo {
         if let Some(before) = before_id {
             filter.insert("_id", doc! { "$lt": before });
         }
-        self.messages.find(filter).sort(doc! { "_id": -1 }).limit(i64::from(limit)).await?.try_collect().await
+        read_all(self.messages.find(filter).sort(doc! { "_id": -1 }).limit(i64::from(limit)).await?).await
     }
 }

@@ -10,6 +10,7 @@ mod conversations;
 mod devices;
 mod files;
 mod members;
+mod message_reader;
 mod messages;
 mod reactions;
 mod relationships;
