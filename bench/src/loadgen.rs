@@ -81,6 +81,10 @@ pub struct Outcome {
     /// Successful operations per second over `elapsed_secs`.
     pub rate: f64,
     pub latency: Percentiles,
+    /// Open loops only: the slowest operation (ms) among those due in each second of the run, to
+    /// tell a steady queue from a stall and the backlog after it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub slowest_per_second_ms: Vec<f64>,
 }
 
 #[derive(Default)]
@@ -115,6 +119,7 @@ impl Tally {
             elapsed_secs: secs,
             rate: ok as f64 / secs,
             latency: Percentiles::of(latency),
+            slowest_per_second_ms: Vec::new(),
         }
     }
 }
@@ -165,6 +170,7 @@ where
     let tally = Arc::new(Tally::default());
     let latency = Arc::new(Mutex::new(histogram()));
     let slots = Arc::new(Semaphore::new(max_in_flight));
+    let slowest = Arc::new(Mutex::new(vec![0_u64; duration.as_secs_f64().ceil() as usize + 1]));
     let start = Instant::now();
     for seq in 0..total {
         let intended = start + Duration::from_secs_f64(seq as f64 / rate);
@@ -172,20 +178,26 @@ where
             tokio::time::sleep_until(intended.into()).await;
         }
         let permit = slots.clone().acquire_owned().await.expect("semaphore open");
-        let (op, tally, latency) = (op.clone(), tally.clone(), latency.clone());
+        let (op, tally, latency, slowest) = (op.clone(), tally.clone(), latency.clone(), slowest.clone());
         let job = Job { worker: (seq % max_in_flight as u64) as usize, seq, intended_us: at_us(intended) };
+        let second = (seq as f64 / rate) as usize;
         tokio::spawn(async move {
             let result = op(job).await;
             let waited = intended.elapsed().as_micros() as u64;
             if tally.record(result) {
                 latency.lock().expect("latency lock").saturating_record(waited);
+                let mut slowest = slowest.lock().expect("slowest lock");
+                if let Some(worst) = slowest.get_mut(second) {
+                    *worst = (*worst).max(waited);
+                }
             }
             drop(permit);
         });
     }
     let _all = slots.acquire_many(max_in_flight as u32).await.expect("semaphore open");
     let latency = latency.lock().expect("latency lock").clone();
-    tally.outcome(start.elapsed(), &latency)
+    let slowest = slowest.lock().expect("slowest lock").iter().map(|&us| us as f64 / 1000.0).collect();
+    Outcome { slowest_per_second_ms: slowest, ..tally.outcome(start.elapsed(), &latency) }
 }
 
 /// One concurrency level of a ceiling search, as the scenario measured it.

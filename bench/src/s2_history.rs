@@ -136,6 +136,7 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
         let rate = pages * share;
         let outcome = loadgen::open_loop(op.clone(), rate, p.open(), p.max_in_flight).await;
         eprintln!("  open loop at {:.0}%: {rate:.0}/s -> p99 {:.2} ms", share * 100.0, outcome.latency.p99_ms);
+        eprintln!("    slowest per second (ms): {:.0?}", outcome.slowest_per_second_ms);
         open.push((share, rate, outcome));
     }
     eprintln!("  reference at the same offered rates:");
