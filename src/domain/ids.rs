@@ -51,10 +51,14 @@ macro_rules! uuid_id {
                 Self(uuid::Uuid::now_v7().to_string())
             }
 
+            /// Only the lowercase hyphenated form: at 36 characters that is the one form
+            /// `Uuid::parse_str` reads, so no uppercase letter means it is already canonical.
             pub fn parse(raw: &str) -> Result<Self, $crate::domain::InvalidId> {
-                match uuid::Uuid::parse_str(raw) {
-                    Ok(id) if id.hyphenated().to_string() == raw => Ok(Self(raw.to_string())),
-                    _ => Err($crate::domain::InvalidId($rule)),
+                let canonical = raw.len() == 36 && !raw.bytes().any(|b| b.is_ascii_uppercase());
+                if canonical && uuid::Uuid::parse_str(raw).is_ok() {
+                    Ok(Self(raw.to_string()))
+                } else {
+                    Err($crate::domain::InvalidId($rule))
                 }
             }
         }
@@ -124,6 +128,30 @@ mod tests {
         let too_long = "a".repeat(33);
         for bad in ["../x", "A", "a.b", "$cmd", "ab", "1abc", "-abc", "ac me", "acmé", &too_long, ""] {
             assert!(TenantId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn uuid_ids_take_only_the_lowercase_hyphenated_form() {
+        use crate::domain::ConversationId;
+        let id = uuid::Uuid::now_v7();
+        let canonical = id.hyphenated().to_string();
+        assert_eq!(ConversationId::parse(&canonical).unwrap().as_str(), canonical);
+        assert!(ConversationId::parse(&ConversationId::new().to_string()).is_ok());
+        let other_forms = [
+            canonical.to_uppercase(),
+            id.simple().to_string(),
+            id.braced().to_string(),
+            id.urn().to_string(),
+            canonical.replacen('-', "x", 1),
+            canonical.replace('-', ""),
+            format!("{}-", &canonical[..35]),
+            canonical[..35].to_string(),
+            "g".repeat(36),
+            String::new(),
+        ];
+        for bad in other_forms {
+            assert!(ConversationId::parse(&bad).is_err(), "{bad}");
         }
     }
 

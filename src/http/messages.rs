@@ -16,6 +16,7 @@ use crate::error::{ApiError, ErrorCode};
 
 use super::conversations::conversation_path;
 use super::extract::ValidJson;
+use super::json_time;
 use super::openapi::ErrorResponses;
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
@@ -122,6 +123,7 @@ pub struct ReactionView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EditView {
     pub text: Option<String>,
+    #[serde(serialize_with = "json_time::write")]
     pub replaced_at: DateTime<Utc>,
 }
 
@@ -146,12 +148,15 @@ pub struct MessageView {
     pub envelope: Option<Envelope>,
     pub reactions: Vec<ReactionView>,
     pub pinned: bool,
+    #[serde(serialize_with = "json_time::write")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "json_time::write_optional")]
     pub edited_at: Option<DateTime<Utc>>,
     /// Earlier texts, oldest first (the last few edits).
     pub edit_history: Vec<EditView>,
     /// A tombstone: content removed, seq kept.
     pub deleted: bool,
+    #[serde(serialize_with = "json_time::write_optional")]
     pub deleted_at: Option<DateTime<Utc>>,
 }
 

@@ -9,6 +9,7 @@ mod devices;
 mod extract;
 mod files;
 mod health;
+mod json_time;
 mod me;
 mod messages;
 mod middleware;

@@ -53,7 +53,9 @@ impl<'a> Elements<'a> {
         Ok(Self { bytes, at: 4 })
     }
 
-    fn next(&mut self) -> Read<Option<(&'a str, Value<'a>)>> {
+    /// The next key (its bytes: a field name matched against known ASCII names needs no UTF-8
+    /// check) and value.
+    fn next(&mut self) -> Read<Option<(&'a [u8], Value<'a>)>> {
         let b = self.bytes;
         let last = b.len() - 1;
         if self.at == last {
@@ -62,8 +64,7 @@ impl<'a> Elements<'a> {
         let kind = b[self.at];
         let key_at = self.at + 1;
         let key_len = b[key_at..last].iter().position(|&c| c == 0).ok_or(Unexpected)?;
-        // Keys are checked like bson checks them, array indexes included.
-        let key = std::str::from_utf8(&b[key_at..key_at + key_len]).map_err(|_| Unexpected)?;
+        let key = &b[key_at..key_at + key_len];
         let at = key_at + key_len + 1;
         let (value, size) = match kind {
             0x02 => {
@@ -169,7 +170,9 @@ fn array<T>(value: Value, mut read: impl FnMut(Value) -> Read<T>) -> Read<Vec<T>
     let Value::Array(bytes) = value else { return Err(Unexpected) };
     let mut items = Elements::of(bytes)?;
     let mut out = Vec::new();
-    while let Some((_, item)) = items.next()? {
+    while let Some((index, item)) = items.next()? {
+        // bson checks every key, array indexes included.
+        std::str::from_utf8(index).map_err(|_| Unexpected)?;
         out.push(read(item)?);
     }
     Ok(out)
@@ -200,6 +203,7 @@ fn counts(value: Value) -> Read<std::collections::BTreeMap<String, i64>> {
     let mut elements = Elements::of(bytes)?;
     let mut counts = std::collections::BTreeMap::new();
     while let Some((key, count)) = elements.next()? {
+        let key = std::str::from_utf8(key).map_err(|_| Unexpected)?;
         counts.insert(key.to_owned(), int(count)?);
     }
     Ok(counts)
@@ -242,29 +246,29 @@ fn read_known_shape(bytes: &[u8]) -> Read<Message> {
     let mut elements = Elements::of(bytes)?;
     while let Some((key, value)) = elements.next()? {
         match key {
-            "_id" => set(&mut f.id, text(value)),
-            "tenant_id" => set(&mut f.tenant_id, parsed(value, TenantId::parse)),
-            "conversation_id" => set(&mut f.conversation_id, parsed(value, ConversationId::parse)),
-            "seq" => set(&mut f.seq, int(value)),
-            "client_msg_id" => set(&mut f.client_msg_id, text(value)),
-            "sender_id" => set(&mut f.sender_id, parsed(value, UserId::parse)),
-            "kind" => set(&mut f.kind, kind(value)),
-            "text" => set(&mut f.text, optional(value, text)),
-            "language" => set(&mut f.language, optional(value, text)),
-            "attachments" => set(&mut f.attachments, documents(value)),
-            "reply_to" => set(&mut f.reply_to, optional(value, int)),
-            "reply_count" => set(&mut f.reply_count, int(value)),
-            "mentions" => set(&mut f.mentions, array(value, |v| parsed(v, UserId::parse))),
-            "metadata" => set(&mut f.metadata, metadata(value)),
-            "ai" => set(&mut f.ai, optional(value, document)),
-            "reaction_counts" => set(&mut f.reaction_counts, counts(value)),
-            "terms" => set(&mut f.terms, array(value, text)),
-            "envelope" => set(&mut f.envelope, optional(value, document)),
-            "edit_history" => set(&mut f.edit_history, documents(value)),
-            "created_at" => set(&mut f.created_at, date(value)),
-            "edited_at" => set(&mut f.edited_at, optional(value, date)),
-            "deleted_at" => set(&mut f.deleted_at, optional(value, date)),
-            "deleted_by" => set(&mut f.deleted_by, optional(value, |v| parsed(v, UserId::parse))),
+            b"_id" => set(&mut f.id, text(value)),
+            b"tenant_id" => set(&mut f.tenant_id, parsed(value, TenantId::parse)),
+            b"conversation_id" => set(&mut f.conversation_id, parsed(value, ConversationId::parse)),
+            b"seq" => set(&mut f.seq, int(value)),
+            b"client_msg_id" => set(&mut f.client_msg_id, text(value)),
+            b"sender_id" => set(&mut f.sender_id, parsed(value, UserId::parse)),
+            b"kind" => set(&mut f.kind, kind(value)),
+            b"text" => set(&mut f.text, optional(value, text)),
+            b"language" => set(&mut f.language, optional(value, text)),
+            b"attachments" => set(&mut f.attachments, documents(value)),
+            b"reply_to" => set(&mut f.reply_to, optional(value, int)),
+            b"reply_count" => set(&mut f.reply_count, int(value)),
+            b"mentions" => set(&mut f.mentions, array(value, |v| parsed(v, UserId::parse))),
+            b"metadata" => set(&mut f.metadata, metadata(value)),
+            b"ai" => set(&mut f.ai, optional(value, document)),
+            b"reaction_counts" => set(&mut f.reaction_counts, counts(value)),
+            b"terms" => set(&mut f.terms, array(value, text)),
+            b"envelope" => set(&mut f.envelope, optional(value, document)),
+            b"edit_history" => set(&mut f.edit_history, documents(value)),
+            b"created_at" => set(&mut f.created_at, date(value)),
+            b"edited_at" => set(&mut f.edited_at, optional(value, date)),
+            b"deleted_at" => set(&mut f.deleted_at, optional(value, date)),
+            b"deleted_by" => set(&mut f.deleted_by, optional(value, |v| parsed(v, UserId::parse))),
             _ => Err(Unexpected),
         }?;
     }
