@@ -6,18 +6,20 @@
 //! through Redis (`CacheEvent` on the tenant's `cache` channel). Pub/sub may drop that notice, so
 //! no copy outlives `cache.ttl_ms` either: a suspension, a revoked or rotated key, a deactivation
 //! or a removal takes effect at once on the node that made it and within that bound everywhere. A
-//! copy loaded while a change was being forgotten is not kept (each map counts its forgets).
+//! copy loaded while a change was being forgotten is not kept (each map counts its forgets). A key
+//! that many requests miss at once is loaded once (`ttl_map`).
+
+mod ttl_map;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::CacheSettings;
 use crate::domain::{ApiKey, ApiKeyId, Conversation, ConversationId, Member, Tenant, TenantId, User, UserId};
 use crate::events::{CacheEvent, Redis};
+use ttl_map::TtlMap;
 
 pub struct Caches {
     tenants: TtlMap<TenantId, Arc<Tenant>>,
@@ -143,114 +145,9 @@ fn make_room<K, V>(map: &mut HashMap<K, V>, max: usize, current: impl Fn(&V) -> 
     }
 }
 
-/// A map whose entries expire `ttl` after they were loaded; `ttl` zero keeps nothing.
-struct TtlMap<K, V> {
-    entries: Mutex<HashMap<K, (Instant, V)>>,
-    forgets: AtomicU64,
-    ttl: Duration,
-    max_entries: usize,
-}
-
-impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
-    fn new(ttl: Duration, max_entries: usize) -> Self {
-        Self { entries: Mutex::default(), forgets: AtomicU64::new(0), ttl, max_entries }
-    }
-
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<K, (Instant, V)>> {
-        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    async fn get_or_load<E>(&self, key: &K, load: impl Future<Output = Result<Option<V>, E>>) -> Result<Option<V>, E> {
-        if self.ttl.is_zero() {
-            return load.await;
-        }
-        let now = Instant::now();
-        if let Some((loaded, value)) = self.entries().get(key)
-            && now.duration_since(*loaded) < self.ttl
-        {
-            return Ok(Some(value.clone()));
-        }
-        let forgets = self.forgets.load(Ordering::Acquire);
-        let loaded = load.await?;
-        let mut entries = self.entries();
-        match &loaded {
-            Some(value) if self.forgets.load(Ordering::Acquire) == forgets => {
-                make_room(&mut entries, self.max_entries, |(at, _)| now.duration_since(*at) < self.ttl);
-                entries.insert(key.clone(), (now, value.clone()));
-            }
-            _ => {
-                entries.remove(key);
-            }
-        }
-        Ok(loaded)
-    }
-
-    fn forget(&self, key: &K) {
-        let mut entries = self.entries();
-        self.forgets.fetch_add(1, Ordering::AcqRel);
-        entries.remove(key);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(ttl_ms: u64) -> TtlMap<u32, String> {
-        TtlMap::new(Duration::from_millis(ttl_ms), 2)
-    }
-
-    async fn load(map: &TtlMap<u32, String>, key: u32, value: &str) -> Option<String> {
-        let value = value.to_string();
-        map.get_or_load(&key, async move { Ok::<_, ()>(Some(value)) }).await.unwrap()
-    }
-
-    #[tokio::test]
-    async fn keeps_a_copy_until_it_is_forgotten() {
-        let map = map(60_000);
-        assert_eq!(load(&map, 1, "a").await.as_deref(), Some("a"));
-        assert_eq!(load(&map, 1, "b").await.as_deref(), Some("a"));
-        map.forget(&1);
-        assert_eq!(load(&map, 1, "c").await.as_deref(), Some("c"));
-    }
-
-    #[tokio::test]
-    async fn copies_expire_and_a_zero_ttl_keeps_nothing() {
-        let map = map(1);
-        load(&map, 1, "a").await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(load(&map, 1, "b").await.as_deref(), Some("b"));
-        let off = map_with_ttl_zero();
-        load(&off, 1, "a").await;
-        assert_eq!(load(&off, 1, "b").await.as_deref(), Some("b"));
-    }
-
-    fn map_with_ttl_zero() -> TtlMap<u32, String> {
-        TtlMap::new(Duration::ZERO, 2)
-    }
-
-    #[tokio::test]
-    async fn a_copy_loaded_across_a_forget_is_not_kept() {
-        let map = map(60_000);
-        let loaded = map
-            .get_or_load(&1, async {
-                map.forget(&1);
-                Ok::<_, ()>(Some("stale".to_string()))
-            })
-            .await
-            .unwrap();
-        assert_eq!(loaded.as_deref(), Some("stale"));
-        assert_eq!(load(&map, 1, "fresh").await.as_deref(), Some("fresh"));
-    }
-
-    #[tokio::test]
-    async fn stays_within_its_size() {
-        let map = map(60_000);
-        for key in 0..5 {
-            load(&map, key, "v").await;
-        }
-        assert!(map.entries().len() <= 2);
-    }
 
     #[test]
     fn each_key_use_is_claimed_once_per_resolution_and_the_record_stays_bounded() {
