@@ -179,38 +179,36 @@ mod tests {
         assert!(map.entries().len() <= 2);
     }
 
-    #[tokio::test]
-    async fn keys_missed_at_once_are_loaded_once() {
-        let map = map(60_000);
+    /// `n` requests missing key 1 at once, each load taking 20 ms to find `value`: what they
+    /// got, and how many loads were made.
+    async fn misses_at_once(map: &TtlMap<u32, String>, n: usize, value: Option<&str>) -> (Vec<Option<String>>, usize) {
         let loads = AtomicUsize::new(0);
         let get = || {
             map.get_or_load(&1, async {
                 loads.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                Ok::<_, ()>(Some("a".to_string()))
+                Ok::<_, ()>(value.map(str::to_string))
             })
         };
-        let got = futures_util::future::join_all((0..10).map(|_| get())).await;
-        assert!(got.iter().all(|g| g == &Ok(Some("a".to_string()))), "{got:?}");
-        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        let got = futures_util::future::join_all((0..n).map(|_| get())).await;
+        (got.into_iter().map(Result::unwrap).collect(), loads.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn keys_missed_at_once_are_loaded_once() {
+        let map = map(60_000);
+        let (got, loads) = misses_at_once(&map, 10, Some("a")).await;
+        assert!(got.iter().all(|g| g.as_deref() == Some("a")), "{got:?}");
+        assert_eq!(loads, 1);
         assert!(lock(&map.loading).is_empty());
     }
 
     #[tokio::test]
     async fn waiters_load_for_themselves_when_a_load_leaves_no_copy() {
         // No copy is kept of an absence: each request finds it out itself.
-        let map = map(60_000);
-        let loads = AtomicUsize::new(0);
-        let get = || {
-            map.get_or_load(&1, async {
-                loads.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                Ok::<_, ()>(None)
-            })
-        };
-        let got = futures_util::future::join_all((0..5).map(|_| get())).await;
-        assert!(got.iter().all(|g| g == &Ok(None)), "{got:?}");
-        assert_eq!(loads.load(Ordering::SeqCst), 5);
+        let (got, loads) = misses_at_once(&map(60_000), 5, None).await;
+        assert!(got.iter().all(Option::is_none), "{got:?}");
+        assert_eq!(loads, 5);
     }
 
     #[tokio::test]
