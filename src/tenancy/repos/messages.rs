@@ -3,6 +3,7 @@ use mongodb::bson::{self, doc};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Cursor, Database};
 
+use super::message_reader::Terms;
 use crate::domain::{ConversationId, EditedText, Message, UserId};
 
 /// Edits kept per message.
@@ -28,10 +29,10 @@ pub enum RunFailure {
 
 /// Every message the cursor finds, each read by `message_reader` (much cheaper than the cursor's
 /// own serde decoding).
-async fn read_all(mut cursor: Cursor<Message>) -> Result<Vec<Message>, mongodb::error::Error> {
+async fn read_all(mut cursor: Cursor<Message>, terms: Terms) -> Result<Vec<Message>, mongodb::error::Error> {
     let mut messages = Vec::new();
     while cursor.advance().await? {
-        messages.push(super::message_reader::read(cursor.current())?);
+        messages.push(super::message_reader::read(cursor.current(), terms)?);
     }
     Ok(messages)
 }
@@ -87,7 +88,10 @@ impl MessagesRepo {
         self.messages.find_one(doc! { "conversation_id": conversation.as_str(), "seq": seq }).await
     }
 
-    /// Messages with `from <= seq <= to`, ascending, without their search terms.
+    /// Messages with `from <= seq <= to`, ascending, without their search terms. They are read and
+    /// dropped rather than left out with a projection: SecantusDB answers a projection by rebuilding
+    /// every document, which doubled its CPU for a page of 50 (a find of whole documents is what the
+    /// server does cheapest).
     pub async fn range(
         &self,
         conversation: &ConversationId,
@@ -101,10 +105,8 @@ impl MessagesRepo {
             .messages
             .find(doc! { "conversation_id": conversation.as_str(), "seq": { "$gte": from, "$lte": to } })
             .sort(doc! { "conversation_id": 1, "seq": 1 })
-            // The search terms are a dozen strings per message that no reader shows.
-            .projection(doc! { "terms": 0 })
             .await?;
-        read_all(cursor).await
+        read_all(cursor, Terms::Drop).await
     }
 
     /// The newest `n` messages, ascending, without their search terms.
@@ -114,9 +116,8 @@ impl MessagesRepo {
             .find(doc! { "conversation_id": conversation.as_str() })
             .sort(doc! { "conversation_id": -1, "seq": -1 })
             .limit(n)
-            .projection(doc! { "terms": 0 })
             .await?;
-        let mut newest = read_all(cursor).await?;
+        let mut newest = read_all(cursor, Terms::Drop).await?;
         newest.reverse();
         Ok(newest)
     }
@@ -131,7 +132,7 @@ impl MessagesRepo {
             .find(doc! { "conversation_id": conversation.as_str(), "seq": { "$in": seqs } })
             .sort(doc! { "conversation_id": 1, "seq": 1 })
             .await?;
-        read_all(cursor).await
+        read_all(cursor, Terms::Keep).await
     }
 
     /// Replies to `parent` with seq above `after`, ascending.
@@ -148,7 +149,7 @@ impl MessagesRepo {
             .sort(doc! { "conversation_id": 1, "reply_to": 1, "seq": 1 })
             .limit(i64::from(limit))
             .await?;
-        read_all(cursor).await
+        read_all(cursor, Terms::Keep).await
     }
 
     pub async fn add_reply_count(
@@ -278,6 +279,6 @@ impl MessagesRepo {
         if let Some(before) = before_id {
             filter.insert("_id", doc! { "$lt": before });
         }
-        read_all(self.messages.find(filter).sort(doc! { "_id": -1 }).limit(i64::from(limit)).await?).await
+        read_all(self.messages.find(filter).sort(doc! { "_id": -1 }).limit(i64::from(limit)).await?, Terms::Keep).await
     }
 }
