@@ -1,15 +1,17 @@
 //! S2 history: random pages of 50 from long conversations, read through
 //! `GET /v1/conversations/{id}/messages?before_seq=&limit=50`. The reference is the raw driver's
 //! `find` of the same exact seq range on the tenant's `messages` collection (the query confab's
-//! history page itself boils down to), at the same concurrency levels. Both ceilings are then
+//! history page itself boils down to), at the same concurrency levels, counting the documents as
+//! they arrive without decoding them (the least a client of the driver can do with a page, so
+//! the reference is the server's cost and the driver's, not a decoder's). Both ceilings are then
 //! measured again in alternating rounds at their best levels, and the headline figures are the
 //! round whose ratio is the median: the two searches run minutes apart, and the database drifts
 //! meanwhile.
 
 use std::sync::Arc;
 
-use futures_util::{StreamExt, TryStreamExt};
-use mongodb::bson::{Document, doc};
+use futures_util::StreamExt;
+use mongodb::bson::{RawDocumentBuf, doc};
 use reqwest::Method;
 use serde::de::IgnoredAny;
 use serde_json::json;
@@ -101,21 +103,22 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
         })
     };
     let raw_op = {
-        let (collection, plan) = (db.collection::<Document>("messages"), plan.clone());
+        let (collection, plan) = (db.collection::<RawDocumentBuf>("messages"), plan.clone());
         Arc::new(move |job: Job| {
             let (collection, plan) = (collection.clone(), plan.clone());
             async move {
                 let (_, conversation, before) = plan.pick(&job);
                 let range = doc! { "$gte": (before - PAGE) as i64, "$lte": (before - 1) as i64 };
-                let found: Vec<Document> = collection
+                let mut cursor = collection
                     .find(doc! { "conversation_id": conversation, "seq": range })
                     .sort(doc! { "conversation_id": 1, "seq": 1 })
                     .await
-                    .map_err(|e| e.to_string())?
-                    .try_collect()
-                    .await
                     .map_err(|e| e.to_string())?;
-                if found.len() as u64 != PAGE { Err(format!("found {} documents", found.len())) } else { Ok(()) }
+                let mut found = 0;
+                while cursor.advance().await.map_err(|e| e.to_string())? {
+                    found += 1;
+                }
+                if found != PAGE { Err(format!("found {found} documents")) } else { Ok(()) }
             }
         })
     };
