@@ -52,7 +52,7 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
         Self { entries: Mutex::default(), loading: Mutex::default(), forgets: AtomicU64::new(0), ttl, max_entries }
     }
 
-    pub(super) fn entries(&self) -> MutexGuard<'_, HashMap<K, (Instant, V)>> {
+    fn entries(&self) -> MutexGuard<'_, HashMap<K, (Instant, V)>> {
         lock(&self.entries)
     }
 

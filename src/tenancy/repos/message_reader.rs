@@ -109,9 +109,14 @@ fn fixed<const N: usize>(bytes: &[u8], at: usize) -> Read<[u8; N]> {
     bytes.get(at..at + N).and_then(|b| b.try_into().ok()).ok_or(Unexpected)
 }
 
+/// The little-endian i32 length prefix at `at`; negative ones are not lengths.
+fn length(bytes: &[u8], at: usize) -> Read<usize> {
+    usize::try_from(i32::from_le_bytes(fixed(bytes, at)?)).map_err(|_| Unexpected)
+}
+
 /// The embedded document (or array) at `at`: its length prefix, elements and terminator.
 fn sized(bytes: &[u8], at: usize) -> Read<&[u8]> {
-    let len = usize::try_from(i32::from_le_bytes(fixed(bytes, at)?)).map_err(|_| Unexpected)?;
+    let len = length(bytes, at)?;
     match bytes.get(at..at + len) {
         Some(document) if len >= 5 && document[len - 1] == 0 => Ok(document),
         _ => Err(Unexpected),
@@ -120,7 +125,7 @@ fn sized(bytes: &[u8], at: usize) -> Read<&[u8]> {
 
 /// The UTF-8 string at `at`: a length (terminator included), the bytes, a NUL.
 fn string(bytes: &[u8], at: usize) -> Read<&str> {
-    let len = usize::try_from(i32::from_le_bytes(fixed(bytes, at)?)).map_err(|_| Unexpected)?;
+    let len = length(bytes, at)?;
     match bytes.get(at + 4..at + 4 + len).and_then(<[u8]>::split_last) {
         Some((0, text)) => std::str::from_utf8(text).map_err(|_| Unexpected),
         _ => Err(Unexpected),
