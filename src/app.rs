@@ -112,6 +112,7 @@ impl Application {
             },
         );
         tokio::spawn(crate::gateway::sweep_presence(state.clone().into_inner()));
+        let store = state.store.clone();
         let app = move || {
             App::new()
                 .app_data(state.clone())
@@ -125,6 +126,10 @@ impl Application {
             "confab",
             listener,
             move || {
+                // Runs on each HTTP worker's thread, inside its runtime.
+                if let Err(e) = store.own_client_here() {
+                    tracing::warn!(error = %e, "an HTTP worker reads through the shared MongoDB client");
+                }
                 let upgrade_app = app.clone();
                 let http = HttpService::build()
                     .keep_alive(idle)

@@ -56,6 +56,10 @@ pub struct MongoSettings {
     /// A request that finds them all busy queues for one, so too few turn a short stall of the
     /// database into a backlog that outlasts it.
     pub max_pool_size: u32,
+    /// Connections each HTTP worker's own client opens (see `tenancy::Store`), for history
+    /// reads. Few: a burst waits in confab, which is cheap, rather than in the database, which
+    /// gets slower per read the more it runs at once.
+    pub worker_pool_size: u32,
 }
 
 /// Per-node copies of tenants, API keys, users and memberships (see `caches`).
@@ -245,6 +249,7 @@ uri = "mongodb://127.0.0.1:27017/?directConnection=true"
 db_prefix = "confab_"
 server_selection_timeout_ms = 5000
 max_pool_size = 100
+worker_pool_size = 8
 
 [redis]
 url = "redis://127.0.0.1:6379"
@@ -396,8 +401,8 @@ impl Settings {
         if self.gateway.presence_sweep_secs == 0 || self.collab.access_recheck_secs == 0 {
             return invalid("gateway.presence_sweep_secs and collab.access_recheck_secs must be at least 1");
         }
-        if self.mongodb.max_pool_size == 0 {
-            return invalid("mongodb.max_pool_size must be at least 1");
+        if self.mongodb.max_pool_size == 0 || self.mongodb.worker_pool_size == 0 {
+            return invalid("mongodb.max_pool_size and mongodb.worker_pool_size must be at least 1");
         }
         if self.http.default_page_size == 0 || self.http.default_page_size > self.http.max_page_size {
             return invalid("http.default_page_size must be between 1 and http.max_page_size");

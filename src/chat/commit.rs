@@ -114,6 +114,7 @@ impl Committers {
         if let Some(queue) = queues.get(line).filter(|q| !q.is_closed()) {
             return queue.clone();
         }
+        debug_assert!(!db.is_through_own_client(), "a committer outlives the request: it needs the shared client");
         let (queue, drafts) = mpsc::channel(self.queue_capacity);
         queues.insert(line.clone(), queue.clone());
         let committer = Committer {

@@ -282,7 +282,7 @@ pub async fn history(
     if anchored.is_some_and(|(anchor, _, _)| anchor < 0) {
         return Err(ApiError::new(ErrorCode::InvalidRequest, "seq parameters must not be negative"));
     }
-    let db = state.store.tenant_db(&caller.scope());
+    let db = state.store.request_db(&caller.scope());
     let visible = readable_cached(state, &db, caller, id);
     let (conversation, from, to, newest, messages) = match anchored {
         Some((_, from, to)) => {

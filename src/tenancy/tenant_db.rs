@@ -16,11 +16,18 @@ use super::repos::{
 pub struct TenantDb {
     tenant: TenantId,
     db: Database,
+    /// Whether `db` is reached through the calling thread's own client (`Store::request_db`).
+    own_client: bool,
 }
 
 impl TenantDb {
     pub(super) fn new(tenant: TenantId, db: Database) -> Self {
-        Self { tenant, db }
+        Self { tenant, db, own_client: false }
+    }
+
+    /// The same database, reached through the calling thread's own client.
+    pub(super) fn through_own_client(tenant: TenantId, db: Database) -> Self {
+        Self { tenant, db, own_client: true }
     }
 
     pub fn tenant_id(&self) -> &TenantId {
@@ -29,6 +36,11 @@ impl TenantDb {
 
     pub fn name(&self) -> &str {
         self.db.name()
+    }
+
+    /// Whether this handle must stay within the current request (see `Store::request_db`).
+    pub fn is_through_own_client(&self) -> bool {
+        self.own_client
     }
 
     /// A filter that also pins `tenant_id`, so a document copied in from elsewhere never matches.

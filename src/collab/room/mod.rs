@@ -138,6 +138,7 @@ fn encode(message: &Message) -> Vec<u8> {
 
 impl Room {
     pub(super) fn new(state: Arc<AppState>, db: TenantDb, item: WorkspaceItem, loaded: LoadedDoc) -> Self {
+        debug_assert!(!db.is_through_own_client(), "a room outlives the request: it needs the shared client");
         let known_seq = loaded.applied_seq;
         Self {
             state,
