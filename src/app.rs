@@ -43,7 +43,7 @@ pub enum StartupError {
     #[error("mongodb: {0}")]
     Mongo(#[from] mongodb::error::Error),
     #[error("redis: {0}")]
-    Redis(#[from] deadpool_redis::CreatePoolError),
+    Redis(#[from] crate::events::RedisSetupError),
     #[error("listen: {0}")]
     Io(#[from] std::io::Error),
 }
