@@ -50,7 +50,7 @@ async fn group_of(app: &TestApp, tenant: &ChatTenant, n: usize) -> (Vec<String>,
 #[tokio::test]
 async fn concurrent_senders_get_exactly_the_seqs_one_to_n() {
     let app = spawn_app().await;
-    let tenant = app.chat_tenant().await;
+    let tenant = app.burst_chat_tenant().await;
     let (names, tokens, conversation) = group_of(&app, &tenant, 20).await;
     let senders = tokens.iter().enumerate().map(|(i, token)| {
         let (app, conversation) = (&app, conversation.clone());
