@@ -87,9 +87,18 @@ impl FromRequest for ActingUser {
 
 /// The user of a valid JWT, once their tenant is admitted.
 pub(super) async fn user_of_token(state: &web::Data<AppState>, token: &str) -> Result<ActingUser, ApiError> {
-    let tenant_id = jwt::claimed_tenant(token).ok_or_else(ApiError::unauthorized)?;
+    let tenant_id = state
+        .caches
+        .tokens
+        .known_tenant(token)
+        .or_else(|| jwt::claimed_tenant(token))
+        .ok_or_else(ApiError::unauthorized)?;
     let tenant = tenant_of(state, &tenant_id).await?;
-    let claims = jwt::verify(&tenant, token, &state.settings.auth.jwt_issuer).ok_or_else(ApiError::unauthorized)?;
+    let claims = state
+        .caches
+        .tokens
+        .verify(&tenant, token, &state.settings.auth.jwt_issuer)
+        .ok_or_else(ApiError::unauthorized)?;
     admit(state, &tenant).await?;
     let id = UserId::parse(&claims.sub).map_err(|_| ApiError::unauthorized())?;
     let scope = TenantScope { tenant: tenant.id.clone() };

@@ -10,9 +10,9 @@ use chrono::{DateTime, Duration, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Tenant, TenantId, UserId};
+use crate::domain::{SigningKey, Tenant, TenantId, UserId};
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserClaims {
     pub iss: String,
     pub aud: String,
@@ -54,8 +54,16 @@ pub fn claimed_tenant(token: &str) -> Option<TenantId> {
     TenantId::parse(&audience.aud).ok()
 }
 
+/// How far past `exp` (and before `iat`/`nbf`) a token is still taken, in seconds.
+pub const LEEWAY_SECS: i64 = 5;
+
 /// Verifies signature (HS256 only), `kid`, issuer, audience, expiry and the required claims.
 pub fn verify(tenant: &Tenant, token: &str, issuer: &str) -> Option<UserClaims> {
+    verify_signed(tenant, token, issuer).map(|(claims, _)| claims)
+}
+
+/// `verify`, also naming the key that signed the token.
+pub fn verify_signed<'t>(tenant: &'t Tenant, token: &str, issuer: &str) -> Option<(UserClaims, &'t SigningKey)> {
     let header = jsonwebtoken::decode_header(token).ok()?;
     if header.alg != Algorithm::HS256 {
         return None;
@@ -66,17 +74,17 @@ pub fn verify(tenant: &Tenant, token: &str, issuer: &str) -> Option<UserClaims> 
     validation.set_audience(&[tenant.id.as_str()]);
     validation.set_issuer(&[issuer]);
     validation.set_required_spec_claims(&["exp", "iat", "sub", "aud", "iss"]);
-    validation.leeway = 5;
+    validation.leeway = LEEWAY_SECS as u64;
     validation.validate_nbf = true;
     let data = jsonwebtoken::decode::<UserClaims>(token, &DecodingKey::from_secret(key.secret.as_bytes()), &validation)
         .ok()?;
-    (data.claims.iat <= Utc::now().timestamp() + validation.leeway as i64).then_some(data.claims)
+    (data.claims.iat <= Utc::now().timestamp() + LEEWAY_SECS).then_some((data.claims, key))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{PlanName, SigningKey, TenantLimits, TenantStatus};
+    use crate::domain::{PlanName, TenantLimits, TenantStatus};
 
     fn tenant(id: &str, secret: &str) -> Tenant {
         Tenant {

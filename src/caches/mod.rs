@@ -9,6 +9,7 @@
 //! copy loaded while a change was being forgotten is not kept (each map counts its forgets). A key
 //! that many requests miss at once is loaded once (`ttl_map`).
 
+mod tokens;
 mod ttl_map;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use crate::config::CacheSettings;
 use crate::domain::{ApiKey, ApiKeyId, Conversation, ConversationId, Member, Tenant, TenantId, User, UserId};
 use crate::events::{CacheEvent, Redis};
+pub use tokens::VerifiedTokens;
 use ttl_map::TtlMap;
 
 pub struct Caches {
@@ -31,6 +33,8 @@ pub struct Caches {
     users: TtlMap<(TenantId, UserId), Arc<User>>,
     members: TtlMap<(TenantId, ConversationId, UserId), Member>,
     conversations: TtlMap<(TenantId, ConversationId), Conversation>,
+    /// User tokens verified lately (`tokens`).
+    pub tokens: VerifiedTokens,
 }
 
 impl Caches {
@@ -44,6 +48,7 @@ impl Caches {
             users: TtlMap::new(ttl, settings.max_entries),
             members: TtlMap::new(ttl, settings.max_entries),
             conversations: TtlMap::new(ttl, settings.max_entries),
+            tokens: VerifiedTokens::new(settings.max_entries),
         }
     }
 
