@@ -18,12 +18,13 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::report::{Figure, Target};
 use crate::s5_trace::{self, Trace};
-use crate::stack::{open_socket, ws_base};
+use crate::stack::{Tenant, open_socket, ws_base};
 use crate::{BoxError, Ctx, Measured};
 
 const SEED: u64 = 20_240_601;
-/// Local applications of the trace whose median is the reference.
-const LOCAL_RUNS: usize = 3;
+/// Local applications of the trace whose median is the reference, and passes through confab
+/// whose median is its figure.
+const RUNS: usize = 3;
 /// Messages written before the socket is flushed (a browser's socket batches the same way).
 const FLUSH_EVERY: usize = 256;
 /// How long the document may take to be applied and stored before the run counts as failed.
@@ -76,6 +77,16 @@ async fn stored_since(
     Ok(found)
 }
 
+/// One pass of the trace through a new file's socket: seconds until the room answered and
+/// until MongoDB held every edit, and how many bytes went out.
+struct Pass {
+    sent_secs: f64,
+    applied_secs: f64,
+    persisted_secs: f64,
+    bytes_sent: usize,
+    polls: usize,
+}
+
 pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
     let (stack, p) = (ctx.stack.clone(), &ctx.params);
     let tenant = stack.create_tenant("s5").await?;
@@ -84,11 +95,6 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
     let session =
         stack.call(node, Method::POST, "/v1/sessions", &editor.token, Some(&json!({"name": "bench"}))).await?;
     let session = session["id"].as_str().ok_or("no session id")?.to_string();
-    let body = json!({"name": "trace.txt", "kind": "file"});
-    let path = format!("/v1/sessions/{session}/items");
-    let item = stack.call(node, Method::POST, &path, &editor.token, Some(&body)).await?;
-    let epoch = item["epoch"].as_i64().ok_or("no epoch")?;
-    let item = item["id"].as_str().ok_or("no item id")?.to_string();
 
     let edits = p.s5_edits;
     eprintln!("  generating a trace of {edits} edits...");
@@ -96,7 +102,7 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
     let target = s5_trace::Coverage::of_trace(&trace)?;
     // The reference is the median of a few local runs: one run of a short trace varies a lot.
     let mut local_runs = Vec::new();
-    for _ in 0..LOCAL_RUNS {
+    for _ in 0..RUNS {
         let updates = trace.updates.clone();
         let (secs, text) = tokio::task::spawn_blocking(move || s5_trace::apply_locally(&updates)).await??;
         if text != trace.final_text {
@@ -107,10 +113,60 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
     local_runs.sort_by(f64::total_cmp);
     let local_secs = local_runs[local_runs.len() / 2];
     let local_rate = edits as f64 / local_secs;
-    eprintln!("  local yrs applies {local_rate:.0} updates/s; sending through the socket...");
+    eprintln!("  local yrs applies {local_rate:.0} updates/s; sending through the socket ({RUNS} files)...");
 
+    // confab's figure is the median of as many passes, each through a file of its own: the
+    // first pass pays for a new process's memory (page faults), as the first local run does.
+    let editing = Editing { tenant: &tenant, token: &editor.token, session: &session, trace: &trace, target: &target };
+    let mut passes = Vec::new();
+    for n in 0..RUNS {
+        let body = json!({"name": format!("trace-{n}.txt"), "kind": "file"});
+        let path = format!("/v1/sessions/{session}/items");
+        let item = stack.call(node, Method::POST, &path, &editor.token, Some(&body)).await?;
+        let epoch = item["epoch"].as_i64().ok_or("no epoch")?;
+        let item = item["id"].as_str().ok_or("no item id")?.to_string();
+        let pass = one_pass(ctx, &editing, &item, epoch).await?;
+        eprintln!(
+            "    sent in {:.2} s, applied at {:.2} s, persisted at {:.2} s",
+            pass.sent_secs, pass.applied_secs, pass.persisted_secs
+        );
+        passes.push(pass);
+    }
+    passes.sort_by(|a, b| a.persisted_secs.total_cmp(&b.persisted_secs));
+    let median = &passes[passes.len() / 2];
+    let rate = edits as f64 / median.persisted_secs;
+
+    let figures = vec![
+        Figure::new("updates/s applied + persisted", rate, "upd/s")
+            .target(Target::RatioAtLeast(0.5))
+            .against("local yrs apply upd/s", local_rate),
+        Figure::new("updates/s applied (room answered)", edits as f64 / median.applied_secs, "upd/s")
+            .against("local yrs apply upd/s", local_rate),
+    ];
+    let details = json!({
+        "edits": edits, "final_text_bytes": trace.final_text.len(), "bytes_sent": median.bytes_sent,
+        "sent_secs": median.sent_secs, "applied_secs": median.applied_secs, "persisted_secs": median.persisted_secs,
+        "persist_polls": median.polls, "passes_persisted_secs": passes.iter().map(|p| p.persisted_secs).collect::<Vec<_>>(),
+        "local_apply_secs": local_secs, "local_apply_runs_secs": local_runs, "seed": SEED,
+    });
+    Ok(Measured { figures, details, problems: Vec::new() })
+}
+
+/// What every pass shares: who edits, in which session, and the trace with what it covers.
+struct Editing<'a> {
+    tenant: &'a Tenant,
+    token: &'a str,
+    session: &'a str,
+    trace: &'a Trace,
+    target: &'a s5_trace::Coverage,
+}
+
+async fn one_pass(ctx: &Ctx, editing: &Editing<'_>, item: &str, epoch: i64) -> Result<Pass, BoxError> {
+    let Editing { tenant, token, session, trace, target } = *editing;
+    let stack = &ctx.stack;
+    let node = &stack.node_a;
     let url = format!("{}/v1/sessions/{session}/files/{item}/yjs?epoch={epoch}", ws_base(node));
-    let socket = open_socket(&url, &editor.token, None, None).await?;
+    let socket = open_socket(&url, token, None, None).await?;
     let (mut sink, mut stream) = socket.split();
     let (answered_tx, answered) = oneshot::channel::<Result<(), String>>();
     let (asked_tx, mut asked) = tokio::sync::watch::channel(false);
@@ -151,19 +207,19 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
     tokio::time::timeout(PERSIST_WAIT, answered).await.map_err(|_| "the room never answered")???;
     let applied_secs = started.elapsed().as_secs_f64();
 
-    let db = stack.tenant_db(&tenant);
+    let db = stack.tenant_db(tenant);
     let (mut polls, mut checked, mut upto) = (0, None, 0);
     let (mut stored, mut coverage) = (Vec::new(), s5_trace::Coverage::default());
     let persisted_secs = loop {
         polls += 1;
-        let head = stored_head(&db, &item, epoch).await?;
+        let head = stored_head(&db, item, epoch).await?;
         if checked != Some(head) {
             checked = Some(head);
-            for update in stored_since(&db, &item, epoch, &mut upto).await? {
+            for update in stored_since(&db, item, epoch, &mut upto).await? {
                 coverage.add(&update)?;
                 stored.push(update);
             }
-            if coverage.covers(&target) {
+            if coverage.covers(target) {
                 break started.elapsed().as_secs_f64();
             }
         }
@@ -177,20 +233,5 @@ pub async fn run(ctx: &Ctx) -> Result<Measured, BoxError> {
     if rebuilt != trace.final_text {
         return Err("the stored document holds every edit but does not rebuild the trace's text".into());
     }
-    let rate = edits as f64 / persisted_secs;
-    eprintln!("  sent in {sent_secs:.2} s, applied at {applied_secs:.2} s, persisted at {persisted_secs:.2} s");
-
-    let figures = vec![
-        Figure::new("updates/s applied + persisted", rate, "upd/s")
-            .target(Target::RatioAtLeast(0.5))
-            .against("local yrs apply upd/s", local_rate),
-        Figure::new("updates/s applied (room answered)", edits as f64 / applied_secs, "upd/s")
-            .against("local yrs apply upd/s", local_rate),
-    ];
-    let details = json!({
-        "edits": edits, "final_text_bytes": trace.final_text.len(), "bytes_sent": bytes_sent,
-        "sent_secs": sent_secs, "applied_secs": applied_secs, "persisted_secs": persisted_secs,
-        "persist_polls": polls, "local_apply_secs": local_secs, "local_apply_runs_secs": local_runs, "seed": SEED,
-    });
-    Ok(Measured { figures, details, problems: Vec::new() })
+    Ok(Pass { sent_secs, applied_secs, persisted_secs, bytes_sent, polls })
 }
