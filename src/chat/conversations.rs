@@ -305,7 +305,7 @@ pub async fn get(
     id: &ConversationId,
 ) -> Result<ConversationWithMember, ApiError> {
     caller.require(Scope::ChatRead)?;
-    let db = state.store.tenant_db(&caller.scope());
+    let db = state.store.request_db(&caller.scope());
     let (conversation, _) = visible(&db, caller, id).await?;
     with_member(&db, caller, conversation).await
 }
@@ -364,7 +364,7 @@ pub async fn list_mine(
     page: PageRequest,
 ) -> Result<Page<ConversationWithMember>, ApiError> {
     caller.require(Scope::ChatRead)?;
-    let db = state.store.tenant_db(&caller.scope());
+    let db = state.store.request_db(&caller.scope());
     let memberships = db.members().of_user(caller.user_id()).await?;
     let ids: Vec<ConversationId> = memberships.iter().map(|m| m.conversation_id.clone()).collect();
     let cursor = match page.after.as_deref() {

@@ -355,7 +355,7 @@ pub async fn get_one(
     seq: i64,
 ) -> Result<History, ApiError> {
     caller.require(Scope::ChatRead)?;
-    let db = state.store.tenant_db(&caller.scope());
+    let db = state.store.request_db(&caller.scope());
     let (conversation, _) = readable_cached(state, &db, caller, id).await?;
     let message = db.messages().get(id, seq).await?.ok_or_else(|| ApiError::not_found("message"))?;
     let my_reactions = my_reactions_in(&db, id, caller, std::slice::from_ref(&message)).await?;
@@ -380,7 +380,7 @@ pub async fn replies(
     limit: u32,
 ) -> Result<History, ApiError> {
     caller.require(Scope::ChatRead)?;
-    let db = state.store.tenant_db(&caller.scope());
+    let db = state.store.request_db(&caller.scope());
     let (conversation, _) = readable(state, &db, caller, id).await?;
     db.messages().get(id, parent).await?.ok_or_else(|| ApiError::not_found("message"))?;
     let mut messages = db.messages().replies(id, parent, after, limit + 1).await?;

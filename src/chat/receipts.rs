@@ -61,7 +61,7 @@ pub async fn mark(
 /// Unread totals over every conversation the caller belongs to.
 pub async fn unread(state: &AppState, caller: &ActingUser) -> Result<UnreadSummary, ApiError> {
     caller.require(Scope::ChatRead)?;
-    let db = state.store.tenant_db(&caller.scope());
+    let db = state.store.request_db(&caller.scope());
     let memberships = db.members().of_user(caller.user_id()).await?;
     let ids: Vec<ConversationId> = memberships.iter().map(|m| m.conversation_id.clone()).collect();
     let conversations = db.conversations().get_many(&ids).await?;

@@ -27,7 +27,7 @@ pub async fn search_messages(
         return Err(ApiError::new(ErrorCode::InvalidRequest, format!("q may contain at most {max} words"))
             .with_details(serde_json::json!({ "param": "q" })));
     }
-    let db = state.store.tenant_db(&caller.scope());
+    let db = state.store.request_db(&caller.scope());
     let scope: Vec<ConversationId> = match conversation {
         Some(id) => {
             visible(&db, caller, id).await?;
