@@ -81,33 +81,42 @@ pub fn verify_signed<'t>(tenant: &'t Tenant, token: &str, issuer: &str) -> Optio
     (data.claims.iat <= Utc::now().timestamp() + LEEWAY_SECS).then_some((data.claims, key))
 }
 
+/// A tenant with signing keys `(kid, secret)` and nothing else of note, for tests.
+#[cfg(test)]
+pub(crate) fn test_tenant(id: &str, keys: &[(&str, &str)]) -> Tenant {
+    use crate::domain::{PlanName, TenantLimits, TenantStatus};
+    Tenant {
+        id: TenantId::parse(id).unwrap(),
+        name: id.into(),
+        plan: PlanName::default(),
+        limits: TenantLimits {
+            max_users: 1,
+            max_api_keys: 1,
+            max_conversation_members: 2,
+            max_message_bytes: 1,
+            storage_quota_bytes: 0,
+            requests_per_second: 1,
+        },
+        status: TenantStatus::Active,
+        signing_keys: keys
+            .iter()
+            .map(|(kid, secret)| SigningKey { kid: (*kid).into(), secret: (*secret).into(), created_at: Utc::now() })
+            .collect(),
+        allowed_mime_types: Vec::new(),
+        allowed_origins: Vec::new(),
+        user_count: 0,
+        api_key_count: 0,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{PlanName, TenantLimits, TenantStatus};
 
     fn tenant(id: &str, secret: &str) -> Tenant {
-        Tenant {
-            id: TenantId::parse(id).unwrap(),
-            name: id.into(),
-            plan: PlanName::default(),
-            limits: TenantLimits {
-                max_users: 1,
-                max_api_keys: 1,
-                max_conversation_members: 2,
-                max_message_bytes: 1,
-                storage_quota_bytes: 0,
-                requests_per_second: 1,
-            },
-            status: TenantStatus::Active,
-            signing_keys: vec![SigningKey { kid: "k1".into(), secret: secret.into(), created_at: Utc::now() }],
-            allowed_mime_types: Vec::new(),
-            allowed_origins: Vec::new(),
-            user_count: 0,
-            api_key_count: 0,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        }
+        test_tenant(id, &[("k1", secret)])
     }
 
     #[test]

@@ -89,37 +89,10 @@ mod tests {
     use chrono::Duration;
 
     use super::*;
-    use crate::domain::{PlanName, SigningKey, TenantLimits, TenantStatus, UserId};
+    use crate::domain::UserId;
 
     fn tenant(id: &str, keys: &[(&str, &str)]) -> Tenant {
-        Tenant {
-            id: TenantId::parse(id).unwrap(),
-            name: id.into(),
-            plan: PlanName::default(),
-            limits: TenantLimits {
-                max_users: 1,
-                max_api_keys: 1,
-                max_conversation_members: 2,
-                max_message_bytes: 1,
-                storage_quota_bytes: 0,
-                requests_per_second: 1,
-            },
-            status: TenantStatus::Active,
-            signing_keys: keys
-                .iter()
-                .map(|(kid, secret)| SigningKey {
-                    kid: (*kid).into(),
-                    secret: (*secret).into(),
-                    created_at: Utc::now(),
-                })
-                .collect(),
-            allowed_mime_types: Vec::new(),
-            allowed_origins: Vec::new(),
-            user_count: 0,
-            api_key_count: 0,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        }
+        jwt::test_tenant(id, keys)
     }
 
     const SECRET: &str = "secret-one-secret-one-secret-one";
