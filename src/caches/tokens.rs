@@ -18,7 +18,6 @@ pub struct VerifiedTokens {
     max_entries: usize,
 }
 
-#[derive(Clone)]
 struct Verified {
     tenant: TenantId,
     kid: String,
@@ -49,15 +48,16 @@ impl VerifiedTokens {
     }
 
     fn verify_at(&self, tenant: &Tenant, token: &str, issuer: &str, now: i64) -> Option<Arc<UserClaims>> {
-        let known = self.lock().get(token).cloned();
-        if let Some(known) = known.filter(|k| k.tenant == tenant.id && k.claims.iss == issuer) {
-            if now > known.claims.exp + LEEWAY_SECS {
-                self.lock().remove(token);
-                return None;
-            }
-            let same_key = tenant.signing_keys.iter().any(|k| k.kid == known.kid && digest(&k.secret) == known.secret);
-            if same_key {
-                return Some(known.claims);
+        {
+            let mut tokens = self.lock();
+            if let Some(known) = tokens.get(token).filter(|k| k.tenant == tenant.id && k.claims.iss == issuer) {
+                if now > known.claims.exp + LEEWAY_SECS {
+                    tokens.remove(token);
+                    return None;
+                }
+                if tenant.signing_keys.iter().any(|k| k.kid == known.kid && digest(&k.secret) == known.secret) {
+                    return Some(known.claims.clone());
+                }
             }
         }
         let (claims, key) = jwt::verify_signed(tenant, token, issuer)?;
