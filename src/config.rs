@@ -70,6 +70,8 @@ pub struct CacheSettings {
     pub ttl_ms: u64,
     /// Most copies of each kind a node keeps.
     pub max_entries: usize,
+    /// Most stored messages a node keeps for history pages (`caches::history`); 0 keeps none.
+    pub history_messages: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -270,6 +272,7 @@ user_token_max_ttl_secs = 2592000
 [cache]
 ttl_ms = 2000
 max_entries = 100000
+history_messages = 50000
 
 [chat]
 max_custom_data_bytes = 4096

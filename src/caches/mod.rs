@@ -8,7 +8,11 @@
 //! or a removal takes effect at once on the node that made it and within that bound everywhere. A
 //! copy loaded while a change was being forgotten is not kept (each map counts its forgets). A key
 //! that many requests miss at once is loaded once (`ttl_map`).
+//!
+//! Stored messages for history pages are kept apart (`history`): they are checked against a
+//! revision in Redis on every use rather than forgotten by notice.
 
+mod history;
 mod tokens;
 mod ttl_map;
 
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 use crate::config::CacheSettings;
 use crate::domain::{ApiKey, ApiKeyId, Conversation, ConversationId, Member, Tenant, TenantId, User, UserId};
 use crate::events::{CacheEvent, Redis};
+pub use history::RecentMessages;
 pub use tokens::VerifiedTokens;
 use ttl_map::TtlMap;
 
@@ -35,6 +40,8 @@ pub struct Caches {
     conversations: TtlMap<(TenantId, ConversationId), Conversation>,
     /// User tokens verified lately (`tokens`).
     pub tokens: VerifiedTokens,
+    /// Stored messages read lately for history pages (`history`).
+    pub messages: RecentMessages,
 }
 
 impl Caches {
@@ -49,6 +56,7 @@ impl Caches {
             members: TtlMap::new(ttl, settings.max_entries),
             conversations: TtlMap::new(ttl, settings.max_entries),
             tokens: VerifiedTokens::new(settings.max_entries),
+            messages: RecentMessages::new(ttl, settings.history_messages),
         }
     }
 
@@ -156,7 +164,7 @@ mod tests {
 
     #[test]
     fn each_key_use_is_claimed_once_per_resolution_and_the_record_stays_bounded() {
-        let caches = Caches::new(&CacheSettings { ttl_ms: 2000, max_entries: 2 });
+        let caches = Caches::new(&CacheSettings { ttl_ms: 2000, max_entries: 2, history_messages: 0 });
         let ids: Vec<ApiKeyId> = ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "cccccccccccccccc"]
             .iter()
             .map(|id| ApiKeyId::parse(id).unwrap())

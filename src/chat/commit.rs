@@ -269,13 +269,24 @@ impl Committer {
 /// counts, shared files; then the events and the answers.
 async fn finish(db: TenantDb, redis: Redis, stored: Vec<Draft>) {
     let started = Instant::now();
+    // Replies raise their parents' counts: those conversations' stored messages change.
+    let mut revised: Vec<&ConversationId> =
+        stored.iter().filter(|d| d.message.reply_to.is_some()).map(|d| &d.message.conversation_id).collect();
+    revised.sort();
+    revised.dedup();
     let heads = match follow_up_all(&db, &stored).await {
         Ok(heads) => heads,
-        Err(e) => return answer_all(stored, || ApiError::from(e.clone())),
+        Err(e) => {
+            // Some counts may have been raised before the failure.
+            if let Err(e) = redis.revise(db.tenant_id(), &revised).await {
+                tracing::warn!(error = %e, "could not raise message revisions");
+            }
+            return answer_all(stored, || ApiError::from(e.clone()));
+        }
     };
     // Heads before any answer, so the sender's next history page counts its message in `last_seq`.
     let events: Vec<LiveEvent> = stored.iter().map(|d| LiveEvent::Created { message: d.message.clone() }).collect();
-    redis.publish_stored(db.tenant_id(), &heads, &events).await;
+    redis.publish_stored(db.tenant_id(), &heads, &revised, &events).await;
     metrics::histogram!("chat_commit_finish_seconds").record(started.elapsed().as_secs_f64());
     for draft in stored {
         let _ = draft.reply.send(Ok((draft.message, true)));

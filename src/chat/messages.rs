@@ -5,7 +5,7 @@ use crate::auth::ActingUser;
 use crate::domain::envelope::Envelope;
 use crate::domain::{
     AiInfo, Attachment, Conversation, ConversationId, ConversationType, EditedText, FileId, LastMessage, Message,
-    MessageKind, RelationshipKind, Scope, UserId, search_terms,
+    MessageKind, RelationshipKind, Scope, TenantId, UserId, search_terms,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::events::LiveEvent;
@@ -287,10 +287,23 @@ pub async fn history(
     let (conversation, from, to, newest, messages) = match anchored {
         Some((_, from, to)) => {
             let from = from.max(1);
+            // The revision is read before the messages, so that copies are kept only under the
+            // revision they were read at (`caches::history`).
+            let (head, revision) = head_of(state, &db, id).await;
             // One past the window says whether more follows; the head, how far the rest goes.
-            let range = async { db.messages().range(id, from, to.saturating_add(1)).await.map_err(ApiError::from) };
-            let ((conversation, _), mut messages, head) =
-                futures_util::try_join!(visible, range, head_of(state, &db, id))?;
+            let range = async {
+                let (tenant, past) = (db.tenant_id(), to.saturating_add(1));
+                let kept = &state.caches.messages;
+                if let Some(messages) = revision.and_then(|revision| kept.range(tenant, id, revision, from, past)) {
+                    return Ok(messages);
+                }
+                let messages = db.messages().range(id, from, past).await?;
+                if let Some(revision) = revision {
+                    kept.keep(tenant, id, revision, &messages);
+                }
+                Ok::<_, ApiError>(messages)
+            };
+            let ((conversation, _), mut messages) = futures_util::try_join!(visible, range)?;
             let found = messages.last().map_or(0, |m| m.seq);
             if found > to {
                 messages.pop();
@@ -329,15 +342,25 @@ pub async fn history(
 /// stalled Redis must not hold reads up for `redis.timeout_ms`).
 const HEAD_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The conversation's head as Redis has it; `None` when it has none or does not answer in time.
-async fn head_of(state: &AppState, db: &TenantDb, id: &ConversationId) -> Result<Option<i64>, ApiError> {
-    match tokio::time::timeout(HEAD_WAIT, state.redis.head(db.tenant_id(), id)).await {
-        Ok(Ok(head)) => Ok(head),
+/// The conversation's head and its messages' revision as Redis has them; the head is `None` when
+/// Redis has none, and both are when it does not answer in time.
+async fn head_of(state: &AppState, db: &TenantDb, id: &ConversationId) -> (Option<i64>, Option<i64>) {
+    match tokio::time::timeout(HEAD_WAIT, state.redis.head_and_revision(db.tenant_id(), id)).await {
+        Ok(Ok((head, revision))) => (head, Some(revision)),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "could not read a conversation head");
-            Ok(None)
+            (None, None)
         }
-        Err(_) => Ok(None),
+        Err(_) => (None, None),
+    }
+}
+
+/// Raises the revision of the conversation's stored messages after a change to one of them, so
+/// that no node serves its copy of the old one (`caches::history`); best effort: a copy lives no
+/// longer than `cache.ttl_ms` anyway.
+pub(super) async fn revise(state: &AppState, tenant: &TenantId, id: &ConversationId) {
+    if let Err(e) = state.redis.revise(tenant, &[id]).await {
+        tracing::warn!(error = %e, "could not raise a conversation's message revision");
     }
 }
 
@@ -451,6 +474,7 @@ pub async fn edit(
         }
     }
     .ok_or_else(|| ApiError::not_found("message"))?;
+    revise(state, db.tenant_id(), id).await;
     db.conversations().refresh_last_message(id, &last_message_of(&edited)).await?;
     state.redis.publish_event(&edited.tenant_id, &LiveEvent::Updated { message: edited.clone() }).await;
     Ok(edited)
@@ -469,9 +493,11 @@ pub async fn delete(state: &AppState, caller: &ActingUser, id: &ConversationId, 
     let Some(deleted) = db.messages().soft_delete(id, seq, caller.user_id(), crate::domain::now()).await? else {
         return Ok(());
     };
+    revise(state, db.tenant_id(), id).await;
     db.reactions().remove_all_for_message(id, seq).await?;
     if let Some(parent) = message.reply_to {
         db.messages().add_reply_count(id, parent, -1).await?;
+        revise(state, db.tenant_id(), id).await;
     }
     db.conversations().set_pinned(id, seq, false).await?;
     super::conversations::forget(state, db.tenant_id(), id).await;

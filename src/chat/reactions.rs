@@ -74,6 +74,7 @@ pub async fn add(
             db.reactions().remove(id, seq, emoji, caller.user_id()).await?;
             return Err(ApiError::not_found("message"));
         }
+        super::messages::revise(state, db.tenant_id(), id).await;
         announce(state, &db, id, seq).await?;
     }
     Ok(())
@@ -92,6 +93,7 @@ pub async fn remove(
     if db.reactions().remove(id, seq, emoji, caller.user_id()).await?
         && db.messages().add_reaction_count(id, seq, emoji, -1).await?
     {
+        super::messages::revise(state, db.tenant_id(), id).await;
         announce(state, &db, id, seq).await?;
     }
     Ok(())

@@ -4,6 +4,11 @@
 //! publishes the batch's events, before any sender is answered; a head only ever moves up (two nodes' batches may record theirs out of order).
 //! Heads are a convenience that may lag (a failed write, a Redis restored from an old snapshot):
 //! readers take the greater of the head and what they found, and read MongoDB when there is none.
+//!
+//! Next to each head, the revision of the conversation's stored messages (`rev:{conversation}`):
+//! raised after every change to a stored message (an edit, a delete, a reaction, a reply count),
+//! so that a node's copies of messages (`caches::history`) can tell they are out of date. A
+//! conversation whose messages never changed has revision 0.
 
 use deadpool_redis::redis::Pipeline;
 
@@ -28,6 +33,10 @@ return 1
 impl Redis {
     fn head_key(&self, tenant: &TenantId, conversation: &ConversationId) -> String {
         self.keys(tenant).key(&format!("head:{conversation}"))
+    }
+
+    fn revision_key(&self, tenant: &TenantId, conversation: &ConversationId) -> String {
+        self.keys(tenant).key(&format!("rev:{conversation}"))
     }
 
     /// Adds raising `conversation`'s head to `seq` to `pipe`.
@@ -58,5 +67,34 @@ impl Redis {
         let key = self.head_key(tenant, conversation);
         self.run(|mut conn| async move { deadpool_redis::redis::cmd("GET").arg(key).query_async(&mut conn).await })
             .await
+    }
+
+    /// Adds raising the revision of `conversation`'s stored messages to `pipe`.
+    pub(super) fn revise_in(&self, pipe: &mut Pipeline, tenant: &TenantId, conversation: &ConversationId) {
+        let key = self.revision_key(tenant, conversation);
+        pipe.cmd("INCR").arg(&key).ignore();
+        pipe.cmd("EXPIRE").arg(&key).arg(HEAD_TTL_SECS).ignore();
+    }
+
+    /// Raises the revision of each conversation's stored messages, after a change to them.
+    pub async fn revise(&self, tenant: &TenantId, conversations: &[&ConversationId]) -> Result<(), RedisError> {
+        let mut pipe = Pipeline::new();
+        for conversation in conversations {
+            self.revise_in(&mut pipe, tenant, conversation);
+        }
+        self.run_pipe(pipe).await
+    }
+
+    /// The conversation's head (if Redis has one) and its messages' revision, in one round trip.
+    pub async fn head_and_revision(
+        &self,
+        tenant: &TenantId,
+        conversation: &ConversationId,
+    ) -> Result<(Option<i64>, i64), RedisError> {
+        let keys = [self.head_key(tenant, conversation), self.revision_key(tenant, conversation)];
+        let (head, revision): (Option<i64>, Option<i64>) = self
+            .run(|mut conn| async move { deadpool_redis::redis::cmd("MGET").arg(&keys).query_async(&mut conn).await })
+            .await?;
+        Ok((head, revision.unwrap_or(0)))
     }
 }

@@ -111,12 +111,22 @@ impl Redis {
         }
     }
 
-    /// Raises the conversations' `heads` (`events::heads`), then publishes `events` in order, all
-    /// in one round trip; best effort like `publish_event`.
-    pub async fn publish_stored(&self, tenant: &TenantId, heads: &[(&ConversationId, i64)], events: &[LiveEvent]) {
+    /// Raises the conversations' `heads` and the revisions of those whose stored messages changed
+    /// (`events::heads`), then publishes `events` in order, all in one round trip; best effort
+    /// like `publish_event`.
+    pub async fn publish_stored(
+        &self,
+        tenant: &TenantId,
+        heads: &[(&ConversationId, i64)],
+        revised: &[&ConversationId],
+        events: &[LiveEvent],
+    ) {
         let mut pipe = Pipeline::new();
         for (conversation, seq) in heads {
             self.raise_in(&mut pipe, tenant, conversation, *seq);
+        }
+        for conversation in revised {
+            self.revise_in(&mut pipe, tenant, conversation);
         }
         for event in events {
             match bson::to_vec(event) {

@@ -17,6 +17,7 @@ mod files;
 mod gateway;
 mod health;
 mod helpers;
+mod history_cache;
 mod isolation;
 mod realtime;
 mod send_path;

@@ -1,0 +1,105 @@
+//! History pages served from a node's copies of stored messages: a change to a message shows on
+//! the next page on every node at once, and one made behind confab's back within `cache.ttl_ms`.
+
+use std::time::Duration;
+
+use mongodb::bson::{Document, doc};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, spawn_app_with};
+
+fn messages(conversation: &str) -> String {
+    format!("/v1/conversations/{conversation}/messages")
+}
+
+/// Seqs 1-4 (and, unseen, 5: the page reads one past its window).
+async fn first_page(app: &TestApp, token: &str, conversation: &str) -> Vec<Value> {
+    let reply = app.call(Method::GET, &format!("{}?before_seq=5&limit=4", messages(conversation)), token, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    reply.body["items"].as_array().unwrap().clone()
+}
+
+fn thumbs(message: &Value) -> Option<i64> {
+    message["reactions"].as_array().unwrap().iter().find(|r| r["emoji"] == "👍").and_then(|r| r["count"].as_i64())
+}
+
+#[tokio::test]
+async fn pages_read_again_on_either_node_show_every_change_made_since() {
+    // Copies that would otherwise live ten minutes: only the revision can make the pages right.
+    let long_cache = [("cache.ttl_ms", "600000".to_string())];
+    let first = spawn_app_with(&long_cache).await;
+    let second = first.second_node_with(&long_cache).await;
+    let tenant = first.chat_tenant().await;
+    let alice = first.user(&tenant, "alice").await;
+    let bob = first.user(&tenant, "bob").await;
+    let conversation = first.conversation(&alice, "group", &["bob"]).await;
+    for n in 1..=5 {
+        first.say(&alice, &conversation, &format!("m{n}")).await;
+    }
+    for (node, token) in [(&first, &alice), (&second, &bob)] {
+        let page = first_page(node, token, &conversation).await;
+        let texts: Vec<&str> = page.iter().map(|m| m["text"].as_str().unwrap()).collect();
+        assert_eq!(texts, ["m1", "m2", "m3", "m4"]);
+    }
+
+    let message = |seq: i64| format!("{}/{seq}", messages(&conversation));
+    let edited = first.call(Method::PATCH, &message(2), &alice, Some(json!({"text": "m2 again"}))).await;
+    assert_eq!(edited.status, StatusCode::OK, "{}", edited.text);
+    let reacted = first.call(Method::PUT, &format!("{}/reactions/👍", message(3)), &bob, None).await;
+    assert_eq!(reacted.status, StatusCode::NO_CONTENT, "{}", reacted.text);
+    let reply = json!({"client_msg_id": "reply-1", "text": "answer", "reply_to": 1});
+    let replied = first.call(Method::POST, &messages(&conversation), &bob, Some(reply)).await;
+    assert_eq!(replied.status, StatusCode::CREATED, "{}", replied.text);
+    assert_eq!(first.call(Method::DELETE, &message(4), &alice, None).await.status, StatusCode::NO_CONTENT);
+
+    for (node, token) in [(&first, &alice), (&second, &bob)] {
+        let page = first_page(node, token, &conversation).await;
+        assert_eq!(page[0]["reply_count"], 1, "the reply counts on its parent");
+        assert_eq!(page[1]["text"], "m2 again", "the edit shows");
+        assert_eq!(thumbs(&page[2]), Some(1), "the reaction shows");
+        assert_eq!((page[3]["deleted"].as_bool(), &page[3]["text"]), (Some(true), &Value::Null), "the delete shows");
+    }
+
+    let removed = first.call(Method::DELETE, &format!("{}/reactions/👍", message(3)), &bob, None).await;
+    assert_eq!(removed.status, StatusCode::NO_CONTENT);
+    assert_eq!(thumbs(&first_page(&second, &bob, &conversation).await[2]), None, "so does the reaction's removal");
+}
+
+/// Changes to a stored message straight in MongoDB, as an operator repairing data would.
+async fn rewrite_in_mongodb(app: &TestApp, tenant: &str, conversation: &str, seq: i64, text: &str) {
+    let db = app.mongo().await.database(&app.tenant_db_name(tenant));
+    let filter = doc! { "conversation_id": conversation, "seq": seq };
+    let changed = db.collection::<Document>("messages").update_one(filter, doc! { "$set": { "text": text } }).await;
+    assert_eq!(changed.unwrap().modified_count, 1);
+}
+
+#[tokio::test]
+async fn a_change_behind_confabs_back_shows_within_the_cache_ttl_and_at_once_without_copies() {
+    let ttl = Duration::from_millis(1500);
+    let app = spawn_app_with(&[("cache.ttl_ms", ttl.as_millis().to_string())]).await;
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    app.user(&tenant, "bob").await;
+    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    for n in 1..=5 {
+        app.say(&alice, &conversation, &format!("m{n}")).await;
+    }
+    assert_eq!(first_page(&app, &alice, &conversation).await[0]["text"], "m1");
+    rewrite_in_mongodb(&app, &tenant.id, &conversation, 1, "repaired").await;
+    assert_eq!(first_page(&app, &alice, &conversation).await[0]["text"], "m1", "served from the node's copy");
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    assert_eq!(first_page(&app, &alice, &conversation).await[0]["text"], "repaired", "no copy outlives the ttl");
+
+    let uncached = spawn_app_with(&[("cache.history_messages", "0".to_string())]).await;
+    let tenant = uncached.chat_tenant().await;
+    let alice = uncached.user(&tenant, "alice").await;
+    uncached.user(&tenant, "bob").await;
+    let conversation = uncached.conversation(&alice, "group", &["bob"]).await;
+    for n in 1..=5 {
+        uncached.say(&alice, &conversation, &format!("m{n}")).await;
+    }
+    assert_eq!(first_page(&uncached, &alice, &conversation).await[0]["text"], "m1");
+    rewrite_in_mongodb(&uncached, &tenant.id, &conversation, 1, "repaired").await;
+    assert_eq!(first_page(&uncached, &alice, &conversation).await[0]["text"], "repaired", "no copies kept");
+}
