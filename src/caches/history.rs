@@ -7,7 +7,9 @@
 //! uses or keeps copies only under that revision: a change that lands while a page is read from
 //! MongoDB raises the revision after it, so the next page drops what this one kept. A lost
 //! revision raise (Redis down, or restarted at the very count a node holds) is bounded by
-//! `cache.ttl_ms` like the other copies: no copy is used longer than that after it was read.
+//! `cache.history_ttl_ms`: no copy is used longer than that after it was read. (Pages read while
+//! Redis does not answer use no copies at all.) That bound is longer than `cache.ttl_ms`, which
+//! bounds copies whose changes are announced by pub/sub notices, lost far more easily.
 //! Each page's copies expire at a random point of the second half of that time, so that the pages
 //! read together at first are not all read from MongoDB again at the same moment ever after.
 //!

@@ -56,7 +56,7 @@ impl Caches {
             members: TtlMap::new(ttl, settings.max_entries),
             conversations: TtlMap::new(ttl, settings.max_entries),
             tokens: VerifiedTokens::new(settings.max_entries),
-            messages: RecentMessages::new(ttl, settings.history_messages),
+            messages: RecentMessages::new(Duration::from_millis(settings.history_ttl_ms), settings.history_messages),
         }
     }
 
@@ -164,7 +164,8 @@ mod tests {
 
     #[test]
     fn each_key_use_is_claimed_once_per_resolution_and_the_record_stays_bounded() {
-        let caches = Caches::new(&CacheSettings { ttl_ms: 2000, max_entries: 2, history_messages: 0 });
+        let caches =
+            Caches::new(&CacheSettings { ttl_ms: 2000, max_entries: 2, history_messages: 0, history_ttl_ms: 0 });
         let ids: Vec<ApiKeyId> = ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "cccccccccccccccc"]
             .iter()
             .map(|id| ApiKeyId::parse(id).unwrap())

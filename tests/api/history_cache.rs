@@ -1,5 +1,6 @@
 //! History pages served from a node's copies of stored messages: a change to a message shows on
-//! the next page on every node at once, and one made behind confab's back within `cache.ttl_ms`.
+//! the next page on every node at once, and one made behind confab's back within
+//! `cache.history_ttl_ms`.
 
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ fn thumbs(message: &Value) -> Option<i64> {
 #[tokio::test]
 async fn pages_read_again_on_either_node_show_every_change_made_since() {
     // Copies that would otherwise live ten minutes: only the revision can make the pages right.
-    let long_cache = [("cache.ttl_ms", "600000".to_string())];
+    let long_cache = [("cache.ttl_ms", "600000".to_string()), ("cache.history_ttl_ms", "600000".to_string())];
     let first = spawn_app_with(&long_cache).await;
     let second = first.second_node_with(&long_cache).await;
     let tenant = first.chat_tenant().await;
@@ -77,7 +78,7 @@ async fn rewrite_in_mongodb(app: &TestApp, tenant: &str, conversation: &str, seq
 #[tokio::test]
 async fn a_change_behind_confabs_back_shows_within_the_cache_ttl_and_at_once_without_copies() {
     let ttl = Duration::from_millis(1500);
-    let app = spawn_app_with(&[("cache.ttl_ms", ttl.as_millis().to_string())]).await;
+    let app = spawn_app_with(&[("cache.history_ttl_ms", ttl.as_millis().to_string())]).await;
     let tenant = app.chat_tenant().await;
     let alice = app.user(&tenant, "alice").await;
     app.user(&tenant, "bob").await;
