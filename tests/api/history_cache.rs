@@ -21,6 +21,19 @@ async fn first_page(app: &TestApp, token: &str, conversation: &str) -> Vec<Value
     reply.body["items"].as_array().unwrap().clone()
 }
 
+/// Alice and Bob's group with messages m1-m5 from Alice: (tenant, Alice's token, Bob's token,
+/// conversation).
+async fn five_messages(app: &TestApp) -> (String, String, String, String) {
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    let bob = app.user(&tenant, "bob").await;
+    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    for n in 1..=5 {
+        app.say(&alice, &conversation, &format!("m{n}")).await;
+    }
+    (tenant.id, alice, bob, conversation)
+}
+
 fn thumbs(message: &Value) -> Option<i64> {
     message["reactions"].as_array().unwrap().iter().find(|r| r["emoji"] == "👍").and_then(|r| r["count"].as_i64())
 }
@@ -31,13 +44,7 @@ async fn pages_read_again_on_either_node_show_every_change_made_since() {
     let long_cache = [("cache.ttl_ms", "600000".to_string()), ("cache.history_ttl_ms", "600000".to_string())];
     let first = spawn_app_with(&long_cache).await;
     let second = first.second_node_with(&long_cache).await;
-    let tenant = first.chat_tenant().await;
-    let alice = first.user(&tenant, "alice").await;
-    let bob = first.user(&tenant, "bob").await;
-    let conversation = first.conversation(&alice, "group", &["bob"]).await;
-    for n in 1..=5 {
-        first.say(&alice, &conversation, &format!("m{n}")).await;
-    }
+    let (_, alice, bob, conversation) = five_messages(&first).await;
     for (node, token) in [(&first, &alice), (&second, &bob)] {
         let page = first_page(node, token, &conversation).await;
         let texts: Vec<&str> = page.iter().map(|m| m["text"].as_str().unwrap()).collect();
@@ -79,28 +86,16 @@ async fn rewrite_in_mongodb(app: &TestApp, tenant: &str, conversation: &str, seq
 async fn a_change_behind_confabs_back_shows_within_the_cache_ttl_and_at_once_without_copies() {
     let ttl = Duration::from_millis(1500);
     let app = spawn_app_with(&[("cache.history_ttl_ms", ttl.as_millis().to_string())]).await;
-    let tenant = app.chat_tenant().await;
-    let alice = app.user(&tenant, "alice").await;
-    app.user(&tenant, "bob").await;
-    let conversation = app.conversation(&alice, "group", &["bob"]).await;
-    for n in 1..=5 {
-        app.say(&alice, &conversation, &format!("m{n}")).await;
-    }
+    let (tenant, alice, _, conversation) = five_messages(&app).await;
     assert_eq!(first_page(&app, &alice, &conversation).await[0]["text"], "m1");
-    rewrite_in_mongodb(&app, &tenant.id, &conversation, 1, "repaired").await;
+    rewrite_in_mongodb(&app, &tenant, &conversation, 1, "repaired").await;
     assert_eq!(first_page(&app, &alice, &conversation).await[0]["text"], "m1", "served from the node's copy");
     tokio::time::sleep(ttl + Duration::from_millis(100)).await;
     assert_eq!(first_page(&app, &alice, &conversation).await[0]["text"], "repaired", "no copy outlives the ttl");
 
     let uncached = spawn_app_with(&[("cache.history_messages", "0".to_string())]).await;
-    let tenant = uncached.chat_tenant().await;
-    let alice = uncached.user(&tenant, "alice").await;
-    uncached.user(&tenant, "bob").await;
-    let conversation = uncached.conversation(&alice, "group", &["bob"]).await;
-    for n in 1..=5 {
-        uncached.say(&alice, &conversation, &format!("m{n}")).await;
-    }
+    let (tenant, alice, _, conversation) = five_messages(&uncached).await;
     assert_eq!(first_page(&uncached, &alice, &conversation).await[0]["text"], "m1");
-    rewrite_in_mongodb(&uncached, &tenant.id, &conversation, 1, "repaired").await;
+    rewrite_in_mongodb(&uncached, &tenant, &conversation, 1, "repaired").await;
     assert_eq!(first_page(&uncached, &alice, &conversation).await[0]["text"], "repaired", "no copies kept");
 }
