@@ -96,8 +96,7 @@ impl RecentMessages {
         for message in messages {
             copies.by_seq.insert(message.seq, (expires, message.clone()));
         }
-        let added = copies.by_seq.len() - before;
-        kept.messages += added;
+        kept.messages += copies.by_seq.len() - before;
     }
 }
 

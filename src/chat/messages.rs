@@ -357,7 +357,7 @@ async fn head_of(state: &AppState, db: &TenantDb, id: &ConversationId) -> (Optio
 
 /// Raises the revision of the conversation's stored messages after a change to one of them, so
 /// that no node serves its copy of the old one (`caches::history`); best effort: a copy lives no
-/// longer than `cache.ttl_ms` anyway.
+/// longer than `cache.history_ttl_ms` anyway.
 pub(super) async fn revise(state: &AppState, tenant: &TenantId, id: &ConversationId) {
     if let Err(e) = state.redis.revise(tenant, &[id]).await {
         tracing::warn!(error = %e, "could not raise a conversation's message revision");

@@ -62,13 +62,6 @@ impl Redis {
         self.run_pipe(pipe).await
     }
 
-    /// The conversation's head, if Redis has one.
-    pub async fn head(&self, tenant: &TenantId, conversation: &ConversationId) -> Result<Option<i64>, RedisError> {
-        let key = self.head_key(tenant, conversation);
-        self.run(|mut conn| async move { deadpool_redis::redis::cmd("GET").arg(key).query_async(&mut conn).await })
-            .await
-    }
-
     /// Adds raising the revision of `conversation`'s stored messages to `pipe`.
     pub(super) fn revise_in(&self, pipe: &mut Pipeline, tenant: &TenantId, conversation: &ConversationId) {
         let key = self.revision_key(tenant, conversation);
