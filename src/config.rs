@@ -73,8 +73,10 @@ pub struct CacheSettings {
     /// Most stored messages a node keeps for history pages (`caches::history`); 0 keeps none.
     pub history_messages: usize,
     /// Longest a node uses its copy of a stored message. Changes made through confab show at
-    /// once whatever this is (copies are checked against a revision in Redis); this bounds only a
-    /// change whose revision raise was lost (Redis unreachable or restarted at that moment).
+    /// once whatever this is (copies are checked against a revision in Redis, and a revision
+    /// Redis did not take is retried until it does); this bounds only what those miss: a change
+    /// made in MongoDB behind confab's back, a node that died with revisions to retry, a Redis
+    /// restored from an old snapshot.
     pub history_ttl_ms: u64,
 }
 
@@ -277,7 +279,7 @@ user_token_max_ttl_secs = 2592000
 ttl_ms = 2000
 max_entries = 100000
 history_messages = 50000
-history_ttl_ms = 30000
+history_ttl_ms = 300000
 
 [chat]
 max_custom_data_bytes = 4096

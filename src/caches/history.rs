@@ -2,14 +2,18 @@
 //! scroll through are read from MongoDB once rather than by every reader.
 //!
 //! A conversation's copies are tied to the revision of its stored messages (`events::heads`),
-//! which every change to a stored message raises once it is written. A page asks Redis for the
+//! which every change to a stored message replaces once it is written. A page asks Redis for the
 //! revision (with the head, in the round trip it already made) *before* it reads anything, and
 //! uses or keeps copies only under that revision: a change that lands while a page is read from
-//! MongoDB raises the revision after it, so the next page drops what this one kept. A lost
-//! revision raise (Redis down, or restarted at the very count a node holds) is bounded by
-//! `cache.history_ttl_ms`: no copy is used longer than that after it was read. (Pages read while
-//! Redis does not answer use no copies at all.) That bound is longer than `cache.ttl_ms`, which
-//! bounds copies whose changes are announced by pub/sub notices, lost far more easily.
+//! MongoDB replaces the revision after it, so the next page drops what this one kept. Revisions
+//! are random tokens, so a Redis restart cannot bring back one a node holds copies under, and a
+//! replacement Redis did not take is retried until it does (`events::heads`). What that misses (a
+//! change made in MongoDB behind confab's back, a node that died with revisions to retry, a Redis
+//! restored from an old snapshot) is bounded by `cache.history_ttl_ms`: no copy is used longer
+//! than that after it was read. (Pages read while Redis does not answer use no copies at all.)
+//! That bound is far longer than `cache.ttl_ms`, which bounds copies whose changes are announced
+//! by pub/sub notices, lost far more easily. `/metrics` counts pages served from copies and
+//! from MongoDB (`chat_history_pages_total`).
 //! Each page's copies expire at a random point of the second half of that time, so that the pages
 //! read together at first are not all read from MongoDB again at the same moment ever after.
 //!

@@ -295,8 +295,10 @@ pub async fn history(
                 let (tenant, past) = (db.tenant_id(), to.saturating_add(1));
                 let kept = &state.caches.messages;
                 if let Some(messages) = revision.and_then(|revision| kept.range(tenant, id, revision, from, past)) {
+                    metrics::counter!("chat_history_pages_total", "from" => "copies").increment(1);
                     return Ok(messages);
                 }
+                metrics::counter!("chat_history_pages_total", "from" => "database").increment(1);
                 let messages = db.messages().range(id, from, past).await?;
                 if let Some(revision) = revision {
                     kept.keep(tenant, id, revision, &messages);
@@ -355,9 +357,9 @@ async fn head_of(state: &AppState, db: &TenantDb, id: &ConversationId) -> (Optio
     }
 }
 
-/// Raises the revision of the conversation's stored messages after a change to one of them, so
-/// that no node serves its copy of the old one (`caches::history`); best effort: a copy lives no
-/// longer than `cache.history_ttl_ms` anyway.
+/// Replaces the revision of the conversation's stored messages after a change to one of them, so
+/// that no node serves its copy of the old one (`caches::history`); one Redis does not take is
+/// retried in the background, and a copy lives no longer than `cache.history_ttl_ms` anyway.
 pub(super) async fn revise(state: &AppState, tenant: &TenantId, id: &ConversationId) {
     if let Err(e) = state.redis.revise(tenant, &[id]).await {
         tracing::warn!(error = %e, "could not raise a conversation's message revision");

@@ -6,9 +6,16 @@
 //! readers take the greater of the head and what they found, and read MongoDB when there is none.
 //!
 //! Next to each head, the revision of the conversation's stored messages (`rev:{conversation}`):
-//! raised after every change to a stored message (an edit, a delete, a reaction, a reply count),
+//! replaced after every change to a stored message (an edit, a delete, a reaction, a reply count),
 //! so that a node's copies of messages (`caches::history`) can tell they are out of date. A
-//! conversation whose messages never changed has revision 0.
+//! revision is a random token rather than a count, so a key lost to a Redis restart or to expiry
+//! never comes back with a value some node still holds copies under: the next reader sets a new
+//! one. A replacement Redis does not take is retried every `REVISE_RETRY` by the node that made
+//! the change, until it does.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use deadpool_redis::redis::Pipeline;
 
@@ -18,6 +25,19 @@ use super::{Redis, RedisError};
 
 /// A head untouched this long is dropped; its conversation's next reader reads MongoDB once.
 const HEAD_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// How often a node retries the revisions Redis did not take.
+const REVISE_RETRY: Duration = Duration::from_secs(1);
+
+/// Revision keys whose replacement failed, and whether a task is retrying them.
+#[derive(Clone, Default)]
+pub(super) struct Unrevised(Arc<Mutex<(HashSet<String>, bool)>>);
+
+impl Unrevised {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (HashSet<String>, bool)> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// Sets the head to ARGV[1] unless it is already higher. KEYS: head. ARGV: seq, ttl_secs.
 const RAISE: &str = r#"
@@ -62,32 +82,81 @@ impl Redis {
         self.run_pipe(pipe).await
     }
 
-    /// Adds raising the revision of `conversation`'s stored messages to `pipe`.
+    /// Adds replacing the revision of `conversation`'s stored messages to `pipe`.
     pub(super) fn revise_in(&self, pipe: &mut Pipeline, tenant: &TenantId, conversation: &ConversationId) {
-        let key = self.revision_key(tenant, conversation);
-        pipe.cmd("INCR").arg(&key).ignore();
-        pipe.cmd("EXPIRE").arg(&key).arg(HEAD_TTL_SECS).ignore();
+        self.revise_key_in(pipe, &self.revision_key(tenant, conversation));
     }
 
-    /// Raises the revision of each conversation's stored messages, after a change to them.
+    fn revise_key_in(&self, pipe: &mut Pipeline, key: &str) {
+        pipe.cmd("SET").arg(key).arg(rand::random::<i64>()).arg("EX").arg(HEAD_TTL_SECS).ignore();
+    }
+
+    /// Replaces the revision of each conversation's stored messages, after a change to them; on
+    /// failure they are retried in the background (see `revise_later`) as well as reported.
     pub async fn revise(&self, tenant: &TenantId, conversations: &[&ConversationId]) -> Result<(), RedisError> {
         let mut pipe = Pipeline::new();
         for conversation in conversations {
             self.revise_in(&mut pipe, tenant, conversation);
         }
-        self.run_pipe(pipe).await
+        let revised = self.run_pipe(pipe).await;
+        if revised.is_err() {
+            self.revise_later(tenant, conversations);
+        }
+        revised
     }
 
-    /// The conversation's head (if Redis has one) and its messages' revision, in one round trip.
+    /// Retries replacing these revisions every `REVISE_RETRY` until Redis takes them, so that a
+    /// change made while Redis was unreachable still reaches every node's copies once it is back.
+    pub(super) fn revise_later(&self, tenant: &TenantId, conversations: &[&ConversationId]) {
+        if conversations.is_empty() {
+            return;
+        }
+        let mut unrevised = self.unrevised.lock();
+        unrevised.0.extend(conversations.iter().map(|c| self.revision_key(tenant, c)));
+        if std::mem::replace(&mut unrevised.1, true) {
+            return;
+        }
+        let redis = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REVISE_RETRY).await;
+                let keys: Vec<String> = redis.unrevised.lock().0.drain().collect();
+                let mut pipe = Pipeline::new();
+                for key in &keys {
+                    redis.revise_key_in(&mut pipe, key);
+                }
+                let retried = redis.run_pipe(pipe).await;
+                let mut unrevised = redis.unrevised.lock();
+                if let Err(e) = retried {
+                    tracing::warn!(error = %e, pending = keys.len(), "could not raise message revisions; retrying");
+                    unrevised.0.extend(keys);
+                } else if unrevised.0.is_empty() {
+                    unrevised.1 = false;
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The conversation's head (if Redis has one) and its messages' revision, in one round trip
+    /// (two when the conversation has no revision yet: the reader sets one).
     pub async fn head_and_revision(
         &self,
         tenant: &TenantId,
         conversation: &ConversationId,
     ) -> Result<(Option<i64>, i64), RedisError> {
         let keys = [self.head_key(tenant, conversation), self.revision_key(tenant, conversation)];
-        let (head, revision): (Option<i64>, Option<i64>) = self
-            .run(|mut conn| async move { deadpool_redis::redis::cmd("MGET").arg(&keys).query_async(&mut conn).await })
-            .await?;
-        Ok((head, revision.unwrap_or(0)))
+        let mget = deadpool_redis::redis::cmd("MGET").arg(&keys).clone();
+        let (head, revision): (Option<i64>, Option<i64>) =
+            self.run(|mut conn| async move { mget.query_async(&mut conn).await }).await?;
+        if let Some(revision) = revision {
+            return Ok((head, revision));
+        }
+        // Set unless another node or a change just did; either way the key's value is the revision.
+        let fresh = rand::random::<i64>();
+        let mut set = deadpool_redis::redis::cmd("SET");
+        set.arg(&keys[1]).arg(fresh).arg("NX").arg("GET").arg("EX").arg(HEAD_TTL_SECS);
+        let found: Option<i64> = self.run(|mut conn| async move { set.query_async(&mut conn).await }).await?;
+        Ok((head, found.unwrap_or(fresh)))
     }
 }

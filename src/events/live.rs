@@ -111,9 +111,9 @@ impl Redis {
         }
     }
 
-    /// Raises the conversations' `heads` and the revisions of those whose stored messages changed
-    /// (`events::heads`), then publishes `events` in order, all in one round trip; best effort
-    /// like `publish_event`.
+    /// Raises the conversations' `heads` and replaces the revisions of those whose stored messages
+    /// changed (`events::heads`), then publishes `events` in order, all in one round trip; best
+    /// effort like `publish_event`, apart from the revisions, which are retried until Redis takes them.
     pub async fn publish_stored(
         &self,
         tenant: &TenantId,
@@ -136,6 +136,7 @@ impl Redis {
         }
         if let Err(e) = self.run_pipe(pipe).await {
             tracing::warn!(error = %e, "could not record heads and publish live events");
+            self.revise_later(tenant, revised);
         }
     }
 

@@ -33,6 +33,7 @@ pub struct Redis {
     prefix: String,
     timeout: Duration,
     leases: rate_limit::Leases,
+    unrevised: heads::Unrevised,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +57,13 @@ impl Redis {
             .recycle_timeout(Some(timeout))
             .runtime(Runtime::Tokio1)
             .build()?;
-        Ok(Self { pool, prefix: settings.key_prefix.clone(), timeout, leases: Default::default() })
+        Ok(Self {
+            pool,
+            prefix: settings.key_prefix.clone(),
+            timeout,
+            leases: Default::default(),
+            unrevised: Default::default(),
+        })
     }
 
     pub fn keys(&self, tenant: &TenantId) -> TenantKeys {

@@ -1,6 +1,6 @@
 use reqwest::{Method, StatusCode};
 
-use crate::helpers::{Outage, mongo_uri, spawn_app, spawn_app_with};
+use crate::helpers::{Relay, mongo_uri, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn liveness_answers_ok() {
@@ -38,7 +38,7 @@ async fn readiness_names_redis_when_it_is_down() {
 async fn readiness_names_mongodb_when_it_is_down() {
     let uri = mongo_uri();
     let host = uri.trim_start_matches("mongodb://").split(['/', '?']).next().unwrap().to_string();
-    let relay = Outage::relay_to(host.clone()).await;
+    let relay = Relay::to(host.clone()).await;
     let relayed_uri = uri.replacen(&host, &relay.address, 1);
     let app =
         spawn_app_with(&[("mongodb.uri", relayed_uri), ("mongodb.server_selection_timeout_ms", "500".into())]).await;

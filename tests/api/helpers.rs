@@ -206,44 +206,66 @@ impl TestApp {
     }
 }
 
-/// A TCP relay in front of a real server, which a test can cut to simulate an outage.
-pub struct Outage {
+/// A TCP relay in front of a real server (Redis, MongoDB) that a test can cut (every relayed connection dropped, new ones
+/// refused) and later restore.
+pub struct Relay {
     pub address: String,
     cut: Arc<AtomicBool>,
-    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    live: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    acceptor: JoinHandle<()>,
 }
 
-impl Outage {
-    pub async fn relay_to(target: String) -> Self {
+impl Relay {
+    pub async fn to(target: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let cut = Arc::new(AtomicBool::new(false));
-        let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (cut2, tasks2) = (cut.clone(), tasks.clone());
+        let live: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (refusing, relayed) = (cut.clone(), live.clone());
         let acceptor = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if cut2.load(Ordering::SeqCst) {
+                // Checked and registered under the lock `cut` takes, so no connection slips past it.
+                let mut relayed = relayed.lock().unwrap();
+                if refusing.load(Ordering::SeqCst) {
                     continue;
                 }
                 let target = target.clone();
-                let relay = tokio::spawn(async move {
+                relayed.push(tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
-                });
-                tasks2.lock().unwrap().push(relay);
+                }));
             }
         });
-        tasks.lock().unwrap().push(acceptor);
-        Self { address, cut, tasks }
+        Self { address, cut, live, acceptor }
     }
 
-    /// Drops every relayed connection and refuses new ones.
+    /// A relay in front of the suite's redis-server; returns it and the URL to give a node.
+    pub async fn redis() -> (Self, String) {
+        let url = redis_url();
+        let target = url.trim_start_matches("redis://").trim_end_matches('/').to_string();
+        let relay = Self::to(target).await;
+        let relayed_url = format!("redis://{}", relay.address);
+        (relay, relayed_url)
+    }
+
     pub fn cut(&self) {
+        let mut live = self.live.lock().unwrap();
         self.cut.store(true, Ordering::SeqCst);
-        for task in self.tasks.lock().unwrap().iter() {
+        for task in live.drain(..) {
             task.abort();
         }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+        self.acceptor.abort();
     }
 }
 

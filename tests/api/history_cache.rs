@@ -1,6 +1,6 @@
 //! History pages served from a node's copies of stored messages: a change to a message shows on
-//! the next page on every node at once, and one made behind confab's back within
-//! `cache.history_ttl_ms`.
+//! the next page on every node at once (or, made while Redis was unreachable, once it is back),
+//! and one made behind confab's back within `cache.history_ttl_ms`.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use mongodb::bson::{Document, doc};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app_with};
+use crate::helpers::{Relay, TestApp, redis_url, spawn_app_with};
 
 fn messages(conversation: &str) -> String {
     format!("/v1/conversations/{conversation}/messages")
@@ -38,10 +38,14 @@ fn thumbs(message: &Value) -> Option<i64> {
     message["reactions"].as_array().unwrap().iter().find(|r| r["emoji"] == "👍").and_then(|r| r["count"].as_i64())
 }
 
+/// Copies that would otherwise live ten minutes: only the revision can make the pages right.
+fn long_cache() -> Vec<(&'static str, String)> {
+    vec![("cache.ttl_ms", "600000".to_string()), ("cache.history_ttl_ms", "600000".to_string())]
+}
+
 #[tokio::test]
 async fn pages_read_again_on_either_node_show_every_change_made_since() {
-    // Copies that would otherwise live ten minutes: only the revision can make the pages right.
-    let long_cache = [("cache.ttl_ms", "600000".to_string()), ("cache.history_ttl_ms", "600000".to_string())];
+    let long_cache = long_cache();
     let first = spawn_app_with(&long_cache).await;
     let second = first.second_node_with(&long_cache).await;
     let (_, alice, bob, conversation) = five_messages(&first).await;
@@ -90,6 +94,10 @@ async fn a_change_behind_confabs_back_shows_within_the_cache_ttl_and_at_once_wit
     assert_eq!(first_page(&app, &alice, &conversation).await[0]["text"], "m1");
     rewrite_in_mongodb(&app, &tenant, &conversation, 1, "repaired").await;
     assert_eq!(first_page(&app, &alice, &conversation).await[0]["text"], "m1", "served from the node's copy");
+    let metrics = app.send(app.request(Method::GET, "/metrics")).await.text;
+    for series in ["chat_history_pages_total{from=\"database\"}", "chat_history_pages_total{from=\"copies\"}"] {
+        assert!(metrics.contains(series), "{series} missing from {metrics}");
+    }
     tokio::time::sleep(ttl + Duration::from_millis(100)).await;
     assert_eq!(first_page(&app, &alice, &conversation).await[0]["text"], "repaired", "no copy outlives the ttl");
 
@@ -98,4 +106,47 @@ async fn a_change_behind_confabs_back_shows_within_the_cache_ttl_and_at_once_wit
     assert_eq!(first_page(&uncached, &alice, &conversation).await[0]["text"], "m1");
     rewrite_in_mongodb(&uncached, &tenant, &conversation, 1, "repaired").await;
     assert_eq!(first_page(&uncached, &alice, &conversation).await[0]["text"], "repaired", "no copies kept");
+}
+
+#[tokio::test]
+async fn a_revision_lost_from_redis_never_comes_back_for_copies_kept_under_it() {
+    let app = spawn_app_with(&long_cache()).await;
+    let (tenant, alice, _, conversation) = five_messages(&app).await;
+    assert_eq!(first_page(&app, &alice, &conversation).await[0]["text"], "m1");
+    // Redis restarted empty, or the key expired: the next reader sets a revision of its own.
+    let key = format!("{}t:{tenant}:rev:{conversation}", app.redis_prefix);
+    let client = deadpool_redis::redis::Client::open(redis_url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let removed: i64 = deadpool_redis::redis::cmd("DEL").arg(&key).query_async(&mut redis).await.unwrap();
+    assert_eq!(removed, 1, "the page set the conversation's revision");
+    rewrite_in_mongodb(&app, &tenant, &conversation, 1, "repaired").await;
+    assert_eq!(first_page(&app, &alice, &conversation).await[0]["text"], "repaired", "the copies are not used");
+}
+
+#[tokio::test]
+async fn a_change_made_while_redis_was_unreachable_shows_on_other_nodes_once_it_is_back() {
+    let first = spawn_app_with(&long_cache()).await;
+    let (relay, relayed) = Relay::redis().await;
+    let mut cut_off = long_cache();
+    cut_off.extend([("redis.url", relayed), ("redis.timeout_ms", "300".to_string())]);
+    let second = first.second_node_with(&cut_off).await;
+    let (_, alice, bob, conversation) = five_messages(&first).await;
+    assert_eq!(first_page(&first, &bob, &conversation).await[0]["text"], "m1");
+
+    relay.cut();
+    let edit = Some(json!({"text": "m1 again"}));
+    let edited = second.call(Method::PATCH, &format!("{}/1", messages(&conversation)), &alice, edit).await;
+    assert_eq!(edited.status, StatusCode::OK, "{}", edited.text);
+    assert_eq!(first_page(&first, &bob, &conversation).await[0]["text"], "m1", "no node has heard of it yet");
+
+    relay.restore();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = first_page(&first, &bob, &conversation).await[0]["text"].clone();
+        if text == "m1 again" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the edit never reached the first node's copies: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -8,15 +8,13 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Response;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -25,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::helpers::{ChatTenant, ServeProcess, TestApp, random_lower, redis_url, spawn_app, spawn_app_with};
+use crate::helpers::{ChatTenant, Relay, ServeProcess, TestApp, random_lower, spawn_app, spawn_app_with};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Handshake = Result<(Socket, Response), WsError>;
@@ -324,18 +322,7 @@ async fn node_behind_relay(first: &TestApp, extra: &[(&'static str, String)]) ->
     let (relay, relayed) = Relay::redis().await;
     let mut settings = extra.to_vec();
     settings.extend([("redis.url", relayed), ("redis.timeout_ms", "500".to_string())]);
-    (relay, node_like(first, &settings).await)
-}
-
-/// Another node sharing `first`'s databases, Redis keys and operator token, with extra settings.
-async fn node_like(first: &TestApp, extra: &[(&'static str, String)]) -> TestApp {
-    let mut overrides = vec![
-        ("mongodb.db_prefix", first.db_prefix.clone()),
-        ("redis.key_prefix", first.redis_prefix.clone()),
-        ("auth.operator_token", first.operator_token.clone()),
-    ];
-    overrides.extend_from_slice(extra);
-    spawn_app_with(&overrides).await
+    (relay, first.second_node_with(&settings).await)
 }
 
 fn settings(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
@@ -364,69 +351,6 @@ async fn presence(app: &TestApp, token: &str, user: &str) -> Value {
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-/// A TCP relay in front of Redis that a test can cut (every relayed connection dropped, new ones
-/// refused) and later restore.
-struct Relay {
-    address: String,
-    cut: Arc<AtomicBool>,
-    live: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    acceptor: JoinHandle<()>,
-}
-
-impl Relay {
-    async fn to(target: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let cut = Arc::new(AtomicBool::new(false));
-        let live: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (refusing, relayed) = (cut.clone(), live.clone());
-        let acceptor = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                // Checked and registered under the lock `cut` takes, so no connection slips past it.
-                let mut relayed = relayed.lock().unwrap();
-                if refusing.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let target = target.clone();
-                relayed.push(tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                }));
-            }
-        });
-        Self { address, cut, live, acceptor }
-    }
-
-    /// A relay in front of the suite's redis-server; returns it and the URL to give a node.
-    async fn redis() -> (Self, String) {
-        let url = redis_url();
-        let target = url.trim_start_matches("redis://").trim_end_matches('/').to_string();
-        let relay = Self::to(target).await;
-        let relayed_url = format!("redis://{}", relay.address);
-        (relay, relayed_url)
-    }
-
-    fn cut(&self) {
-        let mut live = self.live.lock().unwrap();
-        self.cut.store(true, Ordering::SeqCst);
-        for task in live.drain(..) {
-            task.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.cut();
-        self.acceptor.abort();
-    }
 }
 
 async fn issue_ticket(app: &TestApp, token: &str) -> String {
@@ -677,7 +601,7 @@ async fn realtime_a_user_whose_node_stops_heartbeating_is_announced_offline_once
     let common =
         [("gateway.presence_stale_secs", "2"), ("gateway.heartbeat_secs", "1"), ("gateway.presence_sweep_secs", "1")];
     let first = spawn_app_with(&settings(&common)).await;
-    let third = node_like(&first, &settings(&common)).await;
+    let third = first.second_node_with(&settings(&common)).await;
     let (relay, second) = node_behind_relay(&first, &settings(&common)).await;
     wait_for_fan_out(&first).await;
     let tenant = first.chat_tenant().await;
