@@ -279,7 +279,7 @@ async fn finish(db: TenantDb, redis: Redis, stored: Vec<Draft>) {
         Err(e) => {
             // Some counts may have been raised before the failure.
             if let Err(e) = redis.revise(db.tenant_id(), &revised).await {
-                tracing::warn!(error = %e, "could not raise message revisions");
+                tracing::warn!(error = %e, "could not replace message revisions; retrying");
             }
             return answer_all(stored, || ApiError::from(e.clone()));
         }

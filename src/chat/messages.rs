@@ -362,7 +362,7 @@ async fn head_of(state: &AppState, db: &TenantDb, id: &ConversationId) -> (Optio
 /// retried in the background, and a copy lives no longer than `cache.history_ttl_ms` anyway.
 pub(super) async fn revise(state: &AppState, tenant: &TenantId, id: &ConversationId) {
     if let Err(e) = state.redis.revise(tenant, &[id]).await {
-        tracing::warn!(error = %e, "could not raise a conversation's message revision");
+        tracing::warn!(error = %e, "could not replace a conversation's message revision; retrying");
     }
 }
 

@@ -29,12 +29,19 @@ const HEAD_TTL_SECS: u64 = 7 * 24 * 3600;
 /// How often a node retries the revisions Redis did not take.
 const REVISE_RETRY: Duration = Duration::from_secs(1);
 
-/// Revision keys whose replacement failed, and whether a task is retrying them.
+/// Revision keys whose replacement failed, shared by the clones of a node's `Redis`.
 #[derive(Clone, Default)]
-pub(super) struct Unrevised(Arc<Mutex<(HashSet<String>, bool)>>);
+pub(super) struct Unrevised(Arc<Mutex<Retries>>);
+
+#[derive(Default)]
+struct Retries {
+    keys: HashSet<String>,
+    /// Whether a task is retrying `keys` (it stops once none are left).
+    running: bool,
+}
 
 impl Unrevised {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (HashSet<String>, bool)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Retries> {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
@@ -111,27 +118,27 @@ impl Redis {
         if conversations.is_empty() {
             return;
         }
-        let mut unrevised = self.unrevised.lock();
-        unrevised.0.extend(conversations.iter().map(|c| self.revision_key(tenant, c)));
-        if std::mem::replace(&mut unrevised.1, true) {
+        let mut retries = self.unrevised.lock();
+        retries.keys.extend(conversations.iter().map(|c| self.revision_key(tenant, c)));
+        if std::mem::replace(&mut retries.running, true) {
             return;
         }
         let redis = self.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(REVISE_RETRY).await;
-                let keys: Vec<String> = redis.unrevised.lock().0.drain().collect();
+                let keys: Vec<String> = redis.unrevised.lock().keys.drain().collect();
                 let mut pipe = Pipeline::new();
                 for key in &keys {
                     redis.revise_key_in(&mut pipe, key);
                 }
                 let retried = redis.run_pipe(pipe).await;
-                let mut unrevised = redis.unrevised.lock();
+                let mut retries = redis.unrevised.lock();
                 if let Err(e) = retried {
-                    tracing::warn!(error = %e, pending = keys.len(), "could not raise message revisions; retrying");
-                    unrevised.0.extend(keys);
-                } else if unrevised.0.is_empty() {
-                    unrevised.1 = false;
+                    tracing::warn!(error = %e, pending = keys.len(), "could not replace message revisions; retrying");
+                    retries.keys.extend(keys);
+                } else if retries.keys.is_empty() {
+                    retries.running = false;
                     return;
                 }
             }
