@@ -58,6 +58,7 @@ impl AppState {
             settings.chat.send_batch_max,
             settings.chat.send_queue_capacity,
             settings.chat.commit_threads,
+            std::time::Duration::from_millis(settings.chat.search_index_interval_ms),
         )?;
         let caches = Caches::new(&settings.cache);
         let rooms = Rooms::start(settings.collab.room_threads)?;

@@ -124,6 +124,9 @@ pub struct ChatSettings {
     pub max_client_msg_id_len: usize,
     /// Most words in a search query.
     pub max_search_terms: usize,
+    /// How often a node puts the words of the messages it stored into search blocks (search
+    /// reads what is not indexed yet directly, so this trades index entries against search work).
+    pub search_index_interval_ms: u64,
     /// Longest name / description of a conversation, display name of a user.
     pub max_name_chars: usize,
     pub max_description_chars: usize,
@@ -289,6 +292,7 @@ max_mentions = 50
 max_pins = 50
 max_client_msg_id_len = 64
 max_search_terms = 10
+search_index_interval_ms = 1000
 send_committers = 4
 send_batch_max = 256
 send_queue_capacity = 4096

@@ -15,17 +15,19 @@
 //! conversations left over are forgotten and read again, and the rest go round again.
 //!
 //! A stored run is then finished: its conversations' counters and newest messages are recorded
-//! in one command, their heads raised in Redis (`events::heads`) and its events published in one
-//! pipeline, and every sender is answered (a 201 means the message is in MongoDB). Finishing overlaps the next batch's insert; finishes run one
-//! at a time in order, so a conversation's events go out in seq order. Heads are read only once
-//! the finish in flight is done, as the counters it records are what the read sees.
+//! in one statement, their heads raised in Redis (`events::heads`) and its events published in
+//! one pipeline, every sender is answered (a 201 means the message is in MongoDB), and its
+//! conversations are left to the search indexer (`search_index`). Finishing overlaps the next
+//! batch's insert; finishes run one at a time in order, so a conversation's events go out in seq
+//! order. Heads are read only once the finish in flight is done, as the counters it records are
+//! what the read sees.
 //!
 //! `/metrics` shows the pipeline: `chat_commit_batch_messages` (drafts per insert),
 //! `chat_commit_wait_seconds` (how long a batch's oldest draft was queued),
 //! `chat_commit_insert_seconds` and `chat_commit_finish_seconds`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +41,7 @@ use crate::tenancy::repos::RunFailure;
 use crate::threads::Threads;
 
 use super::messages::{follow_up, last_message_of, share_files};
+use super::search_index::SearchIndexer;
 
 /// Rounds a batch may take beyond one per draft when other nodes keep winning seqs.
 const MAX_SEQ_ATTEMPTS: usize = 64;
@@ -65,6 +68,8 @@ pub struct Committers {
     per_tenant: usize,
     batch_max: usize,
     queue_capacity: usize,
+    /// Indexes the words of what the committers stored, behind them.
+    indexer: Arc<SearchIndexer>,
     /// The runtime committers run on. On an HTTP worker, a committer would take turns with every
     /// request that worker serves at each of its awaits, and every waiting sender with it.
     threads: Threads,
@@ -72,12 +77,19 @@ pub struct Committers {
 
 impl Committers {
     /// Starts the committers' `threads` (0: one per core); committers start on first send.
-    pub fn new(per_tenant: usize, batch_max: usize, queue_capacity: usize, threads: usize) -> std::io::Result<Self> {
+    pub fn new(
+        per_tenant: usize,
+        batch_max: usize,
+        queue_capacity: usize,
+        threads: usize,
+        search_index_interval: Duration,
+    ) -> std::io::Result<Self> {
         Ok(Self {
             queues: Mutex::default(),
             per_tenant: per_tenant.max(1),
             batch_max: batch_max.max(1),
             queue_capacity: queue_capacity.max(1),
+            indexer: SearchIndexer::new(search_index_interval),
             threads: Threads::start("confab-commit", threads)?,
         })
     }
@@ -120,6 +132,7 @@ impl Committers {
         let committer = Committer {
             db: db.clone(),
             redis: redis.clone(),
+            indexer: self.indexer.clone(),
             batch_max: self.batch_max,
             heads: HashMap::new(),
             finishing: None,
@@ -139,6 +152,7 @@ impl Committers {
 struct Committer {
     db: TenantDb,
     redis: Redis,
+    indexer: Arc<SearchIndexer>,
     batch_max: usize,
     /// The newest stored seq of each conversation this committer stored to or read lately.
     heads: HashMap<ConversationId, i64>,
@@ -244,7 +258,7 @@ impl Committer {
         }
         if !pending.is_empty() {
             self.settle().await;
-            let finish = finish(self.db.clone(), self.redis.clone(), pending);
+            let finish = finish(self.db.clone(), self.redis.clone(), self.indexer.clone(), pending);
             self.finishing = Some(tokio::spawn(finish));
         }
         match run.failure {
@@ -267,7 +281,7 @@ impl Committer {
 
 /// What storing implies elsewhere, for a stored run: newest messages and counters, reply
 /// counts, shared files; then the events and the answers.
-async fn finish(db: TenantDb, redis: Redis, stored: Vec<Draft>) {
+async fn finish(db: TenantDb, redis: Redis, indexer: Arc<SearchIndexer>, stored: Vec<Draft>) {
     let started = Instant::now();
     // Replies raise their parents' counts: those conversations' stored messages change.
     let mut revised: Vec<&ConversationId> =
@@ -287,6 +301,7 @@ async fn finish(db: TenantDb, redis: Redis, stored: Vec<Draft>) {
     // Heads before any answer, so the sender's next history page counts its message in `last_seq`.
     let events: Vec<LiveEvent> = stored.iter().map(|d| LiveEvent::Created { message: d.message.clone() }).collect();
     redis.publish_stored(db.tenant_id(), &heads, &revised, &events).await;
+    indexer.touch(&db, heads.iter().map(|(conversation, _)| *conversation));
     metrics::histogram!("chat_commit_finish_seconds").record(started.elapsed().as_secs_f64());
     for draft in stored {
         let _ = draft.reply.send(Ok((draft.message, true)));
@@ -329,7 +344,7 @@ mod tests {
 
     #[test]
     fn a_conversation_always_goes_to_the_same_committer_and_conversations_spread_over_all() {
-        let committers = Committers::new(4, 256, 4096, 1).unwrap();
+        let committers = Committers::new(4, 256, 4096, 1, Duration::from_secs(1)).unwrap();
         let tenant = TenantId::parse("acme").unwrap();
         let ids: Vec<ConversationId> = (0..64).map(|_| ConversationId::new()).collect();
         let lines: Vec<Line> = ids.iter().map(|id| committers.line(&tenant, id)).collect();
@@ -339,7 +354,7 @@ mod tests {
         }
         let used: HashSet<usize> = lines.iter().map(|(_, n)| *n).collect();
         assert_eq!(used, (0..4).collect::<HashSet<_>>(), "64 conversations use every committer");
-        let single = Committers::new(0, 256, 4096, 1).unwrap();
+        let single = Committers::new(0, 256, 4096, 1, Duration::from_secs(1)).unwrap();
         assert!(ids.iter().all(|id| single.line(&tenant, id).1 == 0), "a setting of 0 means one committer");
     }
 }

@@ -5,7 +5,7 @@ use crate::auth::ActingUser;
 use crate::domain::envelope::Envelope;
 use crate::domain::{
     AiInfo, Attachment, Conversation, ConversationId, ConversationType, EditedText, FileId, LastMessage, Message,
-    MessageKind, RelationshipKind, Scope, TenantId, UserId, search_terms,
+    MessageKind, RelationshipKind, Scope, TenantId, UserId,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::events::LiveEvent;
@@ -187,7 +187,6 @@ pub async fn send(
         size: Some(f.size as u64),
     }));
     let message = Message {
-        terms: text.as_deref().map(search_terms).unwrap_or_default(),
         text,
         language: new.language,
         attachments,
@@ -471,12 +470,14 @@ pub async fn edit(
         EditedContent::Text(text) => {
             let text =
                 check_text(message.kind, Some(text), caller.tenant.limits.max_message_bytes)?.unwrap_or_default();
+            super::search::add_words(&db, id, seq, &text).await?;
             let previous = EditedText { text: message.text, replaced_at: now };
-            db.messages().edit(id, seq, previous, &text, &search_terms(&text), now).await?
+            db.messages().edit(id, seq, previous, &text, now).await?
         }
     }
     .ok_or_else(|| ApiError::not_found("message"))?;
     revise(state, db.tenant_id(), id).await;
+    super::search::rebuild_block(&db, id, seq).await?;
     db.conversations().refresh_last_message(id, &last_message_of(&edited)).await?;
     state.redis.publish_event(&edited.tenant_id, &LiveEvent::Updated { message: edited.clone() }).await;
     Ok(edited)
@@ -502,6 +503,7 @@ pub async fn delete(state: &AppState, caller: &ActingUser, id: &ConversationId, 
         revise(state, db.tenant_id(), id).await;
     }
     db.conversations().set_pinned(id, seq, false).await?;
+    super::search::rebuild_block(&db, id, seq).await?;
     super::conversations::forget(state, db.tenant_id(), id).await;
     db.conversations().refresh_last_message(id, &last_message_of(&deleted)).await?;
     state.redis.publish_event(&caller.tenant.id, &LiveEvent::Updated { message: deleted }).await;

@@ -11,6 +11,7 @@ pub mod reactions;
 pub mod receipts;
 pub mod relationships;
 pub mod search;
+pub mod search_index;
 pub mod users;
 
 pub use commit::Committers;

@@ -88,10 +88,6 @@ pub struct Message {
     pub ai: Option<AiInfo>,
     /// Reactions per emoji (emoji are validated to be safe as field names).
     pub reaction_counts: std::collections::BTreeMap<String, i64>,
-    /// Lower-cased words of the text, for search without text indexes. Left out of history reads
-    /// (`MessagesRepo::range`), which never show them.
-    #[serde(default)]
-    pub terms: Vec<String>,
     /// The end-to-end encrypted content (instead of `text`) in E2E conversations.
     #[serde(default)]
     pub envelope: Option<super::envelope::Envelope>,
@@ -143,7 +139,6 @@ impl Message {
             metadata: serde_json::json!({}),
             ai: None,
             reaction_counts: Default::default(),
-            terms: Vec::new(),
             envelope: None,
             edit_history: Vec::new(),
             created_at: super::now(),

@@ -9,6 +9,13 @@ pub struct CollectionSpec {
     pub indexes: &'static [IndexSpec],
 }
 
+/// Indexes earlier versions created and nothing uses any more, by collection: provisioning drops
+/// them, as every write would keep paying for them.
+const RETIRED_INDEXES: &[(&str, &str)] = &[
+    // Search terms moved from each message to blocks of messages (`search_blocks`).
+    ("messages", "terms_1_conversation_id_1_seq_-1"),
+];
+
 pub struct IndexSpec {
     pub name: &'static str,
     pub keys: &'static [(&'static str, i32)],
@@ -64,8 +71,11 @@ pub const TENANT_COLLECTIONS: &[CollectionSpec] = &[
                 &[("conversation_id", 1), ("sender_id", 1), ("client_msg_id", 1)],
             ),
             index("conversation_id_1_reply_to_1_seq_1", &[("conversation_id", 1), ("reply_to", 1), ("seq", 1)]),
-            index("terms_1_conversation_id_1_seq_-1", &[("terms", 1), ("conversation_id", 1), ("seq", -1)]),
         ],
+    },
+    CollectionSpec {
+        name: "search_blocks",
+        indexes: &[index("terms_1_conversation_id_1", &[("terms", 1), ("conversation_id", 1)])],
     },
     CollectionSpec {
         name: "reactions",
@@ -110,6 +120,14 @@ pub async fn ensure(db: &Database, specs: &[CollectionSpec]) -> Result<(), mongo
             && !matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == 48)
         {
             return Err(e);
+        }
+        for (_, retired) in RETIRED_INDEXES.iter().filter(|(collection, _)| *collection == spec.name) {
+            // IndexNotFound (27): already gone, or never made.
+            if let Err(e) = db.collection::<Document>(spec.name).drop_index(*retired).await
+                && !matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == 27)
+            {
+                return Err(e);
+            }
         }
         if spec.indexes.is_empty() {
             continue;

@@ -9,7 +9,7 @@ use super::blobs::GridFsBlobs;
 use super::collections::{self, TENANT_COLLECTIONS};
 use super::repos::{
     CodeSessionsRepo, CollabDocsRepo, ConversationsRepo, DevicesRepo, FilesRepo, MembersRepo, MessagesRepo,
-    ReactionsRepo, RelationshipsRepo, UsersRepo, WorkspaceRepo,
+    ReactionsRepo, RelationshipsRepo, SearchBlocksRepo, UsersRepo, WorkspaceRepo,
 };
 
 #[derive(Clone)]
@@ -84,6 +84,10 @@ impl TenantDb {
 
     pub fn messages(&self) -> MessagesRepo {
         MessagesRepo::new(&self.db)
+    }
+
+    pub fn search_blocks(&self) -> SearchBlocksRepo {
+        SearchBlocksRepo::new(&self.db)
     }
 
     pub fn reactions(&self) -> ReactionsRepo {

@@ -3,6 +3,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use mongodb::IndexModel;
+use mongodb::bson::{Document, doc};
+use mongodb::options::IndexOptions;
 use reqwest::{Method, StatusCode};
 
 use crate::helpers::{TestApp, spawn_app};
@@ -47,9 +50,23 @@ async fn manifests_apply_idempotently() {
     assert_eq!(globex.body["plan"], "pro");
     assert_eq!(globex.body["limits"]["max_users"], 42);
 
+    // As if globex came from an earlier version: an index since retired, one since added missing.
+    let db = app.mongo().await.database(&app.tenant_db_name("globex"));
+    let (messages, blocks) = (db.collection::<Document>("messages"), db.collection::<Document>("search_blocks"));
+    let retired = IndexModel::builder()
+        .keys(doc! { "terms": 1, "conversation_id": 1, "seq": -1 })
+        .options(IndexOptions::builder().name("terms_1_conversation_id_1_seq_-1".to_string()).build())
+        .build();
+    messages.create_index(retired).await.unwrap();
+    blocks.drop_index("terms_1_conversation_id_1").await.unwrap();
+
     let second = confab(&app, &["tenants", "apply", dir.to_str().unwrap()]).output().unwrap();
     let out = String::from_utf8_lossy(&second.stdout);
     assert!(out.contains("tenant globex: unchanged") && out.contains("tenant initech: unchanged"), "{out}");
+    let names = messages.list_index_names().await.unwrap();
+    assert!(!names.iter().any(|n| n == "terms_1_conversation_id_1_seq_-1"), "the retired index is dropped: {names:?}");
+    let names = blocks.list_index_names().await.unwrap();
+    assert!(names.iter().any(|n| n == "terms_1_conversation_id_1"), "the missing index is made: {names:?}");
 
     write_manifest(
         &dir,

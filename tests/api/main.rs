@@ -20,5 +20,6 @@ mod helpers;
 mod history_cache;
 mod isolation;
 mod realtime;
+mod search;
 mod send_path;
 mod tenants;

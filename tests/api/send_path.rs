@@ -26,8 +26,13 @@ fn messages(conversation: &str) -> String {
     format!("/v1/conversations/{conversation}/messages")
 }
 
+/// Starts with `$`, as an update operator would: previews must be stored as text.
+fn text_of(client_msg_id: &str) -> String {
+    format!("$set text of {client_msg_id}")
+}
+
 async fn send(node: &TestApp, token: &str, conversation: &str, client_msg_id: &str) -> Reply {
-    let body = json!({"client_msg_id": client_msg_id, "text": format!("text of {client_msg_id}")});
+    let body = json!({"client_msg_id": client_msg_id, "text": text_of(client_msg_id)});
     node.call(Method::POST, &messages(conversation), token, Some(body)).await
 }
 
@@ -130,6 +135,10 @@ async fn concurrent_sends_over_many_conversations_on_two_nodes_stay_gapless_and_
         let view = first.call(Method::GET, &format!("/v1/conversations/{conversation}"), &tokens[2], None).await;
         assert_eq!(view.body["last_seq"], 60, "{}", view.text);
         assert_eq!(view.body["last_message"]["seq"], 60, "{}", view.text);
+        let newest = &stored.last().unwrap().1;
+        assert_eq!(view.body["last_message"]["preview"], text_of(newest), "{}", view.text);
+        let newest_at = &originals[&(conversation.clone(), newest.clone())].1["created_at"];
+        assert_eq!(&view.body["last_activity_at"], newest_at, "{}", view.text);
     }
 }
 

@@ -15,24 +15,12 @@ use serde::de::IntoDeserializer;
 
 use crate::domain::{ConversationId, Message, MessageKind, TenantId, UserId};
 
-/// Whether the reader keeps a message's search terms. Reads that never show them (history pages)
-/// still check them as bson would, but build none.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Terms {
-    Keep,
-    Drop,
-}
-
-/// The message in `raw`, as `bson::from_slice` would read it (with no terms for `Terms::Drop`).
-pub(super) fn read(raw: &RawDocument, terms: Terms) -> Result<Message, bson::de::Error> {
-    let mut message = match read_known_shape(raw.as_bytes(), terms) {
-        Ok(message) => message,
-        Err(Unexpected) => bson::from_slice(raw.as_bytes())?,
-    };
-    if terms == Terms::Drop {
-        message.terms = Vec::new();
+/// The message in `raw`, as `bson::from_slice` would read it.
+pub(super) fn read(raw: &RawDocument) -> Result<Message, bson::de::Error> {
+    match read_known_shape(raw.as_bytes()) {
+        Ok(message) => Ok(message),
+        Err(Unexpected) => bson::from_slice(raw.as_bytes()),
     }
-    Ok(message)
 }
 
 /// The document is not one this reader handles; bson's deserializer decides.
@@ -249,7 +237,6 @@ struct Found {
     metadata: Option<serde_json::Value>,
     ai: Option<Option<crate::domain::AiInfo>>,
     reaction_counts: Option<std::collections::BTreeMap<String, i64>>,
-    terms: Option<Vec<String>>,
     envelope: Option<Option<crate::domain::envelope::Envelope>>,
     edit_history: Option<Vec<crate::domain::EditedText>>,
     created_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -258,7 +245,7 @@ struct Found {
     deleted_by: Option<Option<UserId>>,
 }
 
-fn read_known_shape(bytes: &[u8], terms: Terms) -> Read<Message> {
+fn read_known_shape(bytes: &[u8]) -> Read<Message> {
     let mut f = Found::default();
     let mut elements = Elements::of(bytes)?;
     while let Some((key, value)) = elements.next()? {
@@ -279,17 +266,6 @@ fn read_known_shape(bytes: &[u8], terms: Terms) -> Read<Message> {
             b"metadata" => set(&mut f.metadata, metadata(value)),
             b"ai" => set(&mut f.ai, optional(value, document)),
             b"reaction_counts" => set(&mut f.reaction_counts, counts(value)),
-            b"terms" => set(
-                &mut f.terms,
-                match terms {
-                    Terms::Keep => array(value, text),
-                    Terms::Drop => array(value, |term| match term {
-                        Value::Str(_) => Ok(()),
-                        _ => Err(Unexpected),
-                    })
-                    .map(|_| Vec::new()),
-                },
-            ),
             b"envelope" => set(&mut f.envelope, optional(value, document)),
             b"edit_history" => set(&mut f.edit_history, documents(value)),
             b"created_at" => set(&mut f.created_at, date(value)),
@@ -316,7 +292,6 @@ fn read_known_shape(bytes: &[u8], terms: Terms) -> Read<Message> {
         metadata: f.metadata.ok_or(Unexpected)?,
         ai: f.ai.flatten(),
         reaction_counts: f.reaction_counts.ok_or(Unexpected)?,
-        terms: f.terms.unwrap_or_default(),
         envelope: f.envelope.flatten(),
         edit_history: f.edit_history.ok_or(Unexpected)?,
         created_at: f.created_at.ok_or(Unexpected)?,
@@ -371,7 +346,6 @@ mod tests {
             tokens: Some(TokenUsage { prompt: Some(10), completion: Some(20), total: None }),
         });
         m.reaction_counts = [("👍".to_string(), 2), ("tada".to_string(), 0)].into_iter().collect();
-        m.terms = vec!["hello".into(), "wörld".into()];
         m.envelope = Some(crate::domain::envelope::Envelope {
             v: 1,
             suite: "s".into(),
@@ -412,29 +386,20 @@ mod tests {
     }
 
     fn by_reader(bytes: &[u8]) -> Result<String, String> {
-        read(RawDocument::from_bytes(bytes).unwrap(), Terms::Keep).map(|m| format!("{m:?}")).map_err(|e| e.to_string())
-    }
-
-    /// What bson's deserializer makes of `bytes`, search terms left out.
-    fn by_serde_without_terms(bytes: &[u8]) -> Result<String, String> {
-        let mut message = bson::from_slice::<Message>(bytes).map_err(|e| e.to_string())?;
-        message.terms.clear();
-        Ok(format!("{message:?}"))
+        read(RawDocument::from_bytes(bytes).unwrap()).map(|m| format!("{m:?}")).map_err(|e| e.to_string())
     }
 
     #[test]
     fn reads_what_confab_writes_like_serde_does() {
-        let mut projected = stored(&full());
-        projected.remove("terms");
+        let mut without_envelope = stored(&full());
+        without_envelope.remove("envelope");
         let mut int32_counts = stored(&draft());
         int32_counts.insert("reaction_counts", doc! { "a": 1_i32, "b": 5_i64 });
         int32_counts.insert("reply_count", 4_i32);
-        for document in [stored(&draft()), stored(&full()), projected, int32_counts] {
+        for document in [stored(&draft()), stored(&full()), without_envelope, int32_counts] {
             let bytes = bytes_of(&document);
-            let direct = read_known_shape(&bytes, Terms::Keep).map(|m| format!("{m:?}"));
+            let direct = read_known_shape(&bytes).map(|m| format!("{m:?}"));
             assert_eq!(direct.ok(), Some(by_serde(&bytes).unwrap()), "{document}");
-            let without = read_known_shape(&bytes, Terms::Drop).map(|m| format!("{m:?}"));
-            assert_eq!(without.ok(), Some(by_serde_without_terms(&bytes).unwrap()), "{document}");
         }
     }
 
@@ -483,7 +448,7 @@ mod tests {
         ];
         for document in cases {
             let bytes = bytes_of(&document);
-            assert!(read_known_shape(&bytes, Terms::Keep).is_err(), "{document}");
+            assert!(read_known_shape(&bytes).is_err(), "{document}");
             assert_eq!(by_reader(&bytes), by_serde(&bytes), "{document}");
         }
     }
@@ -495,7 +460,7 @@ mod tests {
         twice.splice(4..4, seq[4..seq.len() - 1].iter().copied());
         let len = i32::try_from(twice.len()).unwrap();
         twice[..4].copy_from_slice(&len.to_le_bytes());
-        assert!(read_known_shape(&twice, Terms::Keep).is_err());
+        assert!(read_known_shape(&twice).is_err());
         assert_eq!(by_reader(&twice), by_serde(&twice));
     }
 
@@ -508,17 +473,12 @@ mod tests {
             for flip in [0x01_u8, 0x80, 0xff] {
                 let mut damaged = bytes.clone();
                 damaged[at] ^= flip;
-                if let Ok(message) = read_known_shape(&damaged, Terms::Keep) {
+                if let Ok(message) = read_known_shape(&damaged) {
                     assert_eq!(Ok(format!("{message:?}")), by_serde(&damaged), "byte {at} ^ {flip:#x}");
                     checked += 1;
                 }
-                if let Ok(message) = read_known_shape(&damaged, Terms::Drop) {
-                    let expected = by_serde_without_terms(&damaged);
-                    assert_eq!(Ok(format!("{message:?}")), expected, "byte {at} ^ {flip:#x}, terms dropped");
-                }
             }
-            assert!(read_known_shape(&bytes[..at], Terms::Keep).is_err());
-            assert!(read_known_shape(&bytes[..at], Terms::Drop).is_err());
+            assert!(read_known_shape(&bytes[..at]).is_err());
         }
         assert!(checked > 0);
     }

@@ -3,7 +3,6 @@ use mongodb::bson::{self, doc};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Cursor, Database};
 
-use super::message_reader::Terms;
 use crate::domain::{ConversationId, EditedText, Message, UserId};
 
 /// Edits kept per message.
@@ -29,10 +28,10 @@ pub enum RunFailure {
 
 /// Every message the cursor finds, each read by `message_reader` (much cheaper than the cursor's
 /// own serde decoding).
-async fn read_all(mut cursor: Cursor<Message>, terms: Terms) -> Result<Vec<Message>, mongodb::error::Error> {
+async fn read_all(mut cursor: Cursor<Message>) -> Result<Vec<Message>, mongodb::error::Error> {
     let mut messages = Vec::new();
     while cursor.advance().await? {
-        messages.push(super::message_reader::read(cursor.current(), terms)?);
+        messages.push(super::message_reader::read(cursor.current())?);
     }
     Ok(messages)
 }
@@ -88,10 +87,7 @@ impl MessagesRepo {
         self.messages.find_one(doc! { "conversation_id": conversation.as_str(), "seq": seq }).await
     }
 
-    /// Messages with `from <= seq <= to`, ascending, without their search terms. They are read and
-    /// dropped rather than left out with a projection: SecantusDB answers a projection by rebuilding
-    /// every document, which doubled its CPU for a page of 50 (a find of whole documents is what the
-    /// server does cheapest).
+    /// Messages with `from <= seq <= to`, ascending.
     pub async fn range(
         &self,
         conversation: &ConversationId,
@@ -106,10 +102,10 @@ impl MessagesRepo {
             .find(doc! { "conversation_id": conversation.as_str(), "seq": { "$gte": from, "$lte": to } })
             .sort(doc! { "conversation_id": 1, "seq": 1 })
             .await?;
-        read_all(cursor, Terms::Drop).await
+        read_all(cursor).await
     }
 
-    /// The newest `n` messages, ascending, without their search terms.
+    /// The newest `n` messages, ascending.
     pub async fn latest(&self, conversation: &ConversationId, n: i64) -> Result<Vec<Message>, mongodb::error::Error> {
         let cursor = self
             .messages
@@ -117,7 +113,7 @@ impl MessagesRepo {
             .sort(doc! { "conversation_id": -1, "seq": -1 })
             .limit(n)
             .await?;
-        let mut newest = read_all(cursor, Terms::Drop).await?;
+        let mut newest = read_all(cursor).await?;
         newest.reverse();
         Ok(newest)
     }
@@ -132,7 +128,7 @@ impl MessagesRepo {
             .find(doc! { "conversation_id": conversation.as_str(), "seq": { "$in": seqs } })
             .sort(doc! { "conversation_id": 1, "seq": 1 })
             .await?;
-        read_all(cursor, Terms::Keep).await
+        read_all(cursor).await
     }
 
     /// Replies to `parent` with seq above `after`, ascending.
@@ -149,7 +145,7 @@ impl MessagesRepo {
             .sort(doc! { "conversation_id": 1, "reply_to": 1, "seq": 1 })
             .limit(i64::from(limit))
             .await?;
-        read_all(cursor, Terms::Keep).await
+        read_all(cursor).await
     }
 
     pub async fn add_reply_count(
@@ -174,14 +170,13 @@ impl MessagesRepo {
         seq: i64,
         previous: EditedText,
         text: &str,
-        terms: &[String],
         at: DateTime<Utc>,
     ) -> Result<Option<Message>, mongodb::error::Error> {
         self.messages
             .find_one_and_update(
                 doc! { "conversation_id": conversation.as_str(), "seq": seq, "deleted_at": null },
                 doc! {
-                    "$set": { "text": text, "terms": terms, "edited_at": time(at) },
+                    "$set": { "text": text, "edited_at": time(at) },
                     "$push": { "edit_history": { "$each": [bson::to_bson(&previous)?], "$slice": -EDIT_HISTORY_KEPT } },
                 },
             )
@@ -219,7 +214,7 @@ impl MessagesRepo {
                 doc! { "conversation_id": conversation.as_str(), "seq": seq, "deleted_at": null },
                 doc! { "$set": {
                     "deleted_at": time(at), "deleted_by": by.as_str(), "text": null, "language": null,
-                    "attachments": [], "mentions": [], "metadata": {}, "ai": null, "terms": [], "envelope": null,
+                    "attachments": [], "mentions": [], "metadata": {}, "ai": null, "envelope": null,
                     "edit_history": [], "reaction_counts": {},
                 } },
             )
@@ -264,21 +259,5 @@ impl MessagesRepo {
                 "deleted_at": null,
             })
             .await
-    }
-
-    /// Live messages of the given conversations containing every term, newest first.
-    pub async fn search(
-        &self,
-        terms: &[String],
-        conversations: &[ConversationId],
-        before_id: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<Message>, mongodb::error::Error> {
-        let ids: Vec<&str> = conversations.iter().map(|c| c.as_str()).collect();
-        let mut filter = doc! { "terms": { "$all": terms }, "conversation_id": { "$in": ids }, "deleted_at": null };
-        if let Some(before) = before_id {
-            filter.insert("_id", doc! { "$lt": before });
-        }
-        read_all(self.messages.find(filter).sort(doc! { "_id": -1 }).limit(i64::from(limit)).await?, Terms::Keep).await
     }
 }

@@ -1,0 +1,263 @@
+//! Word search over search blocks and the messages not indexed yet: pages run newest first over
+//! both, indexers racing on two nodes tile every conversation's seqs exactly once, a search
+//! indexes a conversation far behind, and edited or deleted text leaves no words stored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use futures_util::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{ChatTenant, TestApp, spawn_app_with};
+
+fn search(q: &str) -> String {
+    format!("/v1/search/messages?q={q}")
+}
+
+/// Indexing every 20 ms, or (`None`) practically never.
+async fn app_indexing_every(ms: Option<u64>) -> TestApp {
+    let interval = ms.unwrap_or(3_600_000).to_string();
+    spawn_app_with(&[("chat.search_index_interval_ms", interval)]).await
+}
+
+/// A tenant whose request rate allows the bursts below.
+async fn busy_tenant(app: &TestApp) -> ChatTenant {
+    let id = app.create_tenant_with(json!({"limits": {"requests_per_second": 100000}})).await;
+    let (key, _) = app.issue_key(&id, None).await;
+    ChatTenant { id, key }
+}
+
+async fn hits(app: &TestApp, token: &str, q: &str) -> Vec<i64> {
+    let reply = app.call(Method::GET, &search(q), token, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    reply.body["items"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect()
+}
+
+fn ids(items: &[Value]) -> Vec<String> {
+    items.iter().map(|m| m["id"].as_str().unwrap().to_string()).collect()
+}
+
+fn tenant_db(app: &TestApp, client: &mongodb::Client, tenant: &str) -> mongodb::Database {
+    client.database(&app.tenant_db_name(tenant))
+}
+
+/// Each conversation's `(search_indexed_upto, last_seq)`.
+async fn marks(db: &mongodb::Database) -> BTreeMap<String, (i64, i64)> {
+    let conversations: Vec<Document> =
+        db.collection::<Document>("conversations").find(doc! {}).await.unwrap().try_collect().await.unwrap();
+    conversations
+        .into_iter()
+        .map(|c| {
+            let upto = c.get_i64("search_indexed_upto").unwrap_or(0);
+            (c.get_str("_id").unwrap().to_string(), (upto, c.get_i64("last_seq").unwrap()))
+        })
+        .collect()
+}
+
+/// Waits until every conversation is indexed up to its last seq.
+async fn fully_indexed(db: &mongodb::Database) {
+    let started = Instant::now();
+    loop {
+        let marks = marks(db).await;
+        if marks.values().all(|(upto, last)| upto == last) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "not indexed: {marks:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A stored block: `(from_seq, to_seq, words)`.
+type Block = (i64, i64, BTreeSet<String>);
+
+/// Each conversation's blocks, in seq order.
+async fn blocks(db: &mongodb::Database) -> BTreeMap<String, Vec<Block>> {
+    let stored: Vec<Document> =
+        db.collection::<Document>("search_blocks").find(doc! {}).await.unwrap().try_collect().await.unwrap();
+    let mut by_conversation: BTreeMap<String, Vec<Block>> = BTreeMap::new();
+    for block in stored {
+        let words = block.get_array("terms").unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+        let range = (block.get_i64("from_seq").unwrap(), block.get_i64("to_seq").unwrap());
+        by_conversation
+            .entry(block.get_str("conversation_id").unwrap().to_string())
+            .or_default()
+            .push((range.0, range.1, words));
+    }
+    for blocks in by_conversation.values_mut() {
+        blocks.sort_by_key(|(from, _, _)| *from);
+    }
+    by_conversation
+}
+
+/// Blocks of every conversation cover seqs 1 up to its mark, each seq exactly once.
+fn assert_tiled(blocks: &BTreeMap<String, Vec<Block>>, marks: &BTreeMap<String, (i64, i64)>) {
+    for (conversation, (upto, _)) in marks {
+        let mut next = 1;
+        for (from, to, _) in blocks.get(conversation).map(Vec::as_slice).unwrap_or_default() {
+            assert_eq!(*from, next, "{conversation}: blocks {:?}", blocks[conversation]);
+            assert!(to >= from);
+            next = to + 1;
+        }
+        assert_eq!(next - 1, *upto, "{conversation}: blocks end at the mark");
+    }
+}
+
+#[tokio::test]
+async fn pages_run_newest_first_over_indexed_and_unindexed_messages() {
+    let app = app_indexing_every(Some(20)).await;
+    let tenant = busy_tenant(&app).await;
+    let alice = app.user(&tenant, "alice").await;
+    let bob = app.user(&tenant, "bob").await;
+    let first = app.conversation(&alice, "group", &["bob"]).await;
+    let second = app.conversation(&bob, "group", &["alice"]).await;
+    let mut kestrels = Vec::new();
+    let mut both = Vec::new();
+    let mut say = async |n: i64, conversation: &str| {
+        let text = match n {
+            n if n % 10 == 0 => format!("Kestrel and osprey, number {n}"),
+            n if n % 7 == 0 => format!("a kestrel, number {n}"),
+            n => format!("nothing to see, number {n}"),
+        };
+        let sent = app.say(&alice, conversation, &text).await;
+        assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.text);
+        let id = sent.body["id"].as_str().unwrap().to_string();
+        if n % 10 == 0 {
+            both.push(id.clone());
+        }
+        if n % 10 == 0 || n % 7 == 0 {
+            kestrels.push(id);
+        }
+    };
+    // The two conversations interleaved in time, indexed in several blocks each.
+    for n in 1..=150 {
+        say(n, &first).await;
+        say(n, &second).await;
+    }
+    let client = app.mongo().await;
+    let db = tenant_db(&app, &client, &tenant.id);
+    fully_indexed(&db).await;
+    // And some not indexed yet: searched right after they are stored.
+    for n in 151..=160 {
+        say(n, &first).await;
+    }
+    kestrels.reverse();
+    both.reverse();
+    let paged = app.collect_pages(&format!("{}&limit=7", search("kestrel")), &bob, "after", 7).await;
+    assert_eq!(ids(&paged), kestrels, "every match once, newest first, over pages of 7");
+    let paged = app.collect_pages(&format!("{}&limit=4", search("OSPREY%20kestrel")), &bob, "after", 4).await;
+    assert_eq!(ids(&paged), both, "all words must occur");
+    let scoped = format!("{}&conversation_id={second}&limit=50", search("osprey"));
+    assert_eq!(app.collect_pages(&scoped, &bob, "after", 50).await.len(), 15, "one conversation's matches");
+    assert_eq!(hits(&app, &bob, "kestrel%20nothing").await, Vec::<i64>::new(), "words of different messages");
+    assert_eq!(hits(&app, &bob, "number%20149").await, [149, 149]);
+    assert_eq!(hits(&app, &bob, "number%20160").await, [160]);
+
+    fully_indexed(&db).await;
+    let (blocks, marks) = (blocks(&db).await, marks(&db).await);
+    assert_tiled(&blocks, &marks);
+    assert!(blocks.values().any(|b| b.len() > 1), "several blocks: {blocks:?}");
+    let words: BTreeSet<&str> = blocks.values().flatten().flat_map(|(_, _, w)| w.iter().map(String::as_str)).collect();
+    assert!(words.contains("160") && words.contains("osprey") && !words.contains("Kestrel"), "{words:?}");
+}
+
+#[tokio::test]
+async fn indexers_racing_on_two_nodes_tile_the_seqs_and_lose_no_words() {
+    let first = app_indexing_every(Some(20)).await;
+    let second = first.second_node_with(&[("chat.search_index_interval_ms", "20".into())]).await;
+    let tenant = busy_tenant(&first).await;
+    let alice = first.user(&tenant, "alice").await;
+    let _bob = first.user(&tenant, "bob").await;
+    let conversation = first.conversation(&alice, "group", &["bob"]).await;
+    for round in 0..3 {
+        let sends = (0..100).map(|n| {
+            let node = if n % 2 == 0 { &first } else { &second };
+            let (alice, conversation) = (&alice, &conversation);
+            async move { node.say(alice, conversation, &format!("falcon word{round}x{n}")).await }
+        });
+        for sent in futures_util::future::join_all(sends).await {
+            assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.text);
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let client = first.mongo().await;
+    let db = tenant_db(&first, &client, &tenant.id);
+    fully_indexed(&db).await;
+    let (blocks, marks) = (blocks(&db).await, marks(&db).await);
+    assert_tiled(&blocks, &marks);
+    let all = first.collect_pages(&format!("{}&limit=100", search("falcon")), &alice, "after", 100).await;
+    let seqs: BTreeSet<i64> = all.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=300).collect(), "each message found once");
+    // Every message's words are in the block of its seq.
+    for message in &all {
+        let seq = message["seq"].as_i64().unwrap();
+        let word = message["text"].as_str().unwrap().split(' ').nth(1).unwrap();
+        let (_, _, words) = blocks[&conversation].iter().find(|(from, to, _)| (*from..=*to).contains(&seq)).unwrap();
+        assert!(words.contains(word) && words.contains("falcon"), "seq {seq}: {words:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_search_indexes_a_conversation_too_far_behind_to_read() {
+    let app = app_indexing_every(None).await;
+    let tenant = busy_tenant(&app).await;
+    let alice = app.user(&tenant, "alice").await;
+    let _bob = app.user(&tenant, "bob").await;
+    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    for chunk in 0..6 {
+        let sends = (0..100).map(|n| {
+            let (app, alice, conversation) = (&app, &alice, &conversation);
+            async move { app.say(alice, conversation, &format!("heron number{}", chunk * 100 + n)).await }
+        });
+        for sent in futures_util::future::join_all(sends).await {
+            assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.text);
+        }
+    }
+    let client = app.mongo().await;
+    let db = tenant_db(&app, &client, &tenant.id);
+    assert_eq!(marks(&db).await[&conversation], (0, 600), "nothing indexed yet");
+    assert_eq!(hits(&app, &alice, "number599").await.len(), 1);
+    let (upto, last) = marks(&db).await[&conversation];
+    assert!(last - upto <= 256 && upto > 0, "the search indexed the rest first: {upto} of {last}");
+    assert_tiled(&blocks(&db).await, &marks(&db).await);
+    let all = app.collect_pages(&format!("{}&limit=200", search("heron")), &alice, "after", 200).await;
+    assert_eq!(all.len(), 600);
+}
+
+#[tokio::test]
+async fn edited_and_deleted_text_leaves_no_words_stored() {
+    let app = app_indexing_every(Some(20)).await;
+    let tenant = busy_tenant(&app).await;
+    let alice = app.user(&tenant, "alice").await;
+    let _bob = app.user(&tenant, "bob").await;
+    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    for text in ["harrier alpha", "harrier beta", "!!!", "kept words"] {
+        assert_eq!(app.say(&alice, &conversation, text).await.status, StatusCode::CREATED);
+    }
+    let client = app.mongo().await;
+    let db = tenant_db(&app, &client, &tenant.id);
+    fully_indexed(&db).await;
+    let message = |seq: i64| format!("/v1/conversations/{conversation}/messages/{seq}");
+    let edited = app.call(Method::PATCH, &message(2), &alice, Some(json!({"text": "gamma"}))).await;
+    assert_eq!(edited.status, StatusCode::OK, "{}", edited.text);
+    // A message that had no words gets some.
+    let edited = app.call(Method::PATCH, &message(3), &alice, Some(json!({"text": "delta"}))).await;
+    assert_eq!(edited.status, StatusCode::OK, "{}", edited.text);
+    let deleted = app.call(Method::DELETE, &message(1), &alice, None).await;
+    assert!(deleted.status.is_success(), "{}", deleted.text);
+    // Edited most likely before the indexer reads it.
+    assert_eq!(app.say(&alice, &conversation, "osprey").await.status, StatusCode::CREATED);
+    let edited = app.call(Method::PATCH, &message(5), &alice, Some(json!({"text": "eagle"}))).await;
+    assert_eq!(edited.status, StatusCode::OK, "{}", edited.text);
+    fully_indexed(&db).await;
+
+    assert_eq!(hits(&app, &alice, "gamma").await, [2]);
+    assert_eq!(hits(&app, &alice, "delta").await, [3]);
+    assert_eq!(hits(&app, &alice, "harrier").await, Vec::<i64>::new());
+    assert_eq!(hits(&app, &alice, "eagle").await, [5]);
+    let words: BTreeSet<String> =
+        blocks(&db).await.into_values().flatten().flat_map(|(_, _, words)| words.into_iter()).collect();
+    let expected: BTreeSet<String> = ["gamma", "delta", "kept", "words", "eagle"].map(String::from).into();
+    assert_eq!(words, expected, "only the live messages' words");
+}
