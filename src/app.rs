@@ -58,7 +58,11 @@ impl AppState {
             settings.chat.send_batch_max,
             settings.chat.send_queue_capacity,
             settings.chat.commit_threads,
-            std::time::Duration::from_millis(settings.chat.search_index_interval_ms),
+            crate::chat::search_index::IndexPolicy {
+                interval: std::time::Duration::from_millis(settings.chat.search_index_interval_ms),
+                block_min_messages: settings.chat.search_block_min_messages.max(1),
+                block_max_wait: std::time::Duration::from_millis(settings.chat.search_block_max_wait_ms),
+            },
         )?;
         let caches = Caches::new(&settings.cache);
         let rooms = Rooms::start(settings.collab.room_threads)?;

@@ -127,6 +127,10 @@ pub struct ChatSettings {
     /// How often a node puts the words of the messages it stored into search blocks (search
     /// reads what is not indexed yet directly, so this trades index entries against search work).
     pub search_index_interval_ms: u64,
+    /// Unindexed messages a conversation gathers before they get a search block...
+    pub search_block_min_messages: i64,
+    /// ...or how long fewer wait for more.
+    pub search_block_max_wait_ms: u64,
     /// Longest name / description of a conversation, display name of a user.
     pub max_name_chars: usize,
     pub max_description_chars: usize,
@@ -293,6 +297,8 @@ max_pins = 50
 max_client_msg_id_len = 64
 max_search_terms = 10
 search_index_interval_ms = 1000
+search_block_min_messages = 32
+search_block_max_wait_ms = 30000
 send_committers = 4
 send_batch_max = 256
 send_queue_capacity = 4096

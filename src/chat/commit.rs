@@ -41,7 +41,7 @@ use crate::tenancy::repos::RunFailure;
 use crate::threads::Threads;
 
 use super::messages::{follow_up, last_message_of, share_files};
-use super::search_index::SearchIndexer;
+use super::search_index::{IndexPolicy, SearchIndexer};
 
 /// Rounds a batch may take beyond one per draft when other nodes keep winning seqs.
 const MAX_SEQ_ATTEMPTS: usize = 64;
@@ -82,14 +82,14 @@ impl Committers {
         batch_max: usize,
         queue_capacity: usize,
         threads: usize,
-        search_index_interval: Duration,
+        search_indexing: IndexPolicy,
     ) -> std::io::Result<Self> {
         Ok(Self {
             queues: Mutex::default(),
             per_tenant: per_tenant.max(1),
             batch_max: batch_max.max(1),
             queue_capacity: queue_capacity.max(1),
-            indexer: SearchIndexer::new(search_index_interval),
+            indexer: SearchIndexer::new(search_indexing),
             threads: Threads::start("confab-commit", threads)?,
         })
     }
@@ -119,6 +119,11 @@ impl Committers {
             }
         }
         answer.await.map_err(|_| ApiError::internal("the message committer stopped"))?
+    }
+
+    /// The node's search indexer, which the committers hand what they stored.
+    pub fn search_indexer(&self) -> &Arc<SearchIndexer> {
+        &self.indexer
     }
 
     fn queue(&self, line: &Line, db: &TenantDb, redis: &Redis) -> mpsc::Sender<Draft> {
@@ -342,9 +347,17 @@ mod tests {
 
     use super::*;
 
+    fn policy() -> IndexPolicy {
+        IndexPolicy {
+            interval: Duration::from_secs(1),
+            block_min_messages: 32,
+            block_max_wait: Duration::from_secs(30),
+        }
+    }
+
     #[test]
     fn a_conversation_always_goes_to_the_same_committer_and_conversations_spread_over_all() {
-        let committers = Committers::new(4, 256, 4096, 1, Duration::from_secs(1)).unwrap();
+        let committers = Committers::new(4, 256, 4096, 1, policy()).unwrap();
         let tenant = TenantId::parse("acme").unwrap();
         let ids: Vec<ConversationId> = (0..64).map(|_| ConversationId::new()).collect();
         let lines: Vec<Line> = ids.iter().map(|id| committers.line(&tenant, id)).collect();
@@ -354,7 +367,7 @@ mod tests {
         }
         let used: HashSet<usize> = lines.iter().map(|(_, n)| *n).collect();
         assert_eq!(used, (0..4).collect::<HashSet<_>>(), "64 conversations use every committer");
-        let single = Committers::new(0, 256, 4096, 1, Duration::from_secs(1)).unwrap();
+        let single = Committers::new(0, 256, 4096, 1, policy()).unwrap();
         assert!(ids.iter().all(|id| single.line(&tenant, id).1 == 0), "a setting of 0 means one committer");
     }
 }

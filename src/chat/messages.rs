@@ -477,9 +477,9 @@ pub async fn edit(
     }
     .ok_or_else(|| ApiError::not_found("message"))?;
     revise(state, db.tenant_id(), id).await;
-    super::search::rebuild_block(&db, id, seq).await?;
     db.conversations().refresh_last_message(id, &last_message_of(&edited)).await?;
     state.redis.publish_event(&edited.tenant_id, &LiveEvent::Updated { message: edited.clone() }).await;
+    super::search::forget_words(state, &db, id, seq).await;
     Ok(edited)
 }
 
@@ -503,9 +503,9 @@ pub async fn delete(state: &AppState, caller: &ActingUser, id: &ConversationId, 
         revise(state, db.tenant_id(), id).await;
     }
     db.conversations().set_pinned(id, seq, false).await?;
-    super::search::rebuild_block(&db, id, seq).await?;
     super::conversations::forget(state, db.tenant_id(), id).await;
     db.conversations().refresh_last_message(id, &last_message_of(&deleted)).await?;
     state.redis.publish_event(&caller.tenant.id, &LiveEvent::Updated { message: deleted }).await;
+    super::search::forget_words(state, &db, id, seq).await;
     Ok(())
 }

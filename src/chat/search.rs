@@ -3,23 +3,28 @@
 //! written by `search_index`); a query reads the blocks holding all of its words and the messages
 //! not indexed yet, newest first, and keeps the live messages whose current text holds them all.
 
+use std::collections::HashMap;
+
 use crate::app::AppState;
 use crate::auth::ActingUser;
 use crate::domain::{ConversationId, Message, Page, PageRequest, Scope, search_terms};
 use crate::error::{ApiError, ErrorCode};
 use crate::tenancy::TenantDb;
-use crate::tenancy::repos::terms_of;
+use crate::tenancy::repos::SearchMark;
 
 use super::conversations::visible;
-use super::search_index::{BLOCK_MAX_MESSAGES, index, index_through};
+use super::search_index::{BLOCK_MAX_MESSAGES, index};
 
 /// Rebuilds of a block's words attempted while other changes keep landing in it.
 const REBUILD_ATTEMPTS: usize = 8;
 /// Most messages past its search mark a search reads of one conversation; a conversation
 /// further behind is indexed first.
 const UNINDEXED_READ_MAX: i64 = BLOCK_MAX_MESSAGES;
-/// Most blocks a request indexes before going on with what is left unindexed.
-const INDEX_ROUNDS_MAX: usize = 1_000;
+/// Most blocks a search indexes itself; conversations still too far behind are left to the
+/// node's indexer and the search answers 503 until it has caught up.
+const INDEX_ROUNDS_MAX: usize = 16;
+/// Attempts at indexing the block an edited or deleted message falls in before rebuilding it.
+const INDEX_THROUGH_ATTEMPTS: usize = 4;
 
 /// Seqs `from..=to` of a conversation that may hold matches; `newest_id` is the newest message
 /// id among them when known (blocks), `None` for messages not indexed yet.
@@ -59,23 +64,34 @@ pub async fn search_messages(
     if scope.is_empty() {
         return Ok(Page { items: Vec::new(), next_cursor: None });
     }
-    let found = matching_messages(&db, &terms, &scope, page.after.as_deref(), page.limit as usize + 1).await?;
+    let found =
+        matching_messages(state, caller, &db, &terms, &scope, page.after.as_deref(), page.limit as usize + 1).await?;
     Ok(Page::from_overfetch(found, page.limit, |m| m.id.clone()))
 }
 
 /// Up to `want` live messages of `scope` whose text holds every one of `terms`, newest id first,
 /// with ids below `before`.
 async fn matching_messages(
+    state: &AppState,
+    caller: &ActingUser,
     db: &TenantDb,
     terms: &[String],
     scope: &[ConversationId],
     before: Option<&str>,
     want: usize,
 ) -> Result<Vec<Message>, ApiError> {
-    let unindexed = unindexed(db, scope).await?;
+    let marks = readable_marks(state, caller, db, scope).await?;
     let blocks = db.search_blocks().matching(terms, scope).await?;
-    let mut candidates: Vec<Candidate> = blocks
-        .into_iter()
+    // Blocks stored after the marks were read cover seqs read below as unindexed.
+    let indexed =
+        blocks.into_iter().filter(|b| marks.get(&b.conversation_id).is_some_and(|m| b.to_seq <= m.indexed_upto));
+    let unindexed = marks.iter().filter(|(_, m)| m.last_seq > m.indexed_upto).map(|(id, m)| Candidate {
+        conversation: id.clone(),
+        from: m.indexed_upto + 1,
+        to: m.last_seq,
+        newest_id: None,
+    });
+    let mut candidates: Vec<Candidate> = indexed
         .filter(|b| before.is_none_or(|before| b.oldest_id.as_str() < before))
         .map(|b| Candidate {
             conversation: b.conversation_id,
@@ -85,14 +101,14 @@ async fn matching_messages(
         })
         .chain(unindexed)
         .collect();
-    // Unknown newest ids first, then newest first.
+    // Unindexed messages may be the newest of all, so they are read first; then blocks newest
+    // first, which lets the loop stop at the first block that cannot beat what it found.
     candidates.sort_by(|a, b| match (&a.newest_id, &b.newest_id) {
         (Some(a), Some(b)) => b.cmp(a),
         (a, b) => a.is_some().cmp(&b.is_some()),
     });
     let mut found: Vec<Message> = Vec::new();
     for candidate in candidates {
-        // Nothing in this candidate or any after it is newer than the `want` found so far.
         if found.len() >= want
             && let (Some(newest), Some(last)) = (&candidate.newest_id, found.last())
             && *newest < last.id
@@ -111,36 +127,34 @@ async fn matching_messages(
     Ok(found)
 }
 
-/// The messages of `scope` past their search marks, indexing first the conversations that are
-/// further behind than a search should read.
-async fn unindexed(db: &TenantDb, scope: &[ConversationId]) -> Result<Vec<Candidate>, mongodb::error::Error> {
+/// The search marks of `scope`, once none is further behind than a search reads: the search
+/// indexes those first, up to `INDEX_ROUNDS_MAX` blocks.
+async fn readable_marks(
+    state: &AppState,
+    caller: &ActingUser,
+    db: &TenantDb,
+    scope: &[ConversationId],
+) -> Result<HashMap<ConversationId, SearchMark>, ApiError> {
     for _ in 0..INDEX_ROUNDS_MAX {
-        let marks = db.conversations().search_marks(scope).await?;
+        let marks = db.search_blocks().marks(scope).await?;
         let far_behind: Vec<ConversationId> = marks
             .iter()
             .filter(|(_, m)| m.last_seq - m.indexed_upto > UNINDEXED_READ_MAX)
             .map(|(id, _)| id.clone())
             .collect();
         if far_behind.is_empty() {
-            let behind = marks.into_iter().filter(|(_, m)| m.last_seq > m.indexed_upto);
-            return Ok(behind
-                .map(|(id, m)| Candidate {
-                    conversation: id,
-                    from: m.indexed_upto + 1,
-                    to: m.last_seq,
-                    newest_id: None,
-                })
-                .collect());
+            return Ok(marks);
         }
         index(db, &far_behind).await?;
     }
-    // Still behind after that much indexing: read what is left as it is.
-    let marks = db.conversations().search_marks(scope).await?;
-    Ok(marks
-        .into_iter()
-        .filter(|(_, m)| m.last_seq > m.indexed_upto)
-        .map(|(id, m)| Candidate { conversation: id, from: m.indexed_upto + 1, to: m.last_seq, newest_id: None })
-        .collect())
+    let marks = db.search_blocks().marks(scope).await?;
+    let far_behind: Vec<&ConversationId> =
+        marks.iter().filter(|(_, m)| m.last_seq - m.indexed_upto > UNINDEXED_READ_MAX).map(|(id, _)| id).collect();
+    if far_behind.is_empty() {
+        return Ok(marks);
+    }
+    state.committers.search_indexer().touch(&state.store.tenant_db(&caller.scope()), far_behind);
+    Err(ApiError::new(ErrorCode::ServiceUnavailable, "search is still indexing these conversations; retry shortly"))
 }
 
 fn holds_all(text: &str, terms: &[String]) -> bool {
@@ -159,27 +173,44 @@ pub(super) async fn add_words(
     db.search_blocks().add_terms(conversation, seq, &search_terms(text)).await
 }
 
-/// Recomputes the words of the block holding `seq` from its live messages, after an edit or a
-/// delete took words out of it: search never shows a message for words it no longer has, but
-/// the words of removed text must not stay stored either. Indexes the conversation through
-/// `seq` first, so that an indexer that read the old text cannot store it after this.
+/// After an edit or delete of message `seq` took words out of its block: rebuilds the block's
+/// words, or has the node's indexer retry if that fails (`db` must be through the shared
+/// client). Search never shows a message for words it no longer has, but the words of removed
+/// text must not stay stored.
+pub(super) async fn forget_words(state: &AppState, db: &TenantDb, conversation: &ConversationId, seq: i64) {
+    if let Err(e) = rebuild_block(db, conversation, seq).await {
+        tracing::warn!(error = %e, %conversation, seq, "rebuilding a search block failed; retrying");
+        state.committers.search_indexer().rebuild_later(db, conversation, seq);
+    }
+}
+
+/// Recomputes the words of the block holding `seq` from its live messages.
 pub(super) async fn rebuild_block(
     db: &TenantDb,
     conversation: &ConversationId,
     seq: i64,
 ) -> Result<(), mongodb::error::Error> {
-    index_through(db, conversation, seq, INDEX_ROUNDS_MAX).await?;
+    // An indexer may be building the block `seq` falls in from text read before the change:
+    // indexing it here first means the block exists, and so is rebuilt below, whoever stores it.
+    // A seq further ahead is in no block being built; the one made later reads the text then.
+    let one = [conversation.clone()];
+    for _ in 0..INDEX_THROUGH_ATTEMPTS {
+        let Some(mark) = db.search_blocks().marks(&one).await?.remove(conversation) else {
+            return Ok(());
+        };
+        if seq <= mark.indexed_upto || seq > mark.indexed_upto + BLOCK_MAX_MESSAGES {
+            break;
+        }
+        index(db, &one).await?;
+    }
     for _ in 0..REBUILD_ATTEMPTS {
         let Some(block) = db.search_blocks().holding(conversation, seq).await? else {
             return Ok(());
         };
         let messages = db.messages().range(conversation, block.from_seq, block.to_seq).await?;
-        if db.search_blocks().replace_terms(&block, &terms_of(&messages)).await? {
+        if db.search_blocks().rebuild(&block, &messages).await? {
             return Ok(());
         }
     }
-    // Only a block changing faster than it can be read gets here; its extra words stay until its
-    // next edit or delete, and search still filters them out.
-    tracing::warn!(%conversation, seq, "could not rebuild a search block: it kept changing");
-    Ok(())
+    Err(mongodb::error::Error::custom("the search block kept changing while it was rebuilt"))
 }

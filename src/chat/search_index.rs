@@ -1,107 +1,199 @@
 //! Search indexing behind the sends: the words of stored messages go into search blocks
 //! (`tenancy::repos::search_blocks`) shortly after their senders are answered, many messages of a
-//! conversation at once, so a busy conversation's repeated words cost one index entry per block
+//! conversation at once, so a word repeated in a conversation costs one index entry per block
 //! instead of one per message.
 //!
 //! Search never waits for it. Each conversation records how far it is indexed
 //! (`search_indexed_upto`), and every search reads the messages past that mark directly
-//! (`search`), so a message is found as soon as it is stored. Each node indexes the
-//! conversations its committers stored to, every `chat.search_index_interval_ms`; a search or
-//! an edit that meets a conversation further behind (a node stopped before indexing, or messages
-//! from before search blocks) indexes it first.
+//! (`search`), so a message is found as soon as its conversation's `last_seq` counts it. Each
+//! node indexes the conversations its committers stored to: every `chat.search_index_interval_ms`
+//! it cuts a block for each conversation with `chat.search_block_min_messages` unindexed messages
+//! (fewer would cost nearly an index entry per word per message again, and search reads them
+//! anyway), or with fewer that have waited `chat.search_block_max_wait_ms`, and goes round again
+//! at once while any is further behind than one block. A search that meets a conversation too far behind to read indexes it
+//! first. Block rebuilds that failed after an edit or delete are retried here too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 
 use crate::domain::{ConversationId, TenantId};
 use crate::tenancy::TenantDb;
-use crate::tenancy::repos::SearchBlock;
+use crate::tenancy::repos::{SearchBlock, SearchMark};
 
 /// Most messages one search block covers.
 pub const BLOCK_MAX_MESSAGES: i64 = 256;
 /// Conversations whose messages are read at once while indexing.
 const READS_IN_FLIGHT: usize = 8;
 
-/// The conversations each tenant's sends on this node stored to since they were last indexed.
+/// Each tenant's conversations with messages this node stored since they were indexed, and the
+/// block rebuilds to retry.
 pub struct SearchIndexer {
     pending: Mutex<HashMap<TenantId, Pending>>,
-    interval: Duration,
+    policy: IndexPolicy,
+}
+
+/// When conversations are indexed (`chat.search_*` settings).
+#[derive(Debug, Clone, Copy)]
+pub struct IndexPolicy {
+    pub interval: Duration,
+    pub block_min_messages: i64,
+    pub block_max_wait: Duration,
 }
 
 struct Pending {
     db: TenantDb,
-    conversations: HashSet<ConversationId>,
+    /// Since when each conversation has had unindexed messages.
+    conversations: HashMap<ConversationId, Instant>,
+    rebuilds: Vec<(ConversationId, i64)>,
 }
 
 impl SearchIndexer {
-    pub fn new(interval: Duration) -> Arc<Self> {
-        Arc::new(Self { pending: Mutex::default(), interval })
+    pub fn new(policy: IndexPolicy) -> Arc<Self> {
+        Arc::new(Self { pending: Mutex::default(), policy })
     }
 
-    /// Notes that `conversations` have new messages; the tenant's indexing task (started here on
-    /// the current runtime when it has none) takes them at its next round.
+    /// Notes that `conversations` have new messages.
     pub fn touch<'a>(self: &Arc<Self>, db: &TenantDb, conversations: impl IntoIterator<Item = &'a ConversationId>) {
+        self.with_pending(db, |pending| {
+            for conversation in conversations {
+                pending.conversations.entry(conversation.clone()).or_insert_with(Instant::now);
+            }
+        });
+    }
+
+    /// Retries the rebuild of the block holding `seq` at the next round.
+    pub fn rebuild_later(self: &Arc<Self>, db: &TenantDb, conversation: &ConversationId, seq: i64) {
+        self.with_pending(db, |pending| pending.rebuilds.push((conversation.clone(), seq)));
+    }
+
+    /// Changes the tenant's pending work, starting its indexing task (on the current runtime)
+    /// when it has none.
+    fn with_pending(self: &Arc<Self>, db: &TenantDb, change: impl FnOnce(&mut Pending)) {
+        debug_assert!(!db.is_through_own_client(), "the indexer outlives the request: it needs the shared client");
         let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let tenant = db.tenant_id().clone();
         let start = !pending.contains_key(&tenant);
-        let entry =
-            pending.entry(tenant.clone()).or_insert_with(|| Pending { db: db.clone(), conversations: HashSet::new() });
-        entry.conversations.extend(conversations.into_iter().cloned());
+        let entry = pending.entry(tenant.clone()).or_insert_with(|| Pending {
+            db: db.clone(),
+            conversations: HashMap::new(),
+            rebuilds: Vec::new(),
+        });
+        change(entry);
         if start {
             tokio::spawn(self.clone().run(tenant));
         }
     }
 
-    /// Indexes the tenant's noted conversations every `interval` until a round finds none.
+    /// Indexes the tenant's pending conversations every `interval`, at once again while any is
+    /// more than a block behind, until nothing is pending.
     async fn run(self: Arc<Self>, tenant: TenantId) {
+        let mut hurry = false;
         loop {
-            tokio::time::sleep(self.interval).await;
-            let (db, conversations) = {
+            if !hurry {
+                tokio::time::sleep(self.policy.interval).await;
+            }
+            let (db, conversations, rebuilds) = {
                 let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let Some(entry) = pending.get_mut(&tenant) else { return };
-                if entry.conversations.is_empty() {
+                if entry.conversations.is_empty() && entry.rebuilds.is_empty() {
                     pending.remove(&tenant);
                     return;
                 }
-                (entry.db.clone(), entry.conversations.drain().collect::<Vec<_>>())
+                (entry.db.clone(), std::mem::take(&mut entry.conversations), std::mem::take(&mut entry.rebuilds))
             };
-            let left = match index(&db, &conversations).await {
+            let mut failed_rebuilds = Vec::new();
+            for (conversation, seq) in rebuilds {
+                if let Err(e) = super::search::rebuild_block(&db, &conversation, seq).await {
+                    tracing::warn!(error = %e, %conversation, seq, "rebuilding a search block failed; retrying");
+                    failed_rebuilds.push((conversation, seq));
+                }
+            }
+            let (left, more) = match round(&db, self.policy, conversations.clone()).await {
                 Ok(left) => left,
                 Err(e) => {
                     tracing::warn!(error = %e, tenant = %tenant, "search indexing failed; retrying");
-                    conversations
+                    (conversations, false)
                 }
             };
-            if !left.is_empty() {
-                let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                if let Some(entry) = pending.get_mut(&tenant) {
-                    entry.conversations.extend(left);
+            hurry = more;
+            let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(entry) = pending.get_mut(&tenant) {
+                for (conversation, since) in left {
+                    entry.conversations.entry(conversation).and_modify(|s| *s = (*s).min(since)).or_insert(since);
                 }
+                entry.rebuilds.extend(failed_rebuilds);
             }
         }
     }
 }
 
-/// Indexes up to `BLOCK_MAX_MESSAGES` messages of each of `conversations` past its mark, as one
-/// block each; returns the conversations with more left to index.
-pub async fn index(
+/// Indexes the conversations that are due; returns those still unindexed (with their waiting
+/// times) and whether any is more than a block behind.
+async fn round(
     db: &TenantDb,
-    conversations: &[ConversationId],
-) -> Result<Vec<ConversationId>, mongodb::error::Error> {
-    let marks = db.conversations().search_marks(conversations).await?;
+    policy: IndexPolicy,
+    conversations: HashMap<ConversationId, Instant>,
+) -> Result<(HashMap<ConversationId, Instant>, bool), mongodb::error::Error> {
+    let ids: Vec<ConversationId> = conversations.keys().cloned().collect();
+    let marks = db.search_blocks().marks(&ids).await?;
+    let (due, waiting): (HashMap<ConversationId, SearchMark>, HashMap<ConversationId, SearchMark>) =
+        marks.into_iter().filter(|(_, m)| m.last_seq > m.indexed_upto).partition(|(id, m)| {
+            m.last_seq - m.indexed_upto >= policy.block_min_messages
+                || conversations[id].elapsed() >= policy.block_max_wait
+        });
+    let indexed = index_marked(db, &due).await?;
+    let more = indexed.behind.iter().any(|id| due[id].last_seq - due[id].indexed_upto > BLOCK_MAX_MESSAGES);
+    let left = waiting.into_keys().chain(indexed.behind).chain(indexed.unread).map(|id| {
+        let since = conversations[&id];
+        (id, since)
+    });
+    Ok((left.collect(), more))
+}
+
+/// Indexes up to `BLOCK_MAX_MESSAGES` messages of each of `conversations` past its mark, as one
+/// block each.
+pub async fn index(db: &TenantDb, conversations: &[ConversationId]) -> Result<(), mongodb::error::Error> {
+    let marks = db.search_blocks().marks(conversations).await?;
+    index_marked(db, &marks).await.map(drop)
+}
+
+/// The conversations an indexing pass left unindexed.
+struct Indexed {
+    /// More than the block indexed was behind.
+    behind: Vec<ConversationId>,
+    /// Their messages could not be read.
+    unread: Vec<ConversationId>,
+}
+
+async fn index_marked(
+    db: &TenantDb,
+    marks: &HashMap<ConversationId, SearchMark>,
+) -> Result<Indexed, mongodb::error::Error> {
     let behind: Vec<(ConversationId, i64, i64)> = marks
         .iter()
         .filter(|(_, m)| m.last_seq > m.indexed_upto)
         .map(|(id, m)| (id.clone(), m.indexed_upto + 1, m.last_seq.min(m.indexed_upto + BLOCK_MAX_MESSAGES)))
         .collect();
-    let blocks: Vec<SearchBlock> = futures_util::stream::iter(behind)
+    let read: Vec<(ConversationId, Result<SearchBlock, mongodb::error::Error>)> = futures_util::stream::iter(behind)
         .map(|(id, from, to)| read_block(db, id, from, to))
         .buffer_unordered(READS_IN_FLIGHT)
-        .try_collect()
-        .await?;
+        .collect()
+        .await;
+    let mut blocks = Vec::with_capacity(read.len());
+    let mut unread = Vec::new();
+    for (conversation, block) in read {
+        match block {
+            Ok(block) => blocks.push(block),
+            // One conversation's failure leaves the others' blocks to be stored.
+            Err(e) => {
+                tracing::warn!(error = %e, %conversation, "reading messages to index failed");
+                unread.push(conversation);
+            }
+        }
+    }
     // A block another writer stored first from the same mark may end elsewhere: the mark follows it.
     let taken: HashMap<ConversationId, i64> =
         db.search_blocks().insert(&blocks).await?.into_iter().map(|b| (b.conversation_id, b.to_seq)).collect();
@@ -109,8 +201,9 @@ pub async fn index(
         .iter()
         .map(|b| (&b.conversation_id, taken.get(&b.conversation_id).copied().unwrap_or(b.to_seq)))
         .collect();
-    db.conversations().advance_search_marks(&reached).await?;
-    Ok(reached.into_iter().filter(|(id, upto)| marks[*id].last_seq > *upto).map(|(id, _)| id.clone()).collect())
+    db.search_blocks().advance_marks(&reached).await?;
+    let behind = reached.into_iter().filter(|(id, upto)| marks[*id].last_seq > *upto).map(|(id, _)| id.clone());
+    Ok(Indexed { behind: behind.collect(), unread })
 }
 
 async fn read_block(
@@ -118,25 +211,8 @@ async fn read_block(
     conversation: ConversationId,
     from: i64,
     to: i64,
-) -> Result<SearchBlock, mongodb::error::Error> {
-    let messages = db.messages().range(&conversation, from, to).await?;
-    Ok(SearchBlock::of(&conversation, from, to, &messages))
-}
-
-/// Indexes `conversation` until its mark reaches `seq` (or its last seq), at most `rounds` blocks.
-pub async fn index_through(
-    db: &TenantDb,
-    conversation: &ConversationId,
-    seq: i64,
-    rounds: usize,
-) -> Result<(), mongodb::error::Error> {
-    let one = [conversation.clone()];
-    for _ in 0..rounds {
-        let mark = db.conversations().search_marks(&one).await?.remove(conversation);
-        if mark.is_none_or(|m| m.indexed_upto >= seq.min(m.last_seq)) {
-            return Ok(());
-        }
-        index(db, &one).await?;
-    }
-    Ok(())
+) -> (ConversationId, Result<SearchBlock, mongodb::error::Error>) {
+    let block =
+        db.messages().range(&conversation, from, to).await.map(|m| SearchBlock::of(&conversation, from, to, &m));
+    (conversation, block)
 }

@@ -174,6 +174,18 @@ pub fn search_terms(text: &str) -> Vec<String> {
     terms
 }
 
+/// The distinct search terms of several texts, in first-seen order.
+pub fn search_terms_of<'a>(texts: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut terms = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for term in texts.into_iter().flat_map(search_terms) {
+        if seen.insert(term.clone()) {
+            terms.push(term);
+        }
+    }
+    terms
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +194,6 @@ mod tests {
     fn terms_are_lowercase_unique_words() {
         assert_eq!(search_terms("Hello, hello WORLD! Grüße 42x"), ["hello", "world", "grüße", "42x"]);
         assert!(search_terms("  ...  ").is_empty());
+        assert_eq!(search_terms_of(["Ship it", "ship IT now", ""]), ["ship", "it", "now"]);
     }
 }

@@ -30,6 +30,7 @@ pub use file::{FileEncryption, FileId, Sharing, SharingMode, StoredFile, mime_al
 pub use ids::{ApiKeyId, InvalidId, TenantId};
 pub use message::{
     AiInfo, AiRole, Attachment, EditedText, MAX_TERMS, Message, MessageKind, Reaction, TokenUsage, search_terms,
+    search_terms_of,
 };
 pub use page::{Page, PageRequest};
 pub use scope::{Scope, UnknownScope};

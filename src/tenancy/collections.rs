@@ -75,7 +75,10 @@ pub const TENANT_COLLECTIONS: &[CollectionSpec] = &[
     },
     CollectionSpec {
         name: "search_blocks",
-        indexes: &[index("terms_1_conversation_id_1", &[("terms", 1), ("conversation_id", 1)])],
+        indexes: &[
+            index("terms_1_conversation_id_1", &[("terms", 1), ("conversation_id", 1)]),
+            index("conversation_id_1_to_seq_1", &[("conversation_id", 1), ("to_seq", 1)]),
+        ],
     },
     CollectionSpec {
         name: "reactions",

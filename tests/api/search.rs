@@ -16,10 +16,16 @@ fn search(q: &str) -> String {
     format!("/v1/search/messages?q={q}")
 }
 
-/// Indexing every 20 ms, or (`None`) practically never.
+/// Indexing every 20 ms whatever a conversation has gathered, or (`None`) practically never.
+fn indexing_every(ms: Option<u64>) -> Vec<(&'static str, String)> {
+    vec![
+        ("chat.search_index_interval_ms", ms.unwrap_or(3_600_000).to_string()),
+        ("chat.search_block_min_messages", "1".into()),
+    ]
+}
+
 async fn app_indexing_every(ms: Option<u64>) -> TestApp {
-    let interval = ms.unwrap_or(3_600_000).to_string();
-    spawn_app_with(&[("chat.search_index_interval_ms", interval)]).await
+    spawn_app_with(&indexing_every(ms)).await
 }
 
 /// A tenant whose request rate allows the bursts below.
@@ -165,7 +171,7 @@ async fn pages_run_newest_first_over_indexed_and_unindexed_messages() {
 #[tokio::test]
 async fn indexers_racing_on_two_nodes_tile_the_seqs_and_lose_no_words() {
     let first = app_indexing_every(Some(20)).await;
-    let second = first.second_node_with(&[("chat.search_index_interval_ms", "20".into())]).await;
+    let second = first.second_node_with(&indexing_every(Some(20))).await;
     let tenant = busy_tenant(&first).await;
     let alice = first.user(&tenant, "alice").await;
     let _bob = first.user(&tenant, "bob").await;
@@ -196,6 +202,44 @@ async fn indexers_racing_on_two_nodes_tile_the_seqs_and_lose_no_words() {
         let (_, _, words) = blocks[&conversation].iter().find(|(from, to, _)| (*from..=*to).contains(&seq)).unwrap();
         assert!(words.contains(word) && words.contains("falcon"), "seq {seq}: {words:?}");
     }
+}
+
+/// Quiet conversations' messages wait for more (search reads them meanwhile), up to a time.
+#[tokio::test]
+async fn few_messages_wait_for_more_or_for_their_time_before_a_block() {
+    let app = spawn_app_with(&[
+        ("chat.search_index_interval_ms", "20".into()),
+        ("chat.search_block_min_messages", "8".into()),
+        ("chat.search_block_max_wait_ms", "1500".into()),
+    ])
+    .await;
+    let tenant = busy_tenant(&app).await;
+    let alice = app.user(&tenant, "alice").await;
+    let _bob = app.user(&tenant, "bob").await;
+    let busy = app.conversation(&alice, "group", &["bob"]).await;
+    let quiet = app.conversation(&alice, "group", &["bob"]).await;
+    let started = Instant::now();
+    for n in 0..10 {
+        assert_eq!(app.say(&alice, &busy, &format!("plover {n}")).await.status, StatusCode::CREATED);
+    }
+    assert_eq!(app.say(&alice, &quiet, "plover quiet").await.status, StatusCode::CREATED);
+    let client = app.mongo().await;
+    let db = tenant_db(&app, &client, &tenant.id);
+    let waited = loop {
+        let marks = marks(&db).await;
+        if marks[&busy].0 == 10 {
+            break marks;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{marks:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if started.elapsed() < Duration::from_millis(1200) {
+        assert_eq!(waited[&quiet].0, 0, "one message waits for more");
+    }
+    assert_eq!(hits(&app, &alice, "quiet").await, [1], "and is found meanwhile");
+    fully_indexed(&db).await;
+    assert!(started.elapsed() >= Duration::from_millis(1500), "not before its time");
+    assert_eq!(blocks(&db).await[&quiet].len(), 1);
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use mongodb::bson::{self, Document, doc};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 
-use super::and_any_of;
+use super::{and_any_of, each_its_own};
 use crate::domain::{Conversation, ConversationId, LastMessage};
 use crate::tenancy::is_duplicate_key;
 
@@ -38,26 +38,6 @@ fn last_message_update(id: &ConversationId, last: &LastMessage) -> Result<(Docum
         "$max": { "last_seq": last.seq },
     };
     Ok((filter, update))
-}
-
-/// How far search has indexed a conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SearchMark {
-    /// Seqs up to here are in search blocks.
-    pub indexed_upto: i64,
-    pub last_seq: i64,
-}
-
-/// A filter matching the conversations of `values` and an expression that is, for each of them,
-/// its own value (`$literal`: values may hold user text that starts with `$`). Lets one
-/// statement give many documents different values.
-fn each_its_own(values: Vec<(&str, impl Into<bson::Bson>)>) -> (Document, Document) {
-    let ids: Vec<&str> = values.iter().map(|(id, _)| *id).collect();
-    let branches: Vec<Document> = values
-        .into_iter()
-        .map(|(id, value)| doc! { "case": { "$eq": ["$_id", id] }, "then": { "$literal": value.into() } })
-        .collect();
-    (doc! { "_id": { "$in": ids } }, doc! { "$switch": { "branches": branches } })
 }
 
 impl ConversationsRepo {
@@ -268,44 +248,6 @@ impl ConversationsRepo {
             doc! { "$unset": "_newest" },
         ];
         self.conversations.update_many(filter, pipeline).await.map(|_| ())
-    }
-
-    /// How far search has indexed each of `ids` (`search_indexed_upto`) and its `last_seq`.
-    pub async fn search_marks(
-        &self,
-        ids: &[ConversationId],
-    ) -> Result<HashMap<ConversationId, SearchMark>, mongodb::error::Error> {
-        #[derive(serde::Deserialize)]
-        struct Marked {
-            #[serde(rename = "_id")]
-            id: ConversationId,
-            last_seq: i64,
-            #[serde(default)]
-            search_indexed_upto: i64,
-        }
-        let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
-        let marks: Vec<Marked> = self
-            .conversations
-            .clone_with_type::<Marked>()
-            .find(doc! { "_id": { "$in": ids } })
-            .projection(doc! { "last_seq": 1, "search_indexed_upto": 1 })
-            .await?
-            .try_collect()
-            .await?;
-        Ok(marks
-            .into_iter()
-            .map(|m| (m.id, SearchMark { indexed_upto: m.search_indexed_upto, last_seq: m.last_seq }))
-            .collect())
-    }
-
-    /// Raises each conversation's `search_indexed_upto` to at least the given seq, in one statement.
-    pub async fn advance_search_marks(&self, marks: &[(&ConversationId, i64)]) -> Result<(), mongodb::error::Error> {
-        if marks.is_empty() {
-            return Ok(());
-        }
-        let (filter, chosen) = each_its_own(marks.iter().map(|(id, upto)| (id.as_str(), *upto)).collect());
-        let upto = doc! { "$max": [{ "$ifNull": ["$search_indexed_upto", 0_i64] }, chosen] };
-        self.conversations.update_many(filter, vec![doc! { "$set": { "search_indexed_upto": upto } }]).await.map(|_| ())
     }
 
     /// Replaces the preview of message `seq` if it is still the newest (after an edit or delete).

@@ -221,6 +221,8 @@ fn kind(value: Value) -> Read<MessageKind> {
 /// Every field of `Message`, as found so far.
 #[derive(Default)]
 struct Found {
+    /// Search terms messages stored before search blocks still carry; read past, never kept.
+    legacy_terms: Option<()>,
     id: Option<String>,
     tenant_id: Option<TenantId>,
     conversation_id: Option<ConversationId>,
@@ -266,6 +268,14 @@ fn read_known_shape(bytes: &[u8]) -> Read<Message> {
             b"metadata" => set(&mut f.metadata, metadata(value)),
             b"ai" => set(&mut f.ai, optional(value, document)),
             b"reaction_counts" => set(&mut f.reaction_counts, counts(value)),
+            b"terms" => set(
+                &mut f.legacy_terms,
+                array(value, |term| match term {
+                    Value::Str(_) => Ok(()),
+                    _ => Err(Unexpected),
+                })
+                .map(drop),
+            ),
             b"envelope" => set(&mut f.envelope, optional(value, document)),
             b"edit_history" => set(&mut f.edit_history, documents(value)),
             b"created_at" => set(&mut f.created_at, date(value)),
@@ -393,10 +403,12 @@ mod tests {
     fn reads_what_confab_writes_like_serde_does() {
         let mut without_envelope = stored(&full());
         without_envelope.remove("envelope");
+        let mut legacy = stored(&full());
+        legacy.insert("terms", vec!["hello", "wörld"]);
         let mut int32_counts = stored(&draft());
         int32_counts.insert("reaction_counts", doc! { "a": 1_i32, "b": 5_i64 });
         int32_counts.insert("reply_count", 4_i32);
-        for document in [stored(&draft()), stored(&full()), without_envelope, int32_counts] {
+        for document in [stored(&draft()), stored(&full()), without_envelope, legacy, int32_counts] {
             let bytes = bytes_of(&document);
             let direct = read_known_shape(&bytes).map(|m| format!("{m:?}"));
             assert_eq!(direct.ok(), Some(by_serde(&bytes).unwrap()), "{document}");

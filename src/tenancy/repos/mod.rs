@@ -24,14 +24,14 @@ pub use api_keys::{ApiKeysRepo, Rotation};
 pub use audit::{AuditHead, AuditRepo};
 pub use code_sessions::{CodeSessionsRepo, SessionChanges};
 pub use collab_docs::{CollabDocsRepo, Snapshot, StoredUpdate, binary};
-pub use conversations::{ConversationChanges, ConversationsRepo, SearchMark};
+pub use conversations::{ConversationChanges, ConversationsRepo};
 pub use devices::DevicesRepo;
 pub use files::FilesRepo;
 pub use members::MembersRepo;
 pub use messages::{InsertedRun, MessagesRepo, RunFailure};
 pub use reactions::ReactionsRepo;
 pub use relationships::RelationshipsRepo;
-pub use search_blocks::{SearchBlock, SearchBlocksRepo, terms_of};
+pub use search_blocks::{SearchBlock, SearchBlocksRepo, SearchMark};
 pub use tenants::{TenantCounter, TenantUpdate, TenantsRepo};
 pub use usage::{Usage, UsageRepo};
 pub use users::{UserChanges, UsersRepo};
@@ -44,6 +44,19 @@ pub use workspace::WorkspaceRepo;
 /// repos goes through here.
 pub(crate) fn and_any_of(filter: Document, alternatives: Vec<Document>) -> Document {
     doc! { "$and": [filter, { "$or": alternatives }] }
+}
+
+/// A filter matching the documents of `values` by `_id`, and an expression that is, for each of
+/// them, its own value (`$literal`: values may hold user text that starts with `$`). Lets one
+/// pipeline update give many documents different values in one statement, where a statement per
+/// document costs the database several times more.
+pub(crate) fn each_its_own(values: Vec<(&str, impl Into<mongodb::bson::Bson>)>) -> (Document, Document) {
+    let ids: Vec<&str> = values.iter().map(|(id, _)| *id).collect();
+    let branches: Vec<Document> = values
+        .into_iter()
+        .map(|(id, value)| doc! { "case": { "$eq": ["$_id", id] }, "then": { "$literal": value.into() } })
+        .collect();
+    (doc! { "_id": { "$in": ids } }, doc! { "$switch": { "branches": branches } })
 }
 
 #[cfg(test)]

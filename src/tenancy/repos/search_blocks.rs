@@ -14,12 +14,23 @@
 //! rebuild the block's words from its messages, so no word of removed text stays stored. Every
 //! change raises `version`, and a rebuild writes only if the version is still the one it read.
 
+use std::collections::HashMap;
+
 use futures_util::TryStreamExt;
-use mongodb::bson::doc;
+use mongodb::bson::{Document, doc};
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{ConversationId, Message, search_terms};
+use super::each_its_own;
+use crate::domain::{ConversationId, Message, search_terms_of};
+
+/// How far search has indexed a conversation (fields of its document).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchMark {
+    /// Seqs up to here are in search blocks; the block ending here is the last.
+    pub indexed_upto: i64,
+    pub last_seq: i64,
+}
 
 /// A run of one conversation's seqs and the words of its messages.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,33 +63,32 @@ impl SearchBlock {
             to_seq,
             oldest_id,
             newest_id,
-            terms: terms_of(messages),
+            terms: search_terms_of(live_texts(messages)),
             version: 0,
         }
     }
 }
 
-/// The distinct words of the live ones of `messages`, as a block stores them.
-pub fn terms_of(messages: &[Message]) -> Vec<String> {
-    let mut terms: Vec<String> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for message in messages.iter().filter(|m| !m.is_deleted()) {
-        for term in message.text.as_deref().map(search_terms).unwrap_or_default() {
-            if seen.insert(term.clone()) {
-                terms.push(term);
-            }
-        }
-    }
-    terms
+/// The texts of the live ones of `messages`.
+fn live_texts(messages: &[Message]) -> impl Iterator<Item = &str> {
+    messages.iter().filter(|m| !m.is_deleted()).filter_map(|m| m.text.as_deref())
+}
+
+/// Filter for the block holding `seq` of `conversation` (served by `conversation_id_1_to_seq_1`:
+/// edits touch recent seqs, and few blocks end after them).
+fn holding_filter(conversation: &ConversationId, seq: i64) -> Document {
+    doc! { "conversation_id": conversation.as_str(), "to_seq": { "$gte": seq }, "from_seq": { "$lte": seq } }
 }
 
 pub struct SearchBlocksRepo {
     blocks: Collection<SearchBlock>,
+    /// Where each conversation's mark (`search_indexed_upto`) is kept.
+    conversations: Collection<Document>,
 }
 
 impl SearchBlocksRepo {
     pub(in crate::tenancy) fn new(db: &Database) -> Self {
-        Self { blocks: db.collection("search_blocks") }
+        Self { blocks: db.collection("search_blocks"), conversations: db.collection("conversations") }
     }
 
     /// Inserts `blocks`; returns those another writer had already stored under the same `_id`,
@@ -109,9 +119,7 @@ impl SearchBlocksRepo {
         conversation: &ConversationId,
         seq: i64,
     ) -> Result<Option<SearchBlock>, mongodb::error::Error> {
-        let filter =
-            doc! { "conversation_id": conversation.as_str(), "from_seq": { "$lte": seq }, "to_seq": { "$gte": seq } };
-        self.blocks.find_one(filter).await
+        self.blocks.find_one(holding_filter(conversation, seq)).await
     }
 
     /// Adds `terms` to the block holding `seq`, if it is indexed yet.
@@ -121,17 +129,16 @@ impl SearchBlocksRepo {
         seq: i64,
         terms: &[String],
     ) -> Result<(), mongodb::error::Error> {
-        let filter =
-            doc! { "conversation_id": conversation.as_str(), "from_seq": { "$lte": seq }, "to_seq": { "$gte": seq } };
+        let filter = holding_filter(conversation, seq);
         let update = doc! { "$addToSet": { "terms": { "$each": terms } }, "$inc": { "version": 1_i64 } };
         self.blocks.update_one(filter, update).await.map(|_| ())
     }
 
-    /// Replaces `block`'s words with `terms` unless it changed since it was read; `Ok(false)`
-    /// when it did.
-    pub async fn replace_terms(&self, block: &SearchBlock, terms: &[String]) -> Result<bool, mongodb::error::Error> {
+    /// Replaces `block`'s words with those of `messages` (its messages, read after the block)
+    /// unless the block changed since it was read; `Ok(false)` when it did.
+    pub async fn rebuild(&self, block: &SearchBlock, messages: &[Message]) -> Result<bool, mongodb::error::Error> {
         let filter = doc! { "_id": &block.id, "version": block.version };
-        let update = doc! { "$set": { "terms": terms }, "$inc": { "version": 1_i64 } };
+        let update = doc! { "$set": { "terms": search_terms_of(live_texts(messages)) }, "$inc": { "version": 1_i64 } };
         Ok(self.blocks.update_one(filter, update).await?.matched_count == 1)
     }
 
@@ -144,5 +151,43 @@ impl SearchBlocksRepo {
         let ids: Vec<&str> = conversations.iter().map(|c| c.as_str()).collect();
         let filter = doc! { "terms": { "$all": terms }, "conversation_id": { "$in": ids } };
         self.blocks.find(filter).projection(doc! { "terms": 0 }).await?.try_collect().await
+    }
+
+    /// Each of `ids`' search mark.
+    pub async fn marks(
+        &self,
+        ids: &[ConversationId],
+    ) -> Result<HashMap<ConversationId, SearchMark>, mongodb::error::Error> {
+        #[derive(Deserialize)]
+        struct Marked {
+            #[serde(rename = "_id")]
+            id: ConversationId,
+            last_seq: i64,
+            #[serde(default)]
+            search_indexed_upto: i64,
+        }
+        let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+        let marks: Vec<Marked> = self
+            .conversations
+            .clone_with_type::<Marked>()
+            .find(doc! { "_id": { "$in": ids } })
+            .projection(doc! { "last_seq": 1, "search_indexed_upto": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(marks
+            .into_iter()
+            .map(|m| (m.id, SearchMark { indexed_upto: m.search_indexed_upto, last_seq: m.last_seq }))
+            .collect())
+    }
+
+    /// Raises each conversation's mark to at least the given seq, in one statement.
+    pub async fn advance_marks(&self, marks: &[(&ConversationId, i64)]) -> Result<(), mongodb::error::Error> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let (filter, reached) = each_its_own(marks.iter().map(|(id, upto)| (id.as_str(), *upto)).collect());
+        let upto = doc! { "$max": [{ "$ifNull": ["$search_indexed_upto", 0_i64] }, reached] };
+        self.conversations.update_many(filter, vec![doc! { "$set": { "search_indexed_upto": upto } }]).await.map(|_| ())
     }
 }
