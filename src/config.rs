@@ -127,9 +127,9 @@ pub struct ChatSettings {
     /// How often a node puts the words of the messages it stored into search blocks (search
     /// reads what is not indexed yet directly, so this trades index entries against search work).
     pub search_index_interval_ms: u64,
-    /// Unindexed messages a conversation gathers before they get a search block...
+    /// Unindexed messages a conversation gathers before they get a search block.
     pub search_block_min_messages: i64,
-    /// ...or how long fewer wait for more.
+    /// How long fewer unindexed messages wait for more before they get a block anyway.
     pub search_block_max_wait_ms: u64,
     /// Longest name / description of a conversation, display name of a user.
     pub max_name_chars: usize,

@@ -135,26 +135,27 @@ async fn readable_marks(
     db: &TenantDb,
     scope: &[ConversationId],
 ) -> Result<HashMap<ConversationId, SearchMark>, ApiError> {
-    for _ in 0..INDEX_ROUNDS_MAX {
+    let mut rounds = 0;
+    loop {
         let marks = db.search_blocks().marks(scope).await?;
-        let far_behind: Vec<ConversationId> = marks
+        let far_behind: HashMap<ConversationId, SearchMark> = marks
             .iter()
             .filter(|(_, m)| m.last_seq - m.indexed_upto > UNINDEXED_READ_MAX)
-            .map(|(id, _)| id.clone())
+            .map(|(id, m)| (id.clone(), *m))
             .collect();
         if far_behind.is_empty() {
             return Ok(marks);
         }
+        if rounds == INDEX_ROUNDS_MAX {
+            state.committers.search_indexer().touch(&state.store.tenant_db(&caller.scope()), far_behind.keys());
+            return Err(ApiError::new(
+                ErrorCode::ServiceUnavailable,
+                "search is still indexing these conversations; retry shortly",
+            ));
+        }
         index(db, &far_behind).await?;
+        rounds += 1;
     }
-    let marks = db.search_blocks().marks(scope).await?;
-    let far_behind: Vec<&ConversationId> =
-        marks.iter().filter(|(_, m)| m.last_seq - m.indexed_upto > UNINDEXED_READ_MAX).map(|(id, _)| id).collect();
-    if far_behind.is_empty() {
-        return Ok(marks);
-    }
-    state.committers.search_indexer().touch(&state.store.tenant_db(&caller.scope()), far_behind);
-    Err(ApiError::new(ErrorCode::ServiceUnavailable, "search is still indexing these conversations; retry shortly"))
 }
 
 fn holds_all(text: &str, terms: &[String]) -> bool {
@@ -195,13 +196,14 @@ pub(super) async fn rebuild_block(
     // A seq further ahead is in no block being built; the one made later reads the text then.
     let one = [conversation.clone()];
     for _ in 0..INDEX_THROUGH_ATTEMPTS {
-        let Some(mark) = db.search_blocks().marks(&one).await?.remove(conversation) else {
+        let marks = db.search_blocks().marks(&one).await?;
+        let Some(mark) = marks.get(conversation) else {
             return Ok(());
         };
         if seq <= mark.indexed_upto || seq > mark.indexed_upto + BLOCK_MAX_MESSAGES {
             break;
         }
-        index(db, &one).await?;
+        index(db, &marks).await?;
     }
     for _ in 0..REBUILD_ATTEMPTS {
         let Some(block) = db.search_blocks().holding(conversation, seq).await? else {

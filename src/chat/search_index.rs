@@ -153,11 +153,10 @@ async fn round(
     Ok((left.collect(), more))
 }
 
-/// Indexes up to `BLOCK_MAX_MESSAGES` messages of each of `conversations` past its mark, as one
-/// block each.
-pub async fn index(db: &TenantDb, conversations: &[ConversationId]) -> Result<(), mongodb::error::Error> {
-    let marks = db.search_blocks().marks(conversations).await?;
-    index_marked(db, &marks).await.map(drop)
+/// Indexes up to `BLOCK_MAX_MESSAGES` messages of each marked conversation past its mark (as
+/// just read), as one block each.
+pub async fn index(db: &TenantDb, marks: &HashMap<ConversationId, SearchMark>) -> Result<(), mongodb::error::Error> {
+    index_marked(db, marks).await.map(drop)
 }
 
 /// The conversations an indexing pass left unindexed.

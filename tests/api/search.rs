@@ -35,6 +35,14 @@ async fn busy_tenant(app: &TestApp) -> ChatTenant {
     ChatTenant { id, key }
 }
 
+/// Alice's token and a group of her and Bob.
+async fn alice_with_bob(app: &TestApp, tenant: &ChatTenant) -> (String, String) {
+    let alice = app.user(tenant, "alice").await;
+    app.user(tenant, "bob").await;
+    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    (alice, conversation)
+}
+
 async fn hits(app: &TestApp, token: &str, q: &str) -> Vec<i64> {
     let reply = app.call(Method::GET, &search(q), token, None).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
@@ -173,9 +181,7 @@ async fn indexers_racing_on_two_nodes_tile_the_seqs_and_lose_no_words() {
     let first = app_indexing_every(Some(20)).await;
     let second = first.second_node_with(&indexing_every(Some(20))).await;
     let tenant = busy_tenant(&first).await;
-    let alice = first.user(&tenant, "alice").await;
-    let _bob = first.user(&tenant, "bob").await;
-    let conversation = first.conversation(&alice, "group", &["bob"]).await;
+    let (alice, conversation) = alice_with_bob(&first, &tenant).await;
     for round in 0..3 {
         let sends = (0..100).map(|n| {
             let node = if n % 2 == 0 { &first } else { &second };
@@ -247,9 +253,7 @@ async fn few_messages_wait_for_more_or_for_their_time_before_a_block() {
 async fn a_search_indexes_a_conversation_too_far_behind_to_read() {
     let app = app_indexing_every(None).await;
     let tenant = busy_tenant(&app).await;
-    let alice = app.user(&tenant, "alice").await;
-    let _bob = app.user(&tenant, "bob").await;
-    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    let (alice, conversation) = alice_with_bob(&app, &tenant).await;
     for chunk in 0..6 {
         let sends = (0..100).map(|n| {
             let (app, alice, conversation) = (&app, &alice, &conversation);
@@ -274,9 +278,7 @@ async fn a_search_indexes_a_conversation_too_far_behind_to_read() {
 async fn edited_and_deleted_text_leaves_no_words_stored() {
     let app = app_indexing_every(Some(20)).await;
     let tenant = busy_tenant(&app).await;
-    let alice = app.user(&tenant, "alice").await;
-    let _bob = app.user(&tenant, "bob").await;
-    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    let (alice, conversation) = alice_with_bob(&app, &tenant).await;
     for text in ["harrier alpha", "harrier beta", "!!!", "kept words"] {
         assert_eq!(app.say(&alice, &conversation, text).await.status, StatusCode::CREATED);
     }
