@@ -62,6 +62,7 @@ impl AppState {
                 interval: std::time::Duration::from_millis(settings.chat.search_index_interval_ms),
                 block_min_messages: settings.chat.search_block_min_messages.max(1),
                 block_max_wait: std::time::Duration::from_millis(settings.chat.search_block_max_wait_ms),
+                recent_texts_max_bytes: settings.chat.search_recent_texts_max_bytes,
             },
         )?;
         let caches = Caches::new(&settings.cache);

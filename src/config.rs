@@ -131,6 +131,9 @@ pub struct ChatSettings {
     pub search_block_min_messages: i64,
     /// How long fewer unindexed messages wait for more before they get a block anyway.
     pub search_block_max_wait_ms: u64,
+    /// Bytes of recently stored message texts a node holds so its search indexer need not read
+    /// them back; past it, blocks are cut from reads.
+    pub search_recent_texts_max_bytes: usize,
     /// Longest name / description of a conversation, display name of a user.
     pub max_name_chars: usize,
     pub max_description_chars: usize,
@@ -299,6 +302,7 @@ max_search_terms = 10
 search_index_interval_ms = 1000
 search_block_min_messages = 32
 search_block_max_wait_ms = 30000
+search_recent_texts_max_bytes = 16777216
 send_committers = 4
 send_batch_max = 256
 send_queue_capacity = 4096

@@ -306,7 +306,7 @@ async fn finish(db: TenantDb, redis: Redis, indexer: Arc<SearchIndexer>, stored:
     // Heads before any answer, so the sender's next history page counts its message in `last_seq`.
     let events: Vec<LiveEvent> = stored.iter().map(|d| LiveEvent::Created { message: d.message.clone() }).collect();
     redis.publish_stored(db.tenant_id(), &heads, &revised, &events).await;
-    indexer.touch(&db, heads.iter().map(|(conversation, _)| *conversation));
+    indexer.stored(&db, stored.iter().map(|d| &d.message));
     metrics::histogram!("chat_commit_finish_seconds").record(started.elapsed().as_secs_f64());
     for draft in stored {
         let _ = draft.reply.send(Ok((draft.message, true)));
@@ -352,6 +352,7 @@ mod tests {
             interval: Duration::from_secs(1),
             block_min_messages: 32,
             block_max_wait: Duration::from_secs(30),
+            recent_texts_max_bytes: 1 << 20,
         }
     }
 

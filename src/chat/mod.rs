@@ -12,6 +12,7 @@ pub mod receipts;
 pub mod relationships;
 pub mod search;
 pub mod search_index;
+mod search_recent;
 pub mod users;
 
 pub use commit::Committers;

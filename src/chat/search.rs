@@ -23,8 +23,9 @@ const UNINDEXED_READ_MAX: i64 = BLOCK_MAX_MESSAGES;
 /// Most blocks a search indexes itself; conversations still too far behind are left to the
 /// node's indexer and the search answers 503 until it has caught up.
 const INDEX_ROUNDS_MAX: usize = 16;
-/// Attempts at indexing the block an edited or deleted message falls in before rebuilding it.
-const INDEX_THROUGH_ATTEMPTS: usize = 4;
+/// Blocks an edit or delete indexes to reach its message before it leaves the rebuild to the
+/// node's indexer (which retries until it is reached).
+const INDEX_THROUGH_ATTEMPTS: usize = 8;
 
 /// Seqs `from..=to` of a conversation that may hold matches; `newest_id` is the newest message
 /// id among them when known (blocks), `None` for messages not indexed yet.
@@ -191,19 +192,30 @@ pub(super) async fn rebuild_block(
     conversation: &ConversationId,
     seq: i64,
 ) -> Result<(), mongodb::error::Error> {
-    // An indexer may be building the block `seq` falls in from text read before the change:
-    // indexing it here first means the block exists, and so is rebuilt below, whoever stores it.
-    // A seq further ahead is in no block being built; the one made later reads the text then.
+    // An indexer may be cutting the block `seq` falls in from text it read, or held, before the
+    // change: indexing up to `seq` here first means that block exists, and so is rebuilt below,
+    // whoever stores it.
     let one = [conversation.clone()];
+    let mut indexed = false;
     for _ in 0..INDEX_THROUGH_ATTEMPTS {
         let marks = db.search_blocks().marks(&one).await?;
         let Some(mark) = marks.get(conversation) else {
             return Ok(());
         };
-        if seq <= mark.indexed_upto || seq > mark.indexed_upto + BLOCK_MAX_MESSAGES {
+        if seq <= mark.indexed_upto {
+            indexed = true;
             break;
         }
+        if seq > mark.last_seq {
+            // The message is stored, so its seq counts: a send that failed after storing it left
+            // the counter behind.
+            db.conversations().advance_seq(conversation, seq).await?;
+            continue;
+        }
         index(db, &marks).await?;
+    }
+    if !indexed {
+        return Err(mongodb::error::Error::custom("search indexing is too far behind the changed message"));
     }
     for _ in 0..REBUILD_ATTEMPTS {
         let Some(block) = db.search_blocks().holding(conversation, seq).await? else {

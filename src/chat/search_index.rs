@@ -10,8 +10,10 @@
 //! it cuts a block for each conversation with `chat.search_block_min_messages` unindexed messages
 //! (fewer would cost nearly an index entry per word per message again, and search reads them
 //! anyway), or with fewer that have waited `chat.search_block_max_wait_ms`, and goes round again
-//! at once while any is further behind than one block. A search that meets a conversation too far behind to read indexes it
-//! first. Block rebuilds that failed after an edit or delete are retried here too.
+//! at once while any is further behind than one block. Blocks are cut from the texts the
+//! committers just stored (`search_recent`) when the node holds all of a block's seqs, and from
+//! the stored messages otherwise. A search that meets a conversation too far behind to read
+//! indexes it first. Block rebuilds that failed after an edit or delete are retried here too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,9 +21,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use crate::domain::{ConversationId, TenantId};
+use crate::domain::{ConversationId, Message, TenantId};
 use crate::tenancy::TenantDb;
 use crate::tenancy::repos::{SearchBlock, SearchMark};
+
+use super::search_recent::RecentTexts;
 
 /// Most messages one search block covers.
 pub const BLOCK_MAX_MESSAGES: i64 = 256;
@@ -32,6 +36,8 @@ const READS_IN_FLIGHT: usize = 8;
 /// block rebuilds to retry.
 pub struct SearchIndexer {
     pending: Mutex<HashMap<TenantId, Pending>>,
+    /// The texts the committers stored lately, which most blocks are cut from.
+    recent: Mutex<RecentTexts>,
     policy: IndexPolicy,
 }
 
@@ -41,6 +47,7 @@ pub struct IndexPolicy {
     pub interval: Duration,
     pub block_min_messages: i64,
     pub block_max_wait: Duration,
+    pub recent_texts_max_bytes: usize,
 }
 
 struct Pending {
@@ -52,7 +59,31 @@ struct Pending {
 
 impl SearchIndexer {
     pub fn new(policy: IndexPolicy) -> Arc<Self> {
-        Arc::new(Self { pending: Mutex::default(), policy })
+        Arc::new(Self {
+            pending: Mutex::default(),
+            recent: Mutex::new(RecentTexts::new(policy.recent_texts_max_bytes)),
+            policy,
+        })
+    }
+
+    /// Notes messages the committers stored (in seq order per conversation): their
+    /// conversations have new messages, and their texts are held for the blocks.
+    pub fn stored<'a>(self: &Arc<Self>, db: &TenantDb, messages: impl IntoIterator<Item = &'a Message>) {
+        let mut conversations = Vec::new();
+        {
+            let mut recent = self.recent();
+            for message in messages {
+                recent.record(db.tenant_id(), message);
+                if conversations.last() != Some(&&message.conversation_id) {
+                    conversations.push(&message.conversation_id);
+                }
+            }
+        }
+        self.touch(db, conversations);
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentTexts> {
+        self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Notes that `conversations` have new messages.
@@ -100,6 +131,7 @@ impl SearchIndexer {
                 let Some(entry) = pending.get_mut(&tenant) else { return };
                 if entry.conversations.is_empty() && entry.rebuilds.is_empty() {
                     pending.remove(&tenant);
+                    self.recent().forget_tenant(&tenant);
                     return;
                 }
                 (entry.db.clone(), std::mem::take(&mut entry.conversations), std::mem::take(&mut entry.rebuilds))
@@ -111,7 +143,7 @@ impl SearchIndexer {
                     failed_rebuilds.push((conversation, seq));
                 }
             }
-            let (left, more) = match round(&db, self.policy, conversations.clone()).await {
+            let (left, more) = match round(&db, self.policy, &self.recent, conversations.clone()).await {
                 Ok(left) => left,
                 Err(e) => {
                     tracing::warn!(error = %e, tenant = %tenant, "search indexing failed; retrying");
@@ -135,6 +167,7 @@ impl SearchIndexer {
 async fn round(
     db: &TenantDb,
     policy: IndexPolicy,
+    recent: &Mutex<RecentTexts>,
     conversations: HashMap<ConversationId, Instant>,
 ) -> Result<(HashMap<ConversationId, Instant>, bool), mongodb::error::Error> {
     let ids: Vec<ConversationId> = conversations.keys().cloned().collect();
@@ -144,7 +177,7 @@ async fn round(
             m.last_seq - m.indexed_upto >= policy.block_min_messages
                 || conversations[id].elapsed() >= policy.block_max_wait
         });
-    let indexed = index_marked(db, &due).await?;
+    let indexed = index_marked(db, &due, Some(recent)).await?;
     let more = indexed.behind.iter().any(|id| due[id].last_seq - due[id].indexed_upto > BLOCK_MAX_MESSAGES);
     let left = waiting.into_keys().chain(indexed.behind).chain(indexed.unread).map(|id| {
         let since = conversations[&id];
@@ -154,9 +187,9 @@ async fn round(
 }
 
 /// Indexes up to `BLOCK_MAX_MESSAGES` messages of each marked conversation past its mark (as
-/// just read), as one block each.
+/// just read), as one block each, from the stored messages as they are now.
 pub async fn index(db: &TenantDb, marks: &HashMap<ConversationId, SearchMark>) -> Result<(), mongodb::error::Error> {
-    index_marked(db, marks).await.map(drop)
+    index_marked(db, marks, None).await.map(drop)
 }
 
 /// The conversations an indexing pass left unindexed.
@@ -167,21 +200,30 @@ struct Indexed {
     unread: Vec<ConversationId>,
 }
 
+/// `index`, cutting the blocks `recent` holds every text of from there.
 async fn index_marked(
     db: &TenantDb,
     marks: &HashMap<ConversationId, SearchMark>,
+    recent: Option<&Mutex<RecentTexts>>,
 ) -> Result<Indexed, mongodb::error::Error> {
-    let behind: Vec<(ConversationId, i64, i64)> = marks
-        .iter()
-        .filter(|(_, m)| m.last_seq > m.indexed_upto)
-        .map(|(id, m)| (id.clone(), m.indexed_upto + 1, m.last_seq.min(m.indexed_upto + BLOCK_MAX_MESSAGES)))
-        .collect();
+    let mut blocks = Vec::with_capacity(marks.len());
+    let mut behind: Vec<(ConversationId, i64, i64)> = Vec::new();
+    for (id, m) in marks.iter().filter(|(_, m)| m.last_seq > m.indexed_upto) {
+        let (from, to) = (m.indexed_upto + 1, m.last_seq.min(m.indexed_upto + BLOCK_MAX_MESSAGES));
+        let held = recent.and_then(|r| r.lock().unwrap_or_else(|p| p.into_inner()).take(db.tenant_id(), id, from, to));
+        match held {
+            Some(texts) => {
+                let texts = texts.iter().map(|t| (t.id.as_str(), t.text.as_deref()));
+                blocks.push(SearchBlock::of_texts(id, from, to, texts));
+            }
+            None => behind.push((id.clone(), from, to)),
+        }
+    }
     let read: Vec<(ConversationId, Result<SearchBlock, mongodb::error::Error>)> = futures_util::stream::iter(behind)
         .map(|(id, from, to)| read_block(db, id, from, to))
         .buffer_unordered(READS_IN_FLIGHT)
         .collect()
         .await;
-    let mut blocks = Vec::with_capacity(read.len());
     let mut unread = Vec::new();
     for (conversation, block) in read {
         match block {

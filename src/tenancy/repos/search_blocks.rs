@@ -54,8 +54,19 @@ pub struct SearchBlock {
 impl SearchBlock {
     /// The block of `messages`, the stored messages of seqs `from_seq..=to_seq`.
     pub fn of(conversation: &ConversationId, from_seq: i64, to_seq: i64, messages: &[Message]) -> Self {
-        let oldest_id = messages.iter().map(|m| m.id.as_str()).min().unwrap_or_default().to_string();
-        let newest_id = messages.iter().map(|m| m.id.as_str()).max().unwrap_or_default().to_string();
+        let texts = messages.iter().map(|m| (m.id.as_str(), m.text.as_deref().filter(|_| !m.is_deleted())));
+        Self::of_texts(conversation, from_seq, to_seq, texts)
+    }
+
+    /// The block of seqs `from_seq..=to_seq` from each stored message's id and live text.
+    pub fn of_texts<'a>(
+        conversation: &ConversationId,
+        from_seq: i64,
+        to_seq: i64,
+        messages: impl Iterator<Item = (&'a str, Option<&'a str>)> + Clone,
+    ) -> Self {
+        let oldest_id = messages.clone().map(|(id, _)| id).min().unwrap_or_default().to_string();
+        let newest_id = messages.clone().map(|(id, _)| id).max().unwrap_or_default().to_string();
         Self {
             id: format!("{conversation}:{from_seq}"),
             conversation_id: conversation.clone(),
@@ -63,7 +74,7 @@ impl SearchBlock {
             to_seq,
             oldest_id,
             newest_id,
-            terms: search_terms_of(live_texts(messages)),
+            terms: search_terms_of(messages.filter_map(|(_, text)| text)),
             version: 0,
         }
     }
