@@ -16,8 +16,8 @@
 //!
 //! A stored run is then finished: its conversations' counters and newest messages are recorded
 //! in one statement, their heads raised in Redis (`events::heads`) and its events published in
-//! one pipeline, every sender is answered (a 201 means the message is in MongoDB), and its
-//! conversations are left to the search indexer (`search_index`). Finishing overlaps the next
+//! one pipeline, and every sender is answered (a 201 means the message is in MongoDB); the
+//! search indexer (`search_index`) is handed the run first. Finishing overlaps the next
 //! batch's insert; finishes run one at a time in order, so a conversation's events go out in seq
 //! order. Heads are read only once the finish in flight is done, as the counters it records are
 //! what the read sees.
@@ -288,6 +288,9 @@ impl Committer {
 /// counts, shared files; then the events and the answers.
 async fn finish(db: TenantDb, redis: Redis, indexer: Arc<SearchIndexer>, stored: Vec<Draft>) {
     let started = Instant::now();
+    // Held before the counters count them, so the indexer never sees seqs it should hold but
+    // does not yet (it would read them back instead).
+    indexer.stored(&db, stored.iter().map(|d| &d.message));
     // Replies raise their parents' counts: those conversations' stored messages change.
     let mut revised: Vec<&ConversationId> =
         stored.iter().filter(|d| d.message.reply_to.is_some()).map(|d| &d.message.conversation_id).collect();
@@ -306,7 +309,6 @@ async fn finish(db: TenantDb, redis: Redis, indexer: Arc<SearchIndexer>, stored:
     // Heads before any answer, so the sender's next history page counts its message in `last_seq`.
     let events: Vec<LiveEvent> = stored.iter().map(|d| LiveEvent::Created { message: d.message.clone() }).collect();
     redis.publish_stored(db.tenant_id(), &heads, &revised, &events).await;
-    indexer.stored(&db, stored.iter().map(|d| &d.message));
     metrics::histogram!("chat_commit_finish_seconds").record(started.elapsed().as_secs_f64());
     for draft in stored {
         let _ = draft.reply.send(Ok((draft.message, true)));

@@ -470,7 +470,7 @@ pub async fn edit(
         EditedContent::Text(text) => {
             let text =
                 check_text(message.kind, Some(text), caller.tenant.limits.max_message_bytes)?.unwrap_or_default();
-            super::search::add_words(&db, id, seq, &text).await?;
+            super::search::before_change(state, &db, id, seq, Some(&text)).await?;
             let previous = EditedText { text: message.text, replaced_at: now };
             db.messages().edit(id, seq, previous, &text, now).await?
         }
@@ -492,6 +492,9 @@ pub async fn delete(state: &AppState, caller: &ActingUser, id: &ConversationId, 
     let message = db.messages().get(id, seq).await?.ok_or_else(|| ApiError::not_found("message"))?;
     if &message.sender_id != caller.user_id() {
         require_moderator(&member)?;
+    }
+    if !message.is_deleted() {
+        super::search::before_change(state, &db, id, seq, None).await?;
     }
     let Some(deleted) = db.messages().soft_delete(id, seq, caller.user_id(), crate::domain::now()).await? else {
         return Ok(());

@@ -23,8 +23,8 @@ const UNINDEXED_READ_MAX: i64 = BLOCK_MAX_MESSAGES;
 /// Most blocks a search indexes itself; conversations still too far behind are left to the
 /// node's indexer and the search answers 503 until it has caught up.
 const INDEX_ROUNDS_MAX: usize = 16;
-/// Blocks an edit or delete indexes to reach its message before it leaves the rebuild to the
-/// node's indexer (which retries until it is reached).
+/// Blocks an edit or delete indexes to reach its message; further behind, it answers 503 until
+/// the node's indexer has caught up.
 const INDEX_THROUGH_ATTEMPTS: usize = 8;
 
 /// Seqs `from..=to` of a conversation that may hold matches; `newest_id` is the newest message
@@ -164,9 +164,28 @@ fn holds_all(text: &str, terms: &[String]) -> bool {
     terms.iter().all(|t| words.contains(t))
 }
 
-/// Puts the new words of message `seq` into its block, if it is indexed yet, before an edit
-/// stores them: a block may hold more words than its messages, never fewer.
-pub(super) async fn add_words(
+/// Before an edit or delete of message `seq`: makes sure its block exists (`index_through`), and
+/// puts an edit's new words into it, so a block holds more words than its messages, never fewer.
+/// `db` must be through the shared client (the indexer may be handed the conversation).
+pub(super) async fn before_change(
+    state: &AppState,
+    db: &TenantDb,
+    conversation: &ConversationId,
+    seq: i64,
+    new_text: Option<&str>,
+) -> Result<(), ApiError> {
+    if !index_through(db, conversation, seq).await? {
+        state.committers.search_indexer().touch(db, [conversation]);
+        return Err(ApiError::unavailable("search indexing is behind this conversation; retry in a few seconds"));
+    }
+    match new_text {
+        Some(text) => add_words(db, conversation, seq, text).await.map_err(ApiError::from),
+        None => Ok(()),
+    }
+}
+
+/// Puts the new words of message `seq` into its block, if it is indexed yet.
+async fn add_words(
     db: &TenantDb,
     conversation: &ConversationId,
     seq: i64,
@@ -186,25 +205,23 @@ pub(super) async fn forget_words(state: &AppState, db: &TenantDb, conversation: 
     }
 }
 
-/// Recomputes the words of the block holding `seq` from its live messages.
-pub(super) async fn rebuild_block(
+/// Makes sure the block holding message `seq` exists, indexing the stored messages up to it.
+/// Edits and deletes call it before they change the text: a node may hold the old text to cut
+/// that block from (`search_recent`), and once the block exists, no other can hold the seq.
+/// `Ok(false)`: the conversation is too far behind to index here (or is gone).
+pub(super) async fn index_through(
     db: &TenantDb,
     conversation: &ConversationId,
     seq: i64,
-) -> Result<(), mongodb::error::Error> {
-    // An indexer may be cutting the block `seq` falls in from text it read, or held, before the
-    // change: indexing up to `seq` here first means that block exists, and so is rebuilt below,
-    // whoever stores it.
+) -> Result<bool, mongodb::error::Error> {
     let one = [conversation.clone()];
-    let mut indexed = false;
     for _ in 0..INDEX_THROUGH_ATTEMPTS {
         let marks = db.search_blocks().marks(&one).await?;
         let Some(mark) = marks.get(conversation) else {
-            return Ok(());
+            return Ok(false);
         };
         if seq <= mark.indexed_upto {
-            indexed = true;
-            break;
+            return Ok(true);
         }
         if seq > mark.last_seq {
             // The message is stored, so its seq counts: a send that failed after storing it left
@@ -214,7 +231,18 @@ pub(super) async fn rebuild_block(
         }
         index(db, &marks).await?;
     }
-    if !indexed {
+    Ok(false)
+}
+
+/// Recomputes the words of the block holding `seq` from its live messages.
+pub(super) async fn rebuild_block(
+    db: &TenantDb,
+    conversation: &ConversationId,
+    seq: i64,
+) -> Result<(), mongodb::error::Error> {
+    // An indexer may be cutting the block `seq` falls in from text it read before the change:
+    // indexing through `seq` first means that block exists, and so is rebuilt below.
+    if !index_through(db, conversation, seq).await? {
         return Err(mongodb::error::Error::custom("search indexing is too far behind the changed message"));
     }
     for _ in 0..REBUILD_ATTEMPTS {

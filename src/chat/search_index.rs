@@ -143,7 +143,7 @@ impl SearchIndexer {
                     failed_rebuilds.push((conversation, seq));
                 }
             }
-            let (left, more) = match round(&db, self.policy, &self.recent, conversations.clone()).await {
+            let (left, more) = match self.round(&db, conversations.clone()).await {
                 Ok(left) => left,
                 Err(e) => {
                     tracing::warn!(error = %e, tenant = %tenant, "search indexing failed; retrying");
@@ -160,30 +160,36 @@ impl SearchIndexer {
             }
         }
     }
-}
 
-/// Indexes the conversations that are due; returns those still unindexed (with their waiting
-/// times) and whether any is more than a block behind.
-async fn round(
-    db: &TenantDb,
-    policy: IndexPolicy,
-    recent: &Mutex<RecentTexts>,
-    conversations: HashMap<ConversationId, Instant>,
-) -> Result<(HashMap<ConversationId, Instant>, bool), mongodb::error::Error> {
-    let ids: Vec<ConversationId> = conversations.keys().cloned().collect();
-    let marks = db.search_blocks().marks(&ids).await?;
-    let (due, waiting): (HashMap<ConversationId, SearchMark>, HashMap<ConversationId, SearchMark>) =
-        marks.into_iter().filter(|(_, m)| m.last_seq > m.indexed_upto).partition(|(id, m)| {
-            m.last_seq - m.indexed_upto >= policy.block_min_messages
-                || conversations[id].elapsed() >= policy.block_max_wait
+    /// Indexes the conversations that are due; returns those still unindexed (with their waiting
+    /// times) and whether any is more than a block behind.
+    async fn round(
+        &self,
+        db: &TenantDb,
+        conversations: HashMap<ConversationId, Instant>,
+    ) -> Result<(HashMap<ConversationId, Instant>, bool), mongodb::error::Error> {
+        let ids: Vec<ConversationId> = conversations.keys().cloned().collect();
+        let marks = db.search_blocks().marks(&ids).await?;
+        {
+            let mut recent = self.recent();
+            for (id, mark) in &marks {
+                recent.let_go_through(db.tenant_id(), id, mark.indexed_upto);
+            }
+        }
+        let policy = self.policy;
+        let (due, waiting): (HashMap<ConversationId, SearchMark>, HashMap<ConversationId, SearchMark>) =
+            marks.into_iter().filter(|(_, m)| m.last_seq > m.indexed_upto).partition(|(id, m)| {
+                m.last_seq - m.indexed_upto >= policy.block_min_messages
+                    || conversations[id].elapsed() >= policy.block_max_wait
+            });
+        let indexed = index_marked(db, &due, Some(self)).await?;
+        let more = indexed.behind.iter().any(|id| due[id].last_seq - due[id].indexed_upto > BLOCK_MAX_MESSAGES);
+        let left = waiting.into_keys().chain(indexed.behind).chain(indexed.unread).map(|id| {
+            let since = conversations[&id];
+            (id, since)
         });
-    let indexed = index_marked(db, &due, Some(recent)).await?;
-    let more = indexed.behind.iter().any(|id| due[id].last_seq - due[id].indexed_upto > BLOCK_MAX_MESSAGES);
-    let left = waiting.into_keys().chain(indexed.behind).chain(indexed.unread).map(|id| {
-        let since = conversations[&id];
-        (id, since)
-    });
-    Ok((left.collect(), more))
+        Ok((left.collect(), more))
+    }
 }
 
 /// Indexes up to `BLOCK_MAX_MESSAGES` messages of each marked conversation past its mark (as
@@ -200,17 +206,17 @@ struct Indexed {
     unread: Vec<ConversationId>,
 }
 
-/// `index`, cutting the blocks `recent` holds every text of from there.
+/// `index`, cutting the blocks whose every text `held_by` holds from those texts.
 async fn index_marked(
     db: &TenantDb,
     marks: &HashMap<ConversationId, SearchMark>,
-    recent: Option<&Mutex<RecentTexts>>,
+    held_by: Option<&SearchIndexer>,
 ) -> Result<Indexed, mongodb::error::Error> {
     let mut blocks = Vec::with_capacity(marks.len());
     let mut behind: Vec<(ConversationId, i64, i64)> = Vec::new();
     for (id, m) in marks.iter().filter(|(_, m)| m.last_seq > m.indexed_upto) {
         let (from, to) = (m.indexed_upto + 1, m.last_seq.min(m.indexed_upto + BLOCK_MAX_MESSAGES));
-        let held = recent.and_then(|r| r.lock().unwrap_or_else(|p| p.into_inner()).take(db.tenant_id(), id, from, to));
+        let held = held_by.and_then(|indexer| indexer.recent().take(db.tenant_id(), id, from, to));
         match held {
             Some(texts) => {
                 let texts = texts.iter().map(|t| (t.id.as_str(), t.text.as_deref()));

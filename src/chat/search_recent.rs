@@ -5,9 +5,9 @@
 //! Only an unbroken run of seqs is kept per conversation. A seq stored by another node breaks the
 //! run (it starts again at the next seq this node stores), and a block that is not wholly held
 //! here is read from MongoDB as before. A text held here may be older than the stored one (an
-//! edit landed since): that is safe because an edit or delete makes sure the block holding its
-//! message exists and rebuilds it from the stored messages afterwards (`search::rebuild_block`),
-//! so a block cut from here is either stored before that rebuild, or loses to the one it made.
+//! edit landed since): that is safe because an edit or delete first makes sure the block holding
+//! its message exists (`search::before_change`), so a block cut from here later cannot hold that
+//! seq (its `_id` is taken), and one stored earlier gets the new words added and is rebuilt.
 //! The texts held are bounded by `chat.search_recent_texts_max_bytes` per node; past it, runs
 //! are broken rather than grown.
 
@@ -80,7 +80,7 @@ impl RecentTexts {
             run.first_seq += 1;
         }
         self.bytes -= freed;
-        if self.bytes + size > self.max_bytes {
+        if size > self.max_bytes.saturating_sub(self.bytes) {
             // Not holding this one breaks the run: the next seq starts a new one.
             if let Some(run) = self.runs.remove(&key) {
                 self.bytes -= run.texts.iter().map(StoredText::bytes).sum::<usize>();
@@ -106,7 +106,7 @@ impl RecentTexts {
         let mut freed: usize = run.texts.drain(..passed).map(|t| t.bytes()).sum();
         run.first_seq += passed as i64;
         let wanted = (to - from + 1).max(0) as usize;
-        let taken = (run.first_seq == from && run.texts.len() >= wanted).then(|| {
+        let taken = (wanted > 0 && run.first_seq == from && run.texts.len() >= wanted).then(|| {
             let taken: Vec<StoredText> = run.texts.drain(..wanted).collect();
             run.first_seq += wanted as i64;
             freed += taken.iter().map(StoredText::bytes).sum::<usize>();
@@ -117,6 +117,11 @@ impl RecentTexts {
         }
         self.bytes -= freed;
         taken
+    }
+
+    /// Lets go of the texts of seqs up to `upto`: another writer indexed them.
+    pub fn let_go_through(&mut self, tenant: &TenantId, conversation: &ConversationId, upto: i64) {
+        let _ = self.take(tenant, conversation, upto + 1, upto);
     }
 
     /// Lets go of everything held for `tenant`.
@@ -185,30 +190,24 @@ mod tests {
 
     #[test]
     fn the_byte_budget_breaks_runs_instead_of_growing() {
-        let one = StoredText {
-            id: Message::draft(
-                &tenant(),
-                &ConversationId::new(),
-                &UserId::parse("alice").unwrap(),
-                MessageKind::Text,
-                "c".into(),
-            )
-            .id,
-            text: Some("hello".into()),
-        }
-        .bytes();
-        let (mut recent, c, d) = (RecentTexts::new(3 * one), ConversationId::new(), ConversationId::new());
+        let (c, d) = (ConversationId::new(), ConversationId::new());
+        let one = StoredText { id: message(&c, 1, "hello").id, text: Some("hello".into()) }.bytes();
+        let mut recent = RecentTexts::new(3 * one);
         for seq in 1..=3 {
             recent.record(&tenant(), &message(&c, seq, "hello"));
         }
         recent.record(&tenant(), &message(&d, 1, "hello"));
-        assert!(recent.bytes() <= 3 * one, "held {} of {}", recent.bytes(), 3 * one);
+        assert_eq!(recent.bytes(), 3 * one);
         assert!(recent.take(&tenant(), &d, 1, 1).is_none(), "over budget: not held");
-        assert_eq!(texts(recent.take(&tenant(), &c, 1, 3)).len(), 3);
         recent.record(&tenant(), &message(&c, 4, "hello"));
+        assert_eq!(recent.bytes(), 0, "over budget, the run it would have grown is let go");
+        assert!(recent.take(&tenant(), &c, 1, 3).is_none());
+        recent.record(&tenant(), &message(&c, 5, "hello"));
+        assert_eq!(texts(recent.take(&tenant(), &c, 5, 5)), ["hello"], "a new run starts after the gap");
+        recent.record(&tenant(), &message(&c, 6, "hello"));
         recent.forget_tenant(&tenant());
         assert_eq!(recent.bytes(), 0);
-        assert!(recent.take(&tenant(), &c, 4, 4).is_none());
+        assert!(recent.take(&tenant(), &c, 6, 6).is_none());
     }
 
     #[test]
@@ -219,5 +218,23 @@ mod tests {
         }
         assert!(recent.take(&tenant(), &c, 1, 256).is_none(), "the oldest ten went");
         assert_eq!(texts(recent.take(&tenant(), &c, 11, 266)).len(), 256);
+        assert_eq!(texts(recent.take(&tenant(), &c, 267, RUN_MAX as i64 + 10)).len(), RUN_MAX - 256);
+        assert_eq!(recent.bytes(), 0);
+    }
+
+    #[test]
+    fn texts_another_writer_indexed_are_let_go_and_tenants_are_apart() {
+        let (mut recent, c) = (RecentTexts::new(1 << 20), ConversationId::new());
+        let other = TenantId::parse("globex").unwrap();
+        for seq in 1..=4 {
+            recent.record(&tenant(), &message(&c, seq, "mine"));
+        }
+        recent.record(&other, &message(&c, 1, "theirs"));
+        recent.let_go_through(&tenant(), &c, 3);
+        assert!(recent.take(&tenant(), &c, 1, 3).is_none());
+        assert_eq!(texts(recent.take(&tenant(), &c, 4, 4)), ["mine"]);
+        recent.let_go_through(&tenant(), &c, 10);
+        assert_eq!(texts(recent.take(&other, &c, 1, 1)), ["theirs"]);
+        assert_eq!(recent.bytes(), 0, "nothing is left behind");
     }
 }

@@ -21,5 +21,6 @@ mod history_cache;
 mod isolation;
 mod realtime;
 mod search;
+mod search_recent;
 mod send_path;
 mod tenants;

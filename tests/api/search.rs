@@ -1,7 +1,6 @@
 //! Word search over search blocks and the messages not indexed yet: pages run newest first over
 //! both, indexers racing on two nodes tile every conversation's seqs exactly once, a search
-//! indexes a conversation far behind, edited or deleted text leaves no words stored, and blocks
-//! are cut from the texts a node just stored.
+//! indexes a conversation far behind, and edited or deleted text leaves no words stored.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{ChatTenant, TestApp, spawn_app_with};
 
-fn search(q: &str) -> String {
+pub(crate) fn search(q: &str) -> String {
     format!("/v1/search/messages?q={q}")
 }
 
@@ -30,21 +29,21 @@ async fn app_indexing_every(ms: Option<u64>) -> TestApp {
 }
 
 /// A tenant whose request rate allows the bursts below.
-async fn busy_tenant(app: &TestApp) -> ChatTenant {
+pub(crate) async fn busy_tenant(app: &TestApp) -> ChatTenant {
     let id = app.create_tenant_with(json!({"limits": {"requests_per_second": 100000}})).await;
     let (key, _) = app.issue_key(&id, None).await;
     ChatTenant { id, key }
 }
 
 /// Alice's token and a group of her and Bob.
-async fn alice_with_bob(app: &TestApp, tenant: &ChatTenant) -> (String, String) {
+pub(crate) async fn alice_with_bob(app: &TestApp, tenant: &ChatTenant) -> (String, String) {
     let alice = app.user(tenant, "alice").await;
     app.user(tenant, "bob").await;
     let conversation = app.conversation(&alice, "group", &["bob"]).await;
     (alice, conversation)
 }
 
-async fn hits(app: &TestApp, token: &str, q: &str) -> Vec<i64> {
+pub(crate) async fn hits(app: &TestApp, token: &str, q: &str) -> Vec<i64> {
     let reply = app.call(Method::GET, &search(q), token, None).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     reply.body["items"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect()
@@ -54,12 +53,12 @@ fn ids(items: &[Value]) -> Vec<String> {
     items.iter().map(|m| m["id"].as_str().unwrap().to_string()).collect()
 }
 
-fn tenant_db(app: &TestApp, client: &mongodb::Client, tenant: &str) -> mongodb::Database {
+pub(crate) fn tenant_db(app: &TestApp, client: &mongodb::Client, tenant: &str) -> mongodb::Database {
     client.database(&app.tenant_db_name(tenant))
 }
 
 /// Each conversation's `(search_indexed_upto, last_seq)`.
-async fn marks(db: &mongodb::Database) -> BTreeMap<String, (i64, i64)> {
+pub(crate) async fn marks(db: &mongodb::Database) -> BTreeMap<String, (i64, i64)> {
     let conversations: Vec<Document> =
         db.collection::<Document>("conversations").find(doc! {}).await.unwrap().try_collect().await.unwrap();
     conversations
@@ -72,7 +71,7 @@ async fn marks(db: &mongodb::Database) -> BTreeMap<String, (i64, i64)> {
 }
 
 /// Waits until every conversation is indexed up to its last seq.
-async fn fully_indexed(db: &mongodb::Database) {
+pub(crate) async fn fully_indexed(db: &mongodb::Database) {
     let started = Instant::now();
     loop {
         let marks = marks(db).await;
@@ -85,10 +84,10 @@ async fn fully_indexed(db: &mongodb::Database) {
 }
 
 /// A stored block: `(from_seq, to_seq, words)`.
-type Block = (i64, i64, BTreeSet<String>);
+pub(crate) type Block = (i64, i64, BTreeSet<String>);
 
 /// Each conversation's blocks, in seq order.
-async fn blocks(db: &mongodb::Database) -> BTreeMap<String, Vec<Block>> {
+pub(crate) async fn blocks(db: &mongodb::Database) -> BTreeMap<String, Vec<Block>> {
     let stored: Vec<Document> =
         db.collection::<Document>("search_blocks").find(doc! {}).await.unwrap().try_collect().await.unwrap();
     let mut by_conversation: BTreeMap<String, Vec<Block>> = BTreeMap::new();
@@ -107,7 +106,7 @@ async fn blocks(db: &mongodb::Database) -> BTreeMap<String, Vec<Block>> {
 }
 
 /// Blocks of every conversation cover seqs 1 up to its mark, each seq exactly once.
-fn assert_tiled(blocks: &BTreeMap<String, Vec<Block>>, marks: &BTreeMap<String, (i64, i64)>) {
+pub(crate) fn assert_tiled(blocks: &BTreeMap<String, Vec<Block>>, marks: &BTreeMap<String, (i64, i64)>) {
     for (conversation, (upto, _)) in marks {
         let mut next = 1;
         for (from, to, _) in blocks.get(conversation).map(Vec::as_slice).unwrap_or_default() {
@@ -308,77 +307,4 @@ async fn edited_and_deleted_text_leaves_no_words_stored() {
         blocks(&db).await.into_values().flatten().flat_map(|(_, _, words)| words.into_iter()).collect();
     let expected: BTreeSet<String> = ["gamma", "delta", "kept", "words", "eagle"].map(String::from).into();
     assert_eq!(words, expected, "only the live messages' words");
-}
-
-/// The words of `seq`'s block in the conversation, once everything is indexed.
-async fn words_of_block(app: &TestApp, tenant: &str, conversation: &str, seq: i64) -> BTreeSet<String> {
-    let client = app.mongo().await;
-    let db = tenant_db(app, &client, tenant);
-    fully_indexed(&db).await;
-    let blocks = blocks(&db).await;
-    let (_, _, words) = blocks[conversation].iter().find(|(from, to, _)| (*from..=*to).contains(&seq)).unwrap();
-    words.clone()
-}
-
-/// Blocks are cut from the texts the node just stored, not read back: a text rewritten in
-/// MongoDB behind confab's back (no edit) is not what the block holds, unless the node holds no
-/// texts (`chat.search_recent_texts_max_bytes` = 0) and reads them.
-#[tokio::test]
-async fn blocks_are_cut_from_the_texts_just_stored_unless_none_are_held() {
-    for (held, expected, absent) in [("16777216", "two", "buzzard"), ("0", "buzzard", "two")] {
-        let app = spawn_app_with(&[
-            ("chat.search_index_interval_ms", "1500".into()),
-            ("chat.search_block_min_messages", "1".into()),
-            ("chat.search_recent_texts_max_bytes", held.into()),
-        ])
-        .await;
-        let tenant = busy_tenant(&app).await;
-        let (alice, conversation) = alice_with_bob(&app, &tenant).await;
-        for text in ["kite one", "kite two", "kite three"] {
-            assert_eq!(app.say(&alice, &conversation, text).await.status, StatusCode::CREATED);
-        }
-        let client = app.mongo().await;
-        let db = tenant_db(&app, &client, &tenant.id);
-        assert_eq!(marks(&db).await[&conversation], (0, 3), "rewritten before the indexer's first round");
-        let filter = doc! { "conversation_id": &conversation, "seq": 2_i64 };
-        let messages = db.collection::<Document>("messages");
-        let rewritten = messages.update_one(filter, doc! { "$set": { "text": "buzzard" } }).await.unwrap();
-        assert_eq!(rewritten.modified_count, 1);
-        let words = words_of_block(&app, &tenant.id, &conversation, 2).await;
-        assert!(words.contains(expected) && !words.contains(absent), "held {held}: {words:?}");
-    }
-}
-
-/// An edit far past the search mark makes its block exist before rebuilding it, so a block cut
-/// later from the texts the node held (the old ones) cannot bring old words back or miss new ones.
-#[tokio::test]
-async fn an_edit_far_past_the_mark_is_indexed_with_its_new_words() {
-    let app = spawn_app_with(&[
-        ("chat.search_index_interval_ms", "5000".into()),
-        ("chat.search_block_min_messages", "1".into()),
-    ])
-    .await;
-    let tenant = busy_tenant(&app).await;
-    let (alice, conversation) = alice_with_bob(&app, &tenant).await;
-    for chunk in 0..3 {
-        let sends = (0..100).map(|n| {
-            let (app, alice, conversation) = (&app, &alice, &conversation);
-            async move { app.say(alice, conversation, &format!("swift number{}", chunk * 100 + n)).await }
-        });
-        for sent in futures_util::future::join_all(sends).await {
-            assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.text);
-        }
-    }
-    let client = app.mongo().await;
-    let db = tenant_db(&app, &client, &tenant.id);
-    assert_eq!(marks(&db).await[&conversation], (0, 300), "edited before the indexer's first round");
-    let path = format!("/v1/conversations/{conversation}/messages/290");
-    let original = app.call(Method::GET, &path, &alice, None).await.body["text"].as_str().unwrap().to_string();
-    let number = original.split(' ').nth(1).unwrap().to_string();
-    let edited = app.call(Method::PATCH, &path, &alice, Some(json!({"text": "lapwing"}))).await;
-    assert_eq!(edited.status, StatusCode::OK, "{}", edited.text);
-    let words = words_of_block(&app, &tenant.id, &conversation, 290).await;
-    assert!(words.contains("lapwing") && !words.contains(&number), "{number}: {words:?}");
-    assert_eq!(hits(&app, &alice, "lapwing").await, [290]);
-    assert_tiled(&blocks(&db).await, &marks(&db).await);
 }
