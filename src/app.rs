@@ -186,12 +186,15 @@ impl Application {
 
 /// Stops the node without losing what it holds. It takes no new connection; chat sockets and
 /// live-editing clients are closed with 1012 `shutting_down`, so clients reconnect (to another
-/// node); open documents store their last edits and a snapshot; requests in flight (sends
-/// waiting for MongoDB) are answered. The last two take up to `server.shutdown_timeout_secs` each.
+/// node), and each socket's user is announced offline if it was their last; open documents store
+/// their last edits and a snapshot; requests in flight (sends waiting for MongoDB) are answered.
+/// Closing and storing, then the requests, take up to `server.shutdown_timeout_secs` each.
 async fn stop(state: &AppState, server: &ServerHandle) {
     server.pause().await;
     state.hub.close_all();
-    state.rooms.stop(Duration::from_secs(state.settings.server.shutdown_timeout_secs)).await;
+    let limit = Duration::from_secs(state.settings.server.shutdown_timeout_secs);
+    // Socket tasks run on the HTTP workers, which `server.stop` ends with whatever is unfinished.
+    tokio::join!(state.hub.sockets_ended(limit), state.rooms.stop(limit));
     server.stop(true).await;
 }
 

@@ -11,6 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -95,6 +96,18 @@ pub struct Hub {
     registry: Mutex<Registry>,
     /// Becomes `true` once when the node stops: every socket closes.
     closing: watch::Sender<bool>,
+    /// Socket tasks that have not ended: a stopping node waits for them, as each ends by telling
+    /// Redis (and so everyone sharing a conversation with its user) that it closed.
+    live: Arc<watch::Sender<usize>>,
+}
+
+/// Counts its socket's task as live until it drops.
+pub struct LiveSocket(Arc<watch::Sender<usize>>);
+
+impl Drop for LiveSocket {
+    fn drop(&mut self) {
+        self.0.send_modify(|live| *live -= 1);
+    }
 }
 
 impl Hub {
@@ -123,6 +136,18 @@ impl Hub {
     /// another node), and `closing` refuses new ones.
     pub fn close_all(&self) {
         self.closing.send_replace(true);
+    }
+
+    /// Counts a socket's task as live until the guard drops.
+    pub fn live_socket(&self) -> LiveSocket {
+        self.live.send_modify(|live| *live += 1);
+        LiveSocket(self.live.clone())
+    }
+
+    /// Waits until every socket task has ended, at most `limit`.
+    pub async fn sockets_ended(&self, limit: Duration) {
+        let mut live = self.live.subscribe();
+        let _ = tokio::time::timeout(limit, live.wait_for(|live| *live == 0)).await;
     }
 
     pub fn next_socket_id(&self) -> u64 {
@@ -291,5 +316,24 @@ mod tests {
         hub.unregister(2);
         assert!(!hub.registry.lock().unwrap().by_tenant.contains_key(&acme));
         assert_eq!(hub.registry.lock().unwrap().by_tenant.get(&globex), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn a_stop_waits_for_live_sockets_and_no_longer() {
+        let hub = Arc::new(Hub::default());
+        hub.sockets_ended(Duration::from_secs(5)).await;
+        let (first, second) = (hub.live_socket(), hub.live_socket());
+        let started = std::time::Instant::now();
+        hub.sockets_ended(Duration::from_millis(50)).await;
+        assert!(started.elapsed() >= Duration::from_millis(50), "two sockets live: waited the limit");
+        drop(first);
+        let ending = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(second);
+        });
+        let started = std::time::Instant::now();
+        hub.sockets_ended(Duration::from_secs(5)).await;
+        assert!(started.elapsed() < Duration::from_secs(4), "ended as the last socket did");
+        ending.await.unwrap();
     }
 }

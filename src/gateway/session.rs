@@ -69,6 +69,7 @@ pub async fn connect(state: web::Data<AppState>, req: HttpRequest) -> Result<Htt
     }
     let tracked = tracking::Tracked::new(client, &req);
     tracking::open(&state, &caller, &tracked, &ids).await?;
+    let live = state.hub.live_socket();
     let connection_id = tracked.id.clone();
     let (tx, rx) = mpsc::channel(state.settings.gateway.outbox_capacity);
     let outbox = Outbox { tx, slow: Arc::new(Notify::new()) };
@@ -106,6 +107,7 @@ pub async fn connect(state: web::Data<AppState>, req: HttpRequest) -> Result<Htt
         state.hub.unregister(socket);
         let followed: Vec<ConversationId> = connection.delivered.keys().cloned().collect();
         Box::pin(tracking::close(&state, &connection.caller, &tracked.id, &followed)).await;
+        drop(live);
     }))
 }
 
