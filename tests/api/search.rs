@@ -43,6 +43,17 @@ pub(crate) async fn alice_with_bob(app: &TestApp, tenant: &ChatTenant) -> (Strin
     (alice, conversation)
 }
 
+/// Sends `count` messages "{word} number{n}", 100 at a time.
+pub(crate) async fn send_numbered(app: &TestApp, token: &str, conversation: &str, word: &str, count: usize) {
+    for chunk in (0..count).step_by(100) {
+        let sends = (chunk..count.min(chunk + 100))
+            .map(|n| async move { app.say(token, conversation, &format!("{word} number{n}")).await });
+        for sent in futures_util::future::join_all(sends).await {
+            assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.text);
+        }
+    }
+}
+
 pub(crate) async fn hits(app: &TestApp, token: &str, q: &str) -> Vec<i64> {
     let reply = app.call(Method::GET, &search(q), token, None).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
@@ -254,15 +265,7 @@ async fn a_search_indexes_a_conversation_too_far_behind_to_read() {
     let app = app_indexing_every(None).await;
     let tenant = busy_tenant(&app).await;
     let (alice, conversation) = alice_with_bob(&app, &tenant).await;
-    for chunk in 0..6 {
-        let sends = (0..100).map(|n| {
-            let (app, alice, conversation) = (&app, &alice, &conversation);
-            async move { app.say(alice, conversation, &format!("heron number{}", chunk * 100 + n)).await }
-        });
-        for sent in futures_util::future::join_all(sends).await {
-            assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.text);
-        }
-    }
+    send_numbered(&app, &alice, &conversation, "heron", 600).await;
     let client = app.mongo().await;
     let db = tenant_db(&app, &client, &tenant.id);
     assert_eq!(marks(&db).await[&conversation], (0, 600), "nothing indexed yet");

@@ -9,7 +9,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use crate::helpers::{TestApp, spawn_app_with};
-use crate::search::{alice_with_bob, assert_tiled, blocks, busy_tenant, fully_indexed, hits, marks, tenant_db};
+use crate::search::{
+    alice_with_bob, assert_tiled, blocks, busy_tenant, fully_indexed, hits, marks, send_numbered, tenant_db,
+};
 
 /// The words of `seq`'s block in the conversation, once everything is indexed.
 async fn words_of_block(app: &TestApp, tenant: &str, conversation: &str, seq: i64) -> BTreeSet<String> {
@@ -64,15 +66,7 @@ async fn an_edit_far_past_the_mark_is_indexed_with_its_new_words() {
     .await;
     let tenant = busy_tenant(&app).await;
     let (alice, conversation) = alice_with_bob(&app, &tenant).await;
-    for chunk in 0..3 {
-        let sends = (0..100).map(|n| {
-            let (app, alice, conversation) = (&app, &alice, &conversation);
-            async move { app.say(alice, conversation, &format!("swift number{}", chunk * 100 + n)).await }
-        });
-        for sent in futures_util::future::join_all(sends).await {
-            assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.text);
-        }
-    }
+    send_numbered(&app, &alice, &conversation, "swift", 300).await;
     let client = app.mongo().await;
     let db = tenant_db(&app, &client, &tenant.id);
     assert_eq!(marks(&db).await[&conversation], (0, 300), "nothing indexed before the edit");
