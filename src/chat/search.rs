@@ -209,11 +209,7 @@ pub(super) async fn forget_words(state: &AppState, db: &TenantDb, conversation: 
 /// Edits and deletes call it before they change the text: a node may hold the old text to cut
 /// that block from (`search_recent`), and once the block exists, no other can hold the seq.
 /// `Ok(false)`: the conversation is too far behind to index here (or is gone).
-pub(super) async fn index_through(
-    db: &TenantDb,
-    conversation: &ConversationId,
-    seq: i64,
-) -> Result<bool, mongodb::error::Error> {
+async fn index_through(db: &TenantDb, conversation: &ConversationId, seq: i64) -> Result<bool, mongodb::error::Error> {
     let one = [conversation.clone()];
     for _ in 0..INDEX_THROUGH_ATTEMPTS {
         let marks = db.search_blocks().marks(&one).await?;
@@ -240,11 +236,7 @@ pub(super) async fn rebuild_block(
     conversation: &ConversationId,
     seq: i64,
 ) -> Result<(), mongodb::error::Error> {
-    // An indexer may be cutting the block `seq` falls in from text it read before the change:
-    // indexing through `seq` first means that block exists, and so is rebuilt below.
-    if !index_through(db, conversation, seq).await? {
-        return Err(mongodb::error::Error::custom("search indexing is too far behind the changed message"));
-    }
+    // The block exists: the change made sure of it first (`before_change`).
     for _ in 0..REBUILD_ATTEMPTS {
         let Some(block) = db.search_blocks().holding(conversation, seq).await? else {
             return Ok(());

@@ -74,9 +74,7 @@ impl SearchIndexer {
             let mut recent = self.recent();
             for message in messages {
                 recent.record(db.tenant_id(), message);
-                if conversations.last() != Some(&&message.conversation_id) {
-                    conversations.push(&message.conversation_id);
-                }
+                conversations.push(&message.conversation_id);
             }
         }
         self.touch(db, conversations);

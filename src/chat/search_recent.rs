@@ -44,6 +44,10 @@ impl Run {
     fn next_seq(&self) -> i64 {
         self.first_seq + self.texts.len() as i64
     }
+
+    fn bytes(&self) -> usize {
+        self.texts.iter().map(StoredText::bytes).sum()
+    }
 }
 
 pub struct RecentTexts {
@@ -71,8 +75,9 @@ impl RecentTexts {
         let size = text.bytes();
         let run = self.runs.entry(key.clone()).or_default();
         let mut freed = 0;
-        if run.texts.is_empty() || run.next_seq() != message.seq {
-            freed += run.texts.drain(..).map(|t| t.bytes()).sum::<usize>();
+        if run.next_seq() != message.seq {
+            freed += run.bytes();
+            run.texts.clear();
             run.first_seq = message.seq;
         }
         if run.texts.len() == RUN_MAX {
@@ -83,7 +88,7 @@ impl RecentTexts {
         if size > self.max_bytes.saturating_sub(self.bytes) {
             // Not holding this one breaks the run: the next seq starts a new one.
             if let Some(run) = self.runs.remove(&key) {
-                self.bytes -= run.texts.iter().map(StoredText::bytes).sum::<usize>();
+                self.bytes -= run.bytes();
             }
             return;
         }
@@ -130,7 +135,7 @@ impl RecentTexts {
         self.runs.retain(|(t, _), run| {
             let keep = t != tenant;
             if !keep {
-                freed += run.texts.iter().map(StoredText::bytes).sum::<usize>();
+                freed += run.bytes();
             }
             keep
         });
