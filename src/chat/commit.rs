@@ -17,16 +17,18 @@
 //! A stored run is then finished: its conversations' counters and newest messages are recorded
 //! in one statement, their heads raised in Redis (`events::heads`) and its events published in
 //! one pipeline, and every sender is answered (a 201 means the message is in MongoDB); the
-//! search indexer (`search_index`) is handed the run first. Finishing overlaps the next
-//! batch's insert; finishes run one at a time in order, so a conversation's events go out in seq
-//! order. Heads are read only once the finish in flight is done, as the counters it records are
-//! what the read sees.
+//! search indexer (`search_index`) is handed the run first, by the committer, in seq order.
+//! Finishing overlaps the next batches' inserts, and up to `FINISHES_IN_FLIGHT` finishes of a
+//! committer record their counters side by side (the statement only ever moves a counter up);
+//! each publishes only once the one before it has, so a conversation's events go out in seq
+//! order. Heads are read only once the finishes in flight are done, as the counters they record
+//! are what the read sees.
 //!
 //! `/metrics` shows the pipeline: `chat_commit_batch_messages` (drafts per insert),
 //! `chat_commit_wait_seconds` (how long a batch's oldest draft was queued),
 //! `chat_commit_insert_seconds` and `chat_commit_finish_seconds`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +51,10 @@ const MAX_SEQ_ATTEMPTS: usize = 64;
 const IDLE_STOP: Duration = Duration::from_secs(60);
 /// Most conversation heads a committer remembers; past it, it forgets them all and reads again.
 const HEADS_REMEMBERED: usize = 4_096;
+/// Most stored runs of one committer being finished at once; the next insert's run waits for the
+/// oldest. Finishing is the slower stage (a statement, then a Redis round trip), so with one at a
+/// time it would pace the inserts.
+const FINISHES_IN_FLIGHT: usize = 2;
 
 /// What a sender gets back: the stored message, and whether it is new (`false`: a repeat).
 pub type Committed = Result<(Message, bool), ApiError>;
@@ -140,7 +146,8 @@ impl Committers {
             indexer: self.indexer.clone(),
             batch_max: self.batch_max,
             heads: HashMap::new(),
-            finishing: None,
+            finishing: VecDeque::new(),
+            published: None,
         };
         self.threads.spawn(committer.run(drafts));
         queue
@@ -161,8 +168,10 @@ struct Committer {
     batch_max: usize,
     /// The newest stored seq of each conversation this committer stored to or read lately.
     heads: HashMap<ConversationId, i64>,
-    /// The previous stored run's finish, which the next batch's insert overlaps.
-    finishing: Option<JoinHandle<()>>,
+    /// The stored runs' finishes in flight, oldest first, which the next batches' inserts overlap.
+    finishing: VecDeque<JoinHandle<()>>,
+    /// Resolves (or fails) once the newest finish has published its events, or gave up.
+    published: Option<oneshot::Receiver<()>>,
 }
 
 impl Committer {
@@ -206,12 +215,31 @@ impl Committer {
         answer_all(pending, || ApiError::unavailable("could not claim a message seq: too much contention"));
     }
 
-    /// Waits for the finish in flight, if any.
+    /// Waits for the finishes in flight, if any.
     async fn settle(&mut self) {
-        if let Some(finishing) = self.finishing.take() {
-            // A finish that panicked dropped its senders' answers, so they get an error.
-            let _ = finishing.await;
+        self.settle_to(0).await;
+    }
+
+    /// Waits for the oldest finishes until at most `in_flight` are left.
+    async fn settle_to(&mut self, in_flight: usize) {
+        while self.finishing.len() > in_flight {
+            if let Some(finishing) = self.finishing.pop_front() {
+                // A finish that panicked dropped its senders' answers, so they get an error.
+                let _ = finishing.await;
+            }
         }
+    }
+
+    /// Starts finishing a stored run, behind the finishes in flight.
+    async fn start_finish(&mut self, stored: Vec<Draft>) {
+        self.settle_to(FINISHES_IN_FLIGHT - 1).await;
+        // Held before the counters count them, so the indexer never sees seqs it should hold but
+        // does not yet (it would read them back instead); held here, runs arrive in seq order.
+        self.indexer.stored(&self.db, stored.iter().map(|d| &d.message));
+        let (done, published) = oneshot::channel();
+        let turn = Turn { after: self.published.replace(published), done };
+        let finish = finish(self.db.clone(), self.redis.clone(), turn, stored);
+        self.finishing.push_back(tokio::spawn(finish));
     }
 
     /// Learns the heads of `pending`'s conversations this committer does not know; answers the
@@ -262,9 +290,7 @@ impl Committer {
             self.heads.remove(&draft.message.conversation_id);
         }
         if !pending.is_empty() {
-            self.settle().await;
-            let finish = finish(self.db.clone(), self.redis.clone(), self.indexer.clone(), pending);
-            self.finishing = Some(tokio::spawn(finish));
+            self.start_finish(pending).await;
         }
         match run.failure {
             None => {}
@@ -284,13 +310,17 @@ impl Committer {
     }
 }
 
+/// A finish's place in its committer's line: it publishes after `after` resolves (or fails: the
+/// finish before it gave up), and drops `done` once it has published or given up.
+struct Turn {
+    after: Option<oneshot::Receiver<()>>,
+    done: oneshot::Sender<()>,
+}
+
 /// What storing implies elsewhere, for a stored run: newest messages and counters, reply
-/// counts, shared files; then the events and the answers.
-async fn finish(db: TenantDb, redis: Redis, indexer: Arc<SearchIndexer>, stored: Vec<Draft>) {
+/// counts, shared files; then, in its turn, the events and the answers.
+async fn finish(db: TenantDb, redis: Redis, turn: Turn, stored: Vec<Draft>) {
     let started = Instant::now();
-    // Held before the counters count them, so the indexer never sees seqs it should hold but
-    // does not yet (it would read them back instead).
-    indexer.stored(&db, stored.iter().map(|d| &d.message));
     // Replies raise their parents' counts: those conversations' stored messages change.
     let mut revised: Vec<&ConversationId> =
         stored.iter().filter(|d| d.message.reply_to.is_some()).map(|d| &d.message.conversation_id).collect();
@@ -306,9 +336,13 @@ async fn finish(db: TenantDb, redis: Redis, indexer: Arc<SearchIndexer>, stored:
             return answer_all(stored, || ApiError::from(e.clone()));
         }
     };
+    if let Some(after) = turn.after {
+        let _ = after.await;
+    }
     // Heads before any answer, so the sender's next history page counts its message in `last_seq`.
     let events: Vec<LiveEvent> = stored.iter().map(|d| LiveEvent::Created { message: d.message.clone() }).collect();
     redis.publish_stored(db.tenant_id(), &heads, &revised, &events).await;
+    drop(turn.done);
     metrics::histogram!("chat_commit_finish_seconds").record(started.elapsed().as_secs_f64());
     for draft in stored {
         let _ = draft.reply.send(Ok((draft.message, true)));
