@@ -222,11 +222,11 @@ impl Committer {
 
     /// Waits for the oldest finishes until at most `in_flight` are left.
     async fn settle_to(&mut self, in_flight: usize) {
-        while self.finishing.len() > in_flight {
-            if let Some(finishing) = self.finishing.pop_front() {
-                // A finish that panicked dropped its senders' answers, so they get an error.
-                let _ = finishing.await;
-            }
+        while self.finishing.len() > in_flight
+            && let Some(finishing) = self.finishing.pop_front()
+        {
+            // A finish that panicked dropped its senders' answers, so they get an error.
+            let _ = finishing.await;
         }
     }
 
