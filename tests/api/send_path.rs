@@ -195,6 +195,50 @@ async fn a_burst_to_one_conversation_is_published_in_seq_order() {
     assert_eq!(view.body["last_message"]["seq"], SENDS, "{}", view.text);
 }
 
+/// Four committers hand their stored runs' counters to one recorder, which writes what reached
+/// it together in one statement: still, every 201 comes after its own message is counted and is
+/// the conversation's newest message or older than it.
+#[tokio::test]
+async fn every_answered_send_is_already_counted_when_committers_share_a_recorder() {
+    use futures_util::StreamExt;
+
+    const CONVERSATIONS: usize = 12;
+    const SENDS: usize = 480;
+    let app = spawn_app_with(&[("chat.send_committers", "4".into())]).await;
+    let tenant = app.burst_chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    app.user(&tenant, "bob").await;
+    let mut conversations = Vec::new();
+    for _ in 0..CONVERSATIONS {
+        conversations.push(app.conversation(&alice, "group", &["bob"]).await);
+    }
+    let checked = futures_util::stream::iter(0..SENDS)
+        .map(|n| {
+            let (app, alice, conversation) = (&app, &alice, &conversations[n % CONVERSATIONS]);
+            async move {
+                let sent = send(app, alice, conversation, &format!("m{n}")).await;
+                assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.text);
+                let seq = sent.body["seq"].as_i64().unwrap();
+                let view = app.call(Method::GET, &format!("/v1/conversations/{conversation}"), alice, None).await;
+                let counted = view.body["last_seq"].as_i64().unwrap();
+                let newest = view.body["last_message"]["seq"].as_i64().unwrap();
+                assert!(counted >= seq && newest >= seq, "seq {seq} answered before it was counted: {}", view.text);
+            }
+        })
+        .buffer_unordered(64)
+        .count()
+        .await;
+    assert_eq!(checked, SENDS);
+    for conversation in &conversations {
+        let view = app.call(Method::GET, &format!("/v1/conversations/{conversation}"), &alice, None).await;
+        let sends = (SENDS / CONVERSATIONS) as i64;
+        assert_eq!(view.body["last_seq"], sends, "{}", view.text);
+        assert_eq!(view.body["last_message"]["seq"], sends, "{}", view.text);
+        let newest = seqs_of(&app, &alice, conversation).await.pop().unwrap().1;
+        assert_eq!(view.body["last_message"]["preview"], text_of(&newest), "{}", view.text);
+    }
+}
+
 /// A committer numbers sends from the heads it remembers; the other node's sends make those
 /// stale (the seq taken under them must be noticed and the send numbered again), and a repeat
 /// numbered but not stored must not leave its seq behind as a hole.

@@ -225,14 +225,14 @@ impl ConversationsRepo {
     /// is what makes a batch's finish cheap for the database.
     pub async fn record_last_messages(
         &self,
-        lasts: &[(&ConversationId, LastMessage)],
+        lasts: &[(&ConversationId, &LastMessage)],
     ) -> Result<(), mongodb::error::Error> {
         if let [(id, last)] = lasts {
             return self.record_last_message(id, last).await;
         }
         let mut newest = Vec::with_capacity(lasts.len());
         for (id, last) in lasts {
-            let value = doc! { "seq": last.seq, "message": bson::to_bson(last)?, "at": time(last.created_at) };
+            let value = doc! { "seq": last.seq, "message": bson::to_bson(*last)?, "at": time(last.created_at) };
             newest.push((id.as_str(), value));
         }
         // No recorded message counts as seq 0, so any message is newer.

@@ -15,18 +15,20 @@
 //! conversations left over are forgotten and read again, and the rest go round again.
 //!
 //! A stored run is then finished: its conversations' counters and newest messages are recorded
-//! in one statement, their heads raised in Redis (`events::heads`) and its events published in
-//! one pipeline, and every sender is answered (a 201 means the message is in MongoDB); the
-//! search indexer (`search_index`) is handed the run first, by the committer, in seq order.
+//! (by the tenant's `recorder`, in one statement with the other runs waiting for it), their heads
+//! raised in Redis (`events::heads`) and its events published in one pipeline, and every sender
+//! is answered (a 201 means the message is in MongoDB); the search indexer (`search_index`) is
+//! handed the run first, by the committer, in seq order.
 //! Finishing overlaps the next batches' inserts, and up to `FINISHES_IN_FLIGHT` finishes of a
-//! committer record their counters side by side (the statement only ever moves a counter up);
+//! committer have their counters recorded side by side (a record only ever moves a counter up);
 //! each publishes only once the one before it has, so a conversation's events go out in seq
 //! order. Heads are read only once the finishes in flight are done, as the counters they record
 //! are what the read sees.
 //!
 //! `/metrics` shows the pipeline: `chat_commit_batch_messages` (drafts per insert),
 //! `chat_commit_wait_seconds` (how long a batch's oldest draft was queued),
-//! `chat_commit_insert_seconds` and `chat_commit_finish_seconds`.
+//! `chat_commit_insert_seconds`, `chat_commit_finish_seconds` and
+//! `chat_commit_record_conversations` (conversations per recorder round).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -44,6 +46,9 @@ use crate::threads::Threads;
 
 use super::messages::{follow_up, last_message_of, share_files};
 use super::search_index::{IndexPolicy, SearchIndexer};
+use recorder::{Record, Recorder};
+
+mod recorder;
 
 /// Rounds a batch may take beyond one per draft when other nodes keep winning seqs.
 const MAX_SEQ_ATTEMPTS: usize = 64;
@@ -71,6 +76,8 @@ type Line = (TenantId, usize);
 /// This node's committers: `per_tenant` for each tenant with recent sends.
 pub struct Committers {
     queues: Mutex<HashMap<Line, mpsc::Sender<Draft>>>,
+    /// Each tenant's recorder, while some committer of the tenant holds it.
+    recorders: Mutex<HashMap<TenantId, mpsc::WeakSender<Record>>>,
     per_tenant: usize,
     batch_max: usize,
     queue_capacity: usize,
@@ -92,6 +99,7 @@ impl Committers {
     ) -> std::io::Result<Self> {
         Ok(Self {
             queues: Mutex::default(),
+            recorders: Mutex::default(),
             per_tenant: per_tenant.max(1),
             batch_max: batch_max.max(1),
             queue_capacity: queue_capacity.max(1),
@@ -143,6 +151,7 @@ impl Committers {
         let committer = Committer {
             db: db.clone(),
             redis: redis.clone(),
+            recorder: self.recorder(db),
             indexer: self.indexer.clone(),
             batch_max: self.batch_max,
             heads: HashMap::new(),
@@ -151,6 +160,20 @@ impl Committers {
         };
         self.threads.spawn(committer.run(drafts));
         queue
+    }
+
+    /// The tenant's recorder, started if none is running.
+    fn recorder(&self, db: &TenantDb) -> Recorder {
+        let mut recorders = self.recorders.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(recorder) = recorders.get(db.tenant_id()).and_then(Recorder::upgrade) {
+            return recorder;
+        }
+        // Tenants whose recorders have stopped are forgotten.
+        recorders.retain(|_, weak| Recorder::upgrade(weak).is_some());
+        let (recorder, run) = Recorder::start(db.clone());
+        recorders.insert(db.tenant_id().clone(), recorder.downgrade());
+        self.threads.spawn(run);
+        recorder
     }
 
     fn forget(&self, line: &Line, queue: &mpsc::Sender<Draft>) {
@@ -164,6 +187,7 @@ impl Committers {
 struct Committer {
     db: TenantDb,
     redis: Redis,
+    recorder: Recorder,
     indexer: Arc<SearchIndexer>,
     batch_max: usize,
     /// The newest stored seq of each conversation this committer stored to or read lately.
@@ -238,7 +262,7 @@ impl Committer {
         self.indexer.stored(&self.db, stored.iter().map(|d| &d.message));
         let (done, published) = oneshot::channel();
         let turn = Turn { after: self.published.replace(published), done };
-        let finish = finish(self.db.clone(), self.redis.clone(), turn, stored);
+        let finish = finish(self.db.clone(), self.redis.clone(), self.recorder.clone(), turn, stored);
         self.finishing.push_back(tokio::spawn(finish));
     }
 
@@ -319,14 +343,14 @@ struct Turn {
 
 /// What storing implies elsewhere, for a stored run: newest messages and counters, reply
 /// counts, shared files; then, in its turn, the events and the answers.
-async fn finish(db: TenantDb, redis: Redis, turn: Turn, stored: Vec<Draft>) {
+async fn finish(db: TenantDb, redis: Redis, recorder: Recorder, turn: Turn, stored: Vec<Draft>) {
     let started = Instant::now();
     // Replies raise their parents' counts: those conversations' stored messages change.
     let mut revised: Vec<&ConversationId> =
         stored.iter().filter(|d| d.message.reply_to.is_some()).map(|d| &d.message.conversation_id).collect();
     revised.sort();
     revised.dedup();
-    let heads = match follow_up_all(&db, &stored).await {
+    let heads = match follow_up_all(&db, &recorder, &stored).await {
         Ok(heads) => heads,
         Err(e) => {
             // Some counts may have been raised before the failure.
@@ -353,6 +377,7 @@ async fn finish(db: TenantDb, redis: Redis, turn: Turn, stored: Vec<Draft>) {
 /// returns each conversation's newest seq.
 async fn follow_up_all<'a>(
     db: &TenantDb,
+    recorder: &Recorder,
     stored: &'a [Draft],
 ) -> Result<Vec<(&'a ConversationId, i64)>, mongodb::error::Error> {
     let mut newest: HashMap<&ConversationId, LastMessage> = HashMap::new();
@@ -360,15 +385,15 @@ async fn follow_up_all<'a>(
         let message = &draft.message;
         newest.insert(&message.conversation_id, last_message_of(message));
     }
-    let newest: Vec<(&ConversationId, LastMessage)> = newest.into_iter().collect();
-    db.conversations().record_last_messages(&newest).await?;
+    let heads = newest.iter().map(|(conversation, last)| (*conversation, last.seq)).collect();
+    recorder.record(newest.into_iter().map(|(conversation, last)| (conversation.clone(), last)).collect()).await?;
     for message in stored.iter().map(|d| &d.message) {
         if let Some(parent) = message.reply_to {
             db.messages().add_reply_count(&message.conversation_id, parent, 1).await?;
         }
         share_files(db, message).await?;
     }
-    Ok(newest.iter().map(|(conversation, last)| (*conversation, last.seq)).collect())
+    Ok(heads)
 }
 
 fn answer_all(drafts: Vec<Draft>, error: impl Fn() -> ApiError) {
