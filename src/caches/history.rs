@@ -20,12 +20,29 @@
 //! A page is served from copies only when every seq it reads (its window and the one after, which
 //! says whether more follows) is held: copies never stand for messages that do not exist. The
 //! node keeps at most `cache.history_messages` messages; past that it drops all and starts over.
+//!
+//! A page that is not served from copies reads from MongoDB the whole aligned `BLOCK`s of seqs it
+//! touches (`blocks_around`), and they are kept together. So the pages next to it are served from
+//! copies, and a block's copies expire together: once copies start expiring, MongoDB is read
+//! about once per block rather than once for nearly every page (a page of 50 seqs kept
+//! separately holds copies of 51 expiry times, and misses when any of them passed).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::domain::{ConversationId, Message, TenantId};
+
+/// Seqs per block read from MongoDB for copies: a missed page reads at most its own seqs plus
+/// `2 * (BLOCK - 1)` more.
+pub const BLOCK: i64 = 64;
+
+/// The first and last seq of the aligned blocks that hold `from..=to` (seqs start at 1).
+pub fn blocks_around(from: i64, to: i64) -> (i64, i64) {
+    let first = (from.max(1) - 1) / BLOCK * BLOCK + 1;
+    let last = ((to.max(1) - 1) / BLOCK * BLOCK).saturating_add(BLOCK);
+    (first, last)
+}
 
 pub struct RecentMessages {
     conversations: Mutex<Kept>,
@@ -48,6 +65,11 @@ struct Copies {
 impl RecentMessages {
     pub fn new(ttl: Duration, max_messages: usize) -> Self {
         Self { conversations: Mutex::default(), ttl, max_messages }
+    }
+
+    /// Whether this node keeps copies at all.
+    pub fn is_on(&self) -> bool {
+        self.max_messages > 0 && !self.ttl.is_zero()
     }
 
     fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
@@ -129,6 +151,21 @@ mod tests {
 
     fn seqs(found: Option<Vec<Message>>) -> Option<Vec<i64>> {
         found.map(|messages| messages.iter().map(|m| m.seq).collect())
+    }
+
+    #[test]
+    fn blocks_around_a_range_are_aligned_and_cover_it() {
+        assert_eq!(blocks_around(1, 1), (1, BLOCK));
+        assert_eq!(blocks_around(11, 61), (1, BLOCK));
+        assert_eq!(blocks_around(BLOCK, BLOCK + 1), (1, 2 * BLOCK));
+        assert_eq!(blocks_around(BLOCK + 1, 2 * BLOCK), (BLOCK + 1, 2 * BLOCK));
+        assert_eq!(blocks_around(0, 0), (1, BLOCK), "seqs below 1 do not exist");
+        assert_eq!(blocks_around(i64::MAX - 1, i64::MAX).1, i64::MAX, "no overflow past the largest seq");
+        for (from, to) in [(3, 52), (60, 110), (129, 329)] {
+            let (first, last) = blocks_around(from, to);
+            assert!(first <= from && to <= last && (first - 1) % BLOCK == 0 && last % BLOCK == 0);
+            assert!(last - first + 1 <= to - from + 1 + 2 * (BLOCK - 1));
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::config::CacheSettings;
 use crate::domain::{ApiKey, ApiKeyId, Conversation, ConversationId, Member, Tenant, TenantId, User, UserId};
 use crate::events::{CacheEvent, Redis};
-pub use history::RecentMessages;
+pub use history::{RecentMessages, blocks_around};
 pub use tokens::VerifiedTokens;
 use ttl_map::TtlMap;
 

@@ -298,10 +298,14 @@ pub async fn history(
                     return Ok(messages);
                 }
                 metrics::counter!("chat_history_pages_total", "from" => "database").increment(1);
-                let messages = db.messages().range(id, from, past).await?;
-                if let Some(revision) = revision {
-                    kept.keep(tenant, id, revision, &messages);
-                }
+                let Some(revision) = revision.filter(|_| kept.is_on()) else {
+                    return Ok(db.messages().range(id, from, past).await?);
+                };
+                // The whole blocks around the page, so that the pages next to it find copies.
+                let (first, last) = crate::caches::blocks_around(from, past);
+                let mut messages = db.messages().range(id, first, last).await?;
+                kept.keep(tenant, id, revision, &messages);
+                messages.retain(|m| (from..=past).contains(&m.seq));
                 Ok::<_, ApiError>(messages)
             };
             let ((conversation, _), mut messages) = futures_util::try_join!(visible, range)?;

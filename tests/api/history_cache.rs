@@ -14,11 +14,17 @@ fn messages(conversation: &str) -> String {
     format!("/v1/conversations/{conversation}/messages")
 }
 
-/// Seqs 1-4 (and, unseen, 5: the page reads one past its window).
-async fn first_page(app: &TestApp, token: &str, conversation: &str) -> Vec<Value> {
-    let reply = app.call(Method::GET, &format!("{}?before_seq=5&limit=4", messages(conversation)), token, None).await;
+/// The page of seqs `before - limit` to `before - 1`.
+async fn page(app: &TestApp, token: &str, conversation: &str, before: i64, limit: i64) -> Vec<Value> {
+    let path = format!("{}?before_seq={before}&limit={limit}", messages(conversation));
+    let reply = app.call(Method::GET, &path, token, None).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     reply.body["items"].as_array().unwrap().clone()
+}
+
+/// Seqs 1-4 (and, unseen, 5: the page reads one past its window).
+async fn first_page(app: &TestApp, token: &str, conversation: &str) -> Vec<Value> {
+    page(app, token, conversation, 5, 4).await
 }
 
 /// Alice and Bob's group with messages m1-m5 from Alice: (tenant, Alice's token, Bob's token,
@@ -106,6 +112,43 @@ async fn a_change_behind_confabs_back_shows_within_the_cache_ttl_and_at_once_wit
     assert_eq!(first_page(&uncached, &alice, &conversation).await[0]["text"], "m1");
     rewrite_in_mongodb(&uncached, &tenant, &conversation, 1, "repaired").await;
     assert_eq!(first_page(&uncached, &alice, &conversation).await[0]["text"], "repaired", "no copies kept");
+}
+
+#[tokio::test]
+async fn a_page_read_from_mongodb_brings_copies_of_the_pages_around_it() {
+    let app = spawn_app_with(&long_cache()).await;
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    app.user(&tenant, "bob").await;
+    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    for n in 1..=130 {
+        assert_eq!(app.say(&alice, &conversation, &format!("m{n}")).await.status, StatusCode::CREATED);
+    }
+    let text_of = |page: &[Value], seq: i64| {
+        let message = page.iter().find(|m| m["seq"] == seq).unwrap_or_else(|| panic!("seq {seq} missing"));
+        message["text"].as_str().unwrap().to_string()
+    };
+
+    // Seqs 51-61 lie in the first block (1-64): the page reads all of it.
+    let read = page(&app, &alice, &conversation, 61, 10).await;
+    assert_eq!(read.len(), 10);
+    assert_eq!((text_of(&read, 51), text_of(&read, 60)), ("m51".into(), "m60".into()));
+    rewrite_in_mongodb(&app, &tenant.id, &conversation, 5, "repaired").await;
+    let before = page(&app, &alice, &conversation, 11, 10).await;
+    assert_eq!(before.len(), 10);
+    assert_eq!(text_of(&before, 5), "m5", "served from the copies the page before read");
+
+    // Seqs 120-130 lie in the second and third blocks (65-192): the page reads 65-130.
+    let newest = page(&app, &alice, &conversation, 130, 10).await;
+    assert_eq!(text_of(&newest, 129), "m129");
+    rewrite_in_mongodb(&app, &tenant.id, &conversation, 70, "repaired").await;
+    let between = page(&app, &alice, &conversation, 75, 10).await;
+    assert_eq!(between.len(), 10);
+    assert_eq!(text_of(&between, 70), "m70", "served from copies");
+    // Seq 131 does not exist: a page reaching it is read again, and shows what MongoDB holds now.
+    let last = page(&app, &alice, &conversation, 131, 70).await;
+    assert_eq!(last.len(), 70);
+    assert_eq!(text_of(&last, 70), "repaired");
 }
 
 #[tokio::test]
