@@ -58,8 +58,9 @@ const IDLE_STOP: Duration = Duration::from_secs(60);
 const HEADS_REMEMBERED: usize = 4_096;
 /// Most stored runs of one committer being finished at once; the next insert's run waits for the
 /// oldest. Finishing is the slower stage (a statement, then a Redis round trip), so with one at a
-/// time it would pace the inserts.
-const FINISHES_IN_FLIGHT: usize = 2;
+/// time it would pace the inserts; the more are waiting for the recorder, the more of them its
+/// next statement records.
+const FINISHES_IN_FLIGHT: usize = 4;
 
 /// What a sender gets back: the stored message, and whether it is new (`false`: a repeat).
 pub type Committed = Result<(Message, bool), ApiError>;
