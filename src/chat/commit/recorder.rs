@@ -99,18 +99,31 @@ mod tests {
 
     fn last(seq: i64) -> LastMessage {
         let sender = UserId::parse("alice").unwrap();
-        LastMessage { seq, sender_id: sender, kind: MessageKind::Text, preview: format!("m{seq}"), created_at: chrono::Utc::now() }
+        LastMessage {
+            seq,
+            sender_id: sender,
+            kind: MessageKind::Text,
+            preview: format!("m{seq}"),
+            created_at: chrono::Utc::now(),
+        }
     }
 
     #[test]
     fn a_round_records_each_conversation_once_with_its_newest_message() {
         let (a, b, c) = (ConversationId::new(), ConversationId::new(), ConversationId::new());
         // Finishes of two committers reach the recorder out of order.
-        let round = [(a.clone(), last(7)), (b.clone(), last(3)), (a.clone(), last(9)), (a.clone(), last(8)), (c.clone(), last(1))];
+        let round = [
+            (a.clone(), last(7)),
+            (b.clone(), last(3)),
+            (a.clone(), last(9)),
+            (a.clone(), last(8)),
+            (c.clone(), last(1)),
+        ];
         let mut newest: Vec<(String, String)> =
             newest_of(round.iter()).into_iter().map(|(id, l)| (id.to_string(), l.preview.clone())).collect();
         newest.sort();
-        let mut expected = vec![(a.to_string(), "m9".to_string()), (b.to_string(), "m3".into()), (c.to_string(), "m1".into())];
+        let mut expected =
+            vec![(a.to_string(), "m9".to_string()), (b.to_string(), "m3".into()), (c.to_string(), "m1".into())];
         expected.sort();
         assert_eq!(newest, expected);
     }
