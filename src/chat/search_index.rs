@@ -10,9 +10,10 @@
 //! it cuts a block for each conversation with `chat.search_block_min_messages` unindexed messages
 //! (fewer would cost nearly an index entry per word per message again, and search reads them
 //! anyway), or with fewer that have waited `chat.search_block_max_wait_ms`, and goes round again
-//! at once while any is further behind than one block. Blocks are cut from the texts the
-//! committers just stored (`search_recent`) when the node holds all of a block's seqs, and from
-//! the stored messages otherwise. A search that meets a conversation too far behind to read
+//! at once while any is further behind than one block; a conversation stays due until its counter
+//! counts what the committers handed over (they do before recording it). Blocks are cut from the
+//! texts the committers just stored (`search_recent`) when the node holds all of a block's seqs,
+//! and from the stored messages otherwise. A search that meets a conversation too far behind to read
 //! indexes it first. Block rebuilds that failed after an edit or delete are retried here too.
 
 use std::collections::HashMap;
@@ -31,6 +32,10 @@ use super::search_recent::RecentTexts;
 pub const BLOCK_MAX_MESSAGES: i64 = 256;
 /// Conversations whose messages are read at once while indexing.
 const READS_IN_FLIGHT: usize = 8;
+/// Longest the indexer waits for a conversation's counter to count the messages this node stored
+/// to it (a stored run is handed over before its counter is recorded). Past it (the run's finish
+/// failed), the conversation waits for its next message.
+const COUNTER_WAIT: Duration = Duration::from_secs(60);
 
 /// Each tenant's conversations with messages this node stored since they were indexed, and the
 /// block rebuilds to retry.
@@ -52,9 +57,24 @@ pub struct IndexPolicy {
 
 struct Pending {
     db: TenantDb,
-    /// Since when each conversation has had unindexed messages.
-    conversations: HashMap<ConversationId, Instant>,
+    conversations: HashMap<ConversationId, Unindexed>,
     rebuilds: Vec<(ConversationId, i64)>,
+}
+
+/// A conversation with messages to index.
+#[derive(Debug, Clone, Copy)]
+struct Unindexed {
+    /// Since when it has had them.
+    since: Instant,
+    /// The newest seq this node stored to it (0: not known), which its counter may not count yet.
+    stored_upto: i64,
+}
+
+impl Unindexed {
+    fn merge(&mut self, other: Unindexed) {
+        self.since = self.since.min(other.since);
+        self.stored_upto = self.stored_upto.max(other.stored_upto);
+    }
 }
 
 impl SearchIndexer {
@@ -74,10 +94,10 @@ impl SearchIndexer {
             let mut recent = self.recent();
             for message in messages {
                 recent.record(db.tenant_id(), message);
-                conversations.push(&message.conversation_id);
+                conversations.push((&message.conversation_id, message.seq));
             }
         }
-        self.touch(db, conversations);
+        self.note(db, conversations);
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentTexts> {
@@ -86,9 +106,15 @@ impl SearchIndexer {
 
     /// Notes that `conversations` have new messages.
     pub fn touch<'a>(self: &Arc<Self>, db: &TenantDb, conversations: impl IntoIterator<Item = &'a ConversationId>) {
+        self.note(db, conversations.into_iter().map(|conversation| (conversation, 0)));
+    }
+
+    /// Notes that conversations have new messages, up to a seq stored here (0: not known).
+    fn note<'a>(self: &Arc<Self>, db: &TenantDb, conversations: impl IntoIterator<Item = (&'a ConversationId, i64)>) {
         self.with_pending(db, |pending| {
-            for conversation in conversations {
-                pending.conversations.entry(conversation.clone()).or_insert_with(Instant::now);
+            for (conversation, stored_upto) in conversations {
+                let noted = Unindexed { since: Instant::now(), stored_upto };
+                pending.conversations.entry(conversation.clone()).and_modify(|u| u.merge(noted)).or_insert(noted);
             }
         });
     }
@@ -151,21 +177,21 @@ impl SearchIndexer {
             hurry = more;
             let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Some(entry) = pending.get_mut(&tenant) {
-                for (conversation, since) in left {
-                    entry.conversations.entry(conversation).and_modify(|s| *s = (*s).min(since)).or_insert(since);
+                for (conversation, unindexed) in left {
+                    entry.conversations.entry(conversation).and_modify(|u| u.merge(unindexed)).or_insert(unindexed);
                 }
                 entry.rebuilds.extend(failed_rebuilds);
             }
         }
     }
 
-    /// Indexes the conversations that are due; returns those still unindexed (with their waiting
-    /// times) and whether any is more than a block behind.
+    /// Indexes the conversations that are due; returns those still unindexed or not yet counted
+    /// in full, and whether any is more than a block behind.
     async fn round(
         &self,
         db: &TenantDb,
-        conversations: HashMap<ConversationId, Instant>,
-    ) -> Result<(HashMap<ConversationId, Instant>, bool), mongodb::error::Error> {
+        conversations: HashMap<ConversationId, Unindexed>,
+    ) -> Result<(HashMap<ConversationId, Unindexed>, bool), mongodb::error::Error> {
         let ids: Vec<ConversationId> = conversations.keys().cloned().collect();
         let marks = db.search_blocks().marks(&ids).await?;
         {
@@ -174,19 +200,25 @@ impl SearchIndexer {
                 recent.let_go_through(db.tenant_id(), id, mark.indexed_upto);
             }
         }
+        // Messages this node stored whose counter is still being recorded: indexed once counted.
+        let uncounted: Vec<ConversationId> = marks
+            .iter()
+            .filter(|(id, m)| {
+                let noted = conversations[*id];
+                m.last_seq < noted.stored_upto && noted.since.elapsed() < COUNTER_WAIT
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
         let policy = self.policy;
         let (due, waiting): (HashMap<ConversationId, SearchMark>, HashMap<ConversationId, SearchMark>) =
             marks.into_iter().filter(|(_, m)| m.last_seq > m.indexed_upto).partition(|(id, m)| {
                 m.last_seq - m.indexed_upto >= policy.block_min_messages
-                    || conversations[id].elapsed() >= policy.block_max_wait
+                    || conversations[id].since.elapsed() >= policy.block_max_wait
             });
         let indexed = index_marked(db, &due, Some(self)).await?;
         let more = indexed.behind.iter().any(|id| due[id].last_seq - due[id].indexed_upto > BLOCK_MAX_MESSAGES);
-        let left = waiting.into_keys().chain(indexed.behind).chain(indexed.unread).map(|id| {
-            let since = conversations[&id];
-            (id, since)
-        });
-        Ok((left.collect(), more))
+        let left = waiting.into_keys().chain(indexed.behind).chain(indexed.unread).chain(uncounted);
+        Ok((left.map(|id| (id.clone(), conversations[&id])).collect(), more))
     }
 }
 
@@ -260,4 +292,65 @@ async fn read_block(
     let block =
         db.messages().range(&conversation, from, to).await.map(|m| SearchBlock::of(&conversation, from, to, &m));
     (conversation, block)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::TenantScope;
+    use crate::config::MongoSettings;
+    use crate::domain::{MessageKind, UserId};
+    use crate::tenancy::Store;
+
+    /// A run is handed to the indexer before its counter is recorded. A round that reads the
+    /// counter in between must not take the conversation for indexed: once counted, the run's
+    /// message is indexed.
+    #[tokio::test]
+    async fn a_run_handed_over_before_its_counter_is_indexed_once_counted() {
+        let uri = std::env::var("CONFAB_TEST_MONGODB_URI")
+            .expect("CONFAB_TEST_MONGODB_URI is not set: run the suite with ./scripts/test, which starts secantusd-rs");
+        let settings = MongoSettings {
+            uri: uri.clone(),
+            db_prefix: "confab_".into(),
+            server_selection_timeout_ms: 5000,
+            max_pool_size: 10,
+            worker_pool_size: 2,
+        };
+        let store = Store::connect(&settings).await.unwrap();
+        let tenant = TenantId::parse(&format!("idx-{}", &uuid::Uuid::now_v7().simple().to_string()[8..])).unwrap();
+        let db = store.tenant_db(&TenantScope::upkeep(&tenant));
+        let conversation = ConversationId::new();
+        let raw = mongodb::Client::with_uri_str(&uri).await.unwrap();
+        raw.database(&store.tenant_db_name(&tenant))
+            .collection::<mongodb::bson::Document>("conversations")
+            .insert_one(mongodb::bson::doc! { "_id": conversation.as_str(), "last_seq": 0_i64 })
+            .await
+            .unwrap();
+        let policy = IndexPolicy {
+            interval: Duration::from_millis(10),
+            block_min_messages: 1,
+            block_max_wait: Duration::ZERO,
+            recent_texts_max_bytes: 1 << 20,
+        };
+        let indexer = SearchIndexer::new(policy);
+        let sender = UserId::parse("alice").unwrap();
+        let mut message = Message::draft(&tenant, &conversation, &sender, MessageKind::Text, "c1".into());
+        message.seq = 1;
+        message.text = Some("kestrel".into());
+
+        indexer.stored(&db, [&message]);
+        // Rounds read the counter at 0 meanwhile.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        db.conversations().advance_seq(&conversation, 1).await.unwrap();
+        let started = Instant::now();
+        loop {
+            let marks = db.search_blocks().marks(std::slice::from_ref(&conversation)).await.unwrap();
+            if marks[&conversation].indexed_upto == 1 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "seq 1 was never indexed: {:?}", marks[&conversation]);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        raw.database(&store.tenant_db_name(&tenant)).drop().await.unwrap();
+    }
 }
