@@ -12,8 +12,9 @@
 //! restored from an old snapshot) is bounded by `cache.history_ttl_ms`: no copy is used longer
 //! than that after it was read. (Pages read while Redis does not answer use no copies at all.)
 //! That bound is far longer than `cache.ttl_ms`, which bounds copies whose changes are announced
-//! by pub/sub notices, lost far more easily. `/metrics` counts pages served from copies and
-//! from MongoDB (`chat_history_pages_total`).
+//! by pub/sub notices, lost far more easily. `/metrics` counts pages served from copies, from
+//! MongoDB, and from MongoDB because Redis gave no revision in time (`chat_history_pages_total`,
+//! `from` = `copies`, `database`, `database_unrevised`).
 //! Each page's copies expire at a random point of the second half of that time, so that the pages
 //! read together at first are not all read from MongoDB again at the same moment ever after.
 //!

@@ -297,7 +297,9 @@ pub async fn history(
                     metrics::counter!("chat_history_pages_total", "from" => "copies").increment(1);
                     return Ok(messages);
                 }
-                metrics::counter!("chat_history_pages_total", "from" => "database").increment(1);
+                // Without a revision (Redis did not answer within `HEAD_WAIT`) nothing is kept.
+                let from_database = if revision.is_some() { "database" } else { "database_unrevised" };
+                metrics::counter!("chat_history_pages_total", "from" => from_database).increment(1);
                 let Some(revision) = revision.filter(|_| kept.is_on()) else {
                     return Ok(db.messages().range(id, from, past).await?);
                 };

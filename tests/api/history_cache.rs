@@ -151,6 +151,30 @@ async fn a_page_read_from_mongodb_brings_copies_of_the_pages_around_it() {
     assert_eq!(text_of(&last, 70), "repaired");
 }
 
+/// How many history pages `/metrics` counts as served `from`.
+async fn pages_from(app: &TestApp, from: &str) -> u64 {
+    let metrics = app.send(app.request(Method::GET, "/metrics")).await.text;
+    let series = format!("chat_history_pages_total{{from=\"{from}\"}} ");
+    metrics.lines().find_map(|line| line.strip_prefix(&series)).map_or(0, |n| n.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn pages_read_while_redis_gives_no_revision_use_no_copies_and_are_counted_apart() {
+    let (relay, relayed) = Relay::redis().await;
+    let mut cut_off = long_cache();
+    cut_off.extend([("redis.url", relayed), ("redis.timeout_ms", "300".to_string())]);
+    let app = spawn_app_with(&cut_off).await;
+    let (tenant, alice, _, conversation) = five_messages(&app).await;
+    assert_eq!(first_page(&app, &alice, &conversation).await[0]["text"], "m1");
+    rewrite_in_mongodb(&app, &tenant, &conversation, 1, "repaired").await;
+    assert_eq!(first_page(&app, &alice, &conversation).await[0]["text"], "m1", "served from the node's copy");
+
+    relay.cut();
+    let unrevised = pages_from(&app, "database_unrevised").await;
+    assert_eq!(first_page(&app, &alice, &conversation).await[0]["text"], "repaired", "read from MongoDB");
+    assert!(pages_from(&app, "database_unrevised").await > unrevised, "counted as read without a revision");
+}
+
 #[tokio::test]
 async fn a_revision_lost_from_redis_never_comes_back_for_copies_kept_under_it() {
     let app = spawn_app_with(&long_cache()).await;
