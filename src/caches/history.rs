@@ -36,7 +36,7 @@ use crate::domain::{ConversationId, Message, TenantId};
 
 /// Seqs per block read from MongoDB for copies: a missed page reads at most its own seqs plus
 /// `2 * (BLOCK - 1)` more.
-pub const BLOCK: i64 = 64;
+const BLOCK: i64 = 64;
 
 /// The first and last seq of the aligned blocks that hold `from..=to` (seqs start at 1).
 pub fn blocks_around(from: i64, to: i64) -> (i64, i64) {

@@ -298,25 +298,17 @@ async fn read_block(
 mod tests {
     use super::*;
     use crate::auth::TenantScope;
-    use crate::config::MongoSettings;
     use crate::domain::{MessageKind, UserId};
     use crate::tenancy::Store;
+    use crate::tenancy::tests::{settings, test_uri};
 
     /// A run is handed to the indexer before its counter is recorded. A round that reads the
     /// counter in between must not take the conversation for indexed: once counted, the run's
     /// message is indexed.
     #[tokio::test]
     async fn a_run_handed_over_before_its_counter_is_indexed_once_counted() {
-        let uri = std::env::var("CONFAB_TEST_MONGODB_URI")
-            .expect("CONFAB_TEST_MONGODB_URI is not set: run the suite with ./scripts/test, which starts secantusd-rs");
-        let settings = MongoSettings {
-            uri: uri.clone(),
-            db_prefix: "confab_".into(),
-            server_selection_timeout_ms: 5000,
-            max_pool_size: 10,
-            worker_pool_size: 2,
-        };
-        let store = Store::connect(&settings).await.unwrap();
+        let uri = test_uri();
+        let store = Store::connect(&settings(&uri)).await.unwrap();
         let tenant = TenantId::parse(&format!("idx-{}", &uuid::Uuid::now_v7().simple().to_string()[8..])).unwrap();
         let db = store.tenant_db(&TenantScope::upkeep(&tenant));
         let conversation = ConversationId::new();

@@ -153,10 +153,16 @@ pub(crate) fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn settings(uri: &str) -> MongoSettings {
+    /// The MongoDB that `./scripts/test` starts for the suite.
+    pub(crate) fn test_uri() -> String {
+        std::env::var("CONFAB_TEST_MONGODB_URI")
+            .expect("CONFAB_TEST_MONGODB_URI is not set: run the suite with ./scripts/test, which starts secantusd-rs")
+    }
+
+    pub(crate) fn settings(uri: &str) -> MongoSettings {
         MongoSettings {
             uri: uri.into(),
             db_prefix: "confab_".into(),
@@ -186,8 +192,7 @@ mod tests {
 
     #[test]
     fn request_reads_go_through_the_threads_own_client_and_work() {
-        let uri = std::env::var("CONFAB_TEST_MONGODB_URI")
-            .expect("CONFAB_TEST_MONGODB_URI is not set: run the suite with ./scripts/test, which starts secantusd-rs");
+        let uri = test_uri();
         let scope = scope_of("own-client");
         on_worker_thread(async move || {
             let store = Store::connect(&settings(&uri)).await.unwrap();
@@ -220,7 +225,7 @@ mod tests {
             assert!(shared.insert(&user).await.unwrap());
             assert_eq!(own.get(&id).await.unwrap().map(|u| u.display_name), Some("Own Client".into()));
         });
-        let (uri, scope) = (std::env::var("CONFAB_TEST_MONGODB_URI").unwrap(), scope_of("own-client"));
+        let (uri, scope) = (test_uri(), scope_of("own-client"));
         on_worker_thread(async move || {
             let store = Store::connect(&settings(&uri)).await.unwrap();
             assert!(!store.request_db(&scope).is_through_own_client(), "another thread has no own client");
