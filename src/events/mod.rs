@@ -81,24 +81,30 @@ impl Redis {
         .await
     }
 
-    /// Runs `op` on a pooled connection, all within the configured timeout. A connection whose
-    /// command failed at the connection level, or did not answer in time, is replaced.
+    /// Runs `op` on a pooled connection (shared: see `connections`), all within the configured
+    /// timeout. A connection whose command failed at the connection level, or did not answer in
+    /// time, is replaced.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, RedisError>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = Result<T, deadpool_redis::redis::RedisError>>,
     {
         let deadline = Instant::now() + self.timeout;
-        let mut connection =
-            timeout_at(deadline, self.pool.get()).await.map_err(|_| RedisError::Timeout(self.timeout))??;
-        match timeout_at(deadline, op(connection.multiplexed.clone())).await {
+        let (multiplexed, breakage) = {
+            let connection =
+                timeout_at(deadline, self.pool.get()).await.map_err(|_| RedisError::Timeout(self.timeout))??;
+            (connection.multiplexed.clone(), connection.broken.clone())
+        };
+        match timeout_at(deadline, op(multiplexed)).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => {
-                connection.broken = connections::breaks_connection(&e);
+                if connections::breaks_connection(&e) {
+                    breakage.report();
+                }
                 Err(e.into())
             }
             Err(_) => {
-                connection.broken = true;
+                breakage.report();
                 Err(RedisError::Timeout(self.timeout))
             }
         }
@@ -183,6 +189,32 @@ mod tests {
         let second = client_id().await.unwrap();
         assert_ne!(second, first, "and the connection is replaced");
         assert_eq!(client_id().await.unwrap(), second);
+    }
+
+    #[tokio::test]
+    async fn commands_share_a_pooled_connection_while_they_wait_for_answers() {
+        let settings =
+            RedisSettings { url: redis_url(), key_prefix: "share-test:".into(), pool_size: 1, timeout_ms: 2000 };
+        let redis = Redis::connect(&settings).unwrap();
+        let (release, held) = tokio::sync::oneshot::channel::<()>();
+        // The first command is still waiting (here, for the test) when the second asks for the
+        // pool's only connection: it gets it at once, rather than when the first is answered.
+        let waiting = redis.run(|mut connection| async move {
+            let id = cmd("CLIENT").arg("ID").query_async::<i64>(&mut connection).await?;
+            let _ = held.await;
+            Ok(id)
+        });
+        let second = async {
+            let id = redis
+                .run(|mut connection| async move { cmd("CLIENT").arg("ID").query_async::<i64>(&mut connection).await })
+                .await;
+            release.send(()).unwrap();
+            id
+        };
+        let (first, second) = tokio::time::timeout(Duration::from_secs(1), async { tokio::join!(waiting, second) })
+            .await
+            .expect("the second command did not wait for the first");
+        assert_eq!(first.unwrap(), second.unwrap(), "both ran on the one pooled connection");
     }
 
     #[test]
