@@ -7,7 +7,8 @@
 //! no copy outlives `cache.ttl_ms` either: a suspension, a revoked or rotated key, a deactivation
 //! or a removal takes effect at once on the node that made it and within that bound everywhere. A
 //! copy loaded while a change was being forgotten is not kept (each map counts its forgets). A key
-//! that many requests miss at once is loaded once (`ttl_map`).
+//! that many requests miss at once is loaded once, and a copy in use is loaded again by one
+//! request before it expires while the others go on using it (`ttl_map`).
 //!
 //! Stored messages for history pages are kept apart (`history`): they are checked against a
 //! revision in Redis on every use rather than forgotten by notice.

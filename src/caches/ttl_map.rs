@@ -16,12 +16,21 @@ use super::make_room;
 /// Resolves (with an error, the sender being dropped) when a load under way ends.
 type LoadEnded = Shared<oneshot::Receiver<()>>;
 
+/// A copy this far into its `ttl` (in quarters) is loaded again by the first request that finds
+/// it while no load of it is under way; the others go on using the copy meanwhile.
+const REFRESH_AFTER_QUARTERS: u32 = 3;
+
 /// A map whose entries expire `ttl` after they were loaded; `ttl` zero keeps nothing.
 ///
 /// Requests that miss a key while it is being loaded wait for that load instead of making their
 /// own: when a hot conversation's copy expires under load, one read goes to MongoDB, not one per
 /// request in flight. A waiter whose load ended without a copy to show for it (nothing found, an
 /// error, a forget meanwhile, the loading request gone) loads for itself.
+///
+/// A key in steady use does not expire at all: once its copy is `REFRESH_AFTER_QUARTERS` into its
+/// `ttl`, one request loads it again while the rest keep being served the copy, which is still
+/// within its `ttl`. Without that, every request for a busy key waited on a MongoDB read every
+/// `ttl`, and a database hiccup at that moment held up all of them at once.
 pub(super) struct TtlMap<K, V> {
     entries: Mutex<HashMap<K, (Instant, V)>>,
     loading: Mutex<HashMap<K, LoadEnded>>,
@@ -57,9 +66,28 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
     }
 
     fn fresh(&self, key: &K) -> Option<V> {
+        self.copy(key).map(|(value, _)| value)
+    }
+
+    /// The key's copy within its `ttl`, and whether it is due to be loaded again.
+    fn copy(&self, key: &K) -> Option<(V, bool)> {
         let entries = self.entries();
         let (loaded, value) = entries.get(key)?;
-        (loaded.elapsed() < self.ttl).then(|| value.clone())
+        let age = loaded.elapsed();
+        (age < self.ttl).then(|| (value.clone(), age >= self.ttl / 4 * REFRESH_AFTER_QUARTERS))
+    }
+
+    /// Marks the key as being loaded by the caller, or says how to wait for the load under way.
+    fn start_loading<'a>(&'a self, key: &'a K) -> Result<Loading<'a, K, V>, LoadEnded> {
+        let mut loading = lock(&self.loading);
+        match loading.get(key) {
+            Some(ended) => Err(ended.clone()),
+            None => {
+                let (ended, on_end) = oneshot::channel();
+                loading.insert(key.clone(), on_end.shared());
+                Ok(Loading { map: self, key, _ended: ended })
+            }
+        }
     }
 
     pub(super) async fn get_or_load<E>(
@@ -70,21 +98,19 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
         if self.ttl.is_zero() {
             return load.await;
         }
-        if let Some(value) = self.fresh(key) {
-            return Ok(Some(value));
+        if let Some((value, due)) = self.copy(key) {
+            let Some(_loading) = due.then(|| self.start_loading(key).ok()).flatten() else {
+                return Ok(Some(value));
+            };
+            // A refresh that fails serves the copy, which is still within its `ttl`, unless a
+            // change has forgotten it meanwhile.
+            let forgets = self.forgets.load(Ordering::Acquire);
+            return match self.load_and_keep(key, load).await {
+                Err(_) if self.forgets.load(Ordering::Acquire) == forgets => Ok(Some(value)),
+                loaded => loaded,
+            };
         }
-        let under_way = {
-            let mut loading = lock(&self.loading);
-            match loading.get(key) {
-                Some(ended) => Err(ended.clone()),
-                None => {
-                    let (ended, on_end) = oneshot::channel();
-                    loading.insert(key.clone(), on_end.shared());
-                    Ok(Loading { map: self, key, _ended: ended })
-                }
-            }
-        };
-        let _loading = match under_way {
+        let _loading = match self.start_loading(key) {
             Ok(loading) => Some(loading),
             Err(ended) => {
                 let _ = ended.await;
@@ -94,6 +120,15 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
                 None
             }
         };
+        self.load_and_keep(key, load).await
+    }
+
+    /// Runs `load` and keeps what it found, unless the key was forgotten meanwhile.
+    async fn load_and_keep<E>(
+        &self,
+        key: &K,
+        load: impl Future<Output = Result<Option<V>, E>>,
+    ) -> Result<Option<V>, E> {
         let now = Instant::now();
         let forgets = self.forgets.load(Ordering::Acquire);
         let loaded = load.await?;
@@ -209,6 +244,63 @@ mod tests {
         let (got, loads) = misses_at_once(&map(60_000), 5, None).await;
         assert!(got.iter().all(Option::is_none), "{got:?}");
         assert_eq!(loads, 5);
+    }
+
+    /// A map with a one-second `ttl` holding "old" for key 1, 800 ms into it: due for a refresh.
+    async fn due_for_refresh() -> TtlMap<u32, String> {
+        let map = map(1_000);
+        load(&map, 1, "old").await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        map
+    }
+
+    #[tokio::test]
+    async fn a_copy_in_use_is_loaded_again_before_it_expires_while_the_others_are_served_it() {
+        let map = due_for_refresh().await;
+        let loads = AtomicUsize::new(0);
+        let refresh = map.get_or_load(&1, async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<_, ()>(Some("new".to_string()))
+        });
+        let others = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.push(
+                    map.get_or_load(&1, async {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, ()>(Some("other".to_string()))
+                    })
+                    .await
+                    .unwrap(),
+                );
+            }
+            got
+        };
+        let (refreshed, others) = tokio::join!(refresh, others);
+        assert_eq!(refreshed.unwrap().as_deref(), Some("new"), "the first request past 3/4 of the ttl loads");
+        assert!(others.iter().all(|o| o.as_deref() == Some("old")), "the rest use the copy meanwhile: {others:?}");
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert_eq!(map.fresh(&1).as_deref(), Some("new"));
+        assert!(map.copy(&1).is_some_and(|(_, due)| !due), "the new copy starts a ttl of its own");
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_serves_the_copy_unless_it_was_forgotten_meanwhile() {
+        let map = due_for_refresh().await;
+        let failed = map.get_or_load(&1, async { Err::<Option<String>, _>("database down") }).await;
+        assert_eq!(failed.unwrap().as_deref(), Some("old"));
+        assert_eq!(map.fresh(&1).as_deref(), Some("old"), "the copy stays until its ttl");
+
+        let failed = map
+            .get_or_load(&1, async {
+                map.forget(&1);
+                Err::<Option<String>, _>("database down")
+            })
+            .await;
+        assert_eq!(failed, Err("database down"), "a forgotten copy is not served");
+        assert_eq!(map.fresh(&1), None);
     }
 
     #[tokio::test]
