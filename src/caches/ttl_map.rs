@@ -98,15 +98,13 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
         if self.ttl.is_zero() {
             return load.await;
         }
-        if let Some((value, due)) = self.copy(key) {
+        if let Some((copy, due)) = self.copy(key) {
             let Some(_loading) = due.then(|| self.start_loading(key).ok()).flatten() else {
-                return Ok(Some(value));
+                return Ok(Some(copy));
             };
-            // A refresh that fails serves the copy, which is still within its `ttl`, unless a
-            // change has forgotten it meanwhile.
-            let forgets = self.forgets.load(Ordering::Acquire);
+            // A refresh that fails serves the copy while it is still kept (a change forgets it).
             return match self.load_and_keep(key, load).await {
-                Err(_) if self.forgets.load(Ordering::Acquire) == forgets => Ok(Some(value)),
+                Err(e) => self.fresh(key).map(Some).ok_or(e),
                 loaded => loaded,
             };
         }
