@@ -57,6 +57,7 @@ impl AppState {
             settings.chat.send_committers,
             settings.chat.send_batch_max,
             settings.chat.send_queue_capacity,
+            Duration::from_millis(settings.chat.record_interval_ms),
             settings.chat.commit_threads,
             crate::chat::search_index::IndexPolicy {
                 interval: std::time::Duration::from_millis(settings.chat.search_index_interval_ms),

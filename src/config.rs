@@ -143,6 +143,10 @@ pub struct ChatSettings {
     pub send_batch_max: usize,
     /// Sends queued per tenant and node while a batch is being stored; senders wait beyond it.
     pub send_queue_capacity: usize,
+    /// Least time between two writes of a tenant's conversation records (counters and newest
+    /// messages) on a node; they are written behind the answers, so this is how far a
+    /// conversation's `last_message` may lag its sends under load (`last_seq` never does).
+    pub record_interval_ms: u64,
     /// Threads the committers run on, apart from the HTTP workers (0: one per core).
     pub commit_threads: usize,
 }
@@ -306,6 +310,7 @@ search_recent_texts_max_bytes = 16777216
 send_committers = 2
 send_batch_max = 256
 send_queue_capacity = 4096
+record_interval_ms = 100
 commit_threads = 1
 max_name_chars = 100
 max_description_chars = 1000

@@ -113,8 +113,8 @@ pub async fn readable_cached(
     seen_with(state, db, caller, id, conversation).await
 }
 
-/// `visible` with the conversation read fresh (for its live `last_seq`), the membership through
-/// this node's cache.
+/// `visible` with the conversation read fresh and its `last_seq` raised to its head (see
+/// `counters`), the membership through this node's cache.
 pub async fn readable(
     state: &AppState,
     db: &TenantDb,
@@ -122,7 +122,9 @@ pub async fn readable(
     id: &ConversationId,
 ) -> Result<(Conversation, Option<Member>), ApiError> {
     let conversations = db.conversations();
-    seen_with(state, db, caller, id, conversations.get(id)).await
+    let (mut conversation, member) = seen_with(state, db, caller, id, conversations.get(id)).await?;
+    super::counters::with_head(&state.redis, db.tenant_id(), &mut conversation).await;
+    Ok((conversation, member))
 }
 
 /// `seen_by` for the conversation `load` finds, read beside the caller's cached membership.
@@ -214,7 +216,7 @@ pub async fn create(
     if new.kind == ConversationType::Direct
         && let Some(existing) = db.conversations().get_by_unique_key(&unique_key).await?
     {
-        return Ok((with_member(&db, caller, existing).await?, false));
+        return Ok((with_member(state, &db, caller, existing).await?, false));
     }
     let conversation = Conversation {
         id: id.clone(),
@@ -256,7 +258,7 @@ pub async fn create(
             .get_by_unique_key(&unique_key)
             .await?
             .ok_or_else(|| ApiError::not_found("conversation"))?;
-        return Ok((with_member(&db, caller, existing).await?, false));
+        return Ok((with_member(state, &db, caller, existing).await?, false));
     }
     for member in &members {
         super::members::announce_joined(state, member).await;
@@ -282,11 +284,14 @@ pub fn new_member(conversation: &Conversation, user: &UserId, role: MemberRole, 
     }
 }
 
+/// The conversation as the caller sees it, its `last_seq` raised to its head (see `counters`).
 async fn with_member(
+    state: &AppState,
     db: &TenantDb,
     caller: &ActingUser,
-    conversation: Conversation,
+    mut conversation: Conversation,
 ) -> Result<ConversationWithMember, ApiError> {
+    super::counters::with_head(&state.redis, db.tenant_id(), &mut conversation).await;
     let member = db.members().get(&conversation.id, caller.user_id()).await?.filter(Member::is_active);
     let unread = match &member {
         Some(m) => Some(
@@ -307,7 +312,7 @@ pub async fn get(
     caller.require(Scope::ChatRead)?;
     let db = state.store.request_db(&caller.scope());
     let (conversation, _) = visible(&db, caller, id).await?;
-    with_member(&db, caller, conversation).await
+    with_member(state, &db, caller, conversation).await
 }
 
 /// Owners and admins change a group's or channel's profile and settings.
@@ -348,7 +353,7 @@ pub async fn update(
         .await?
         .ok_or_else(|| ApiError::not_found("conversation"))?;
     forget(state, db.tenant_id(), id).await;
-    with_member(&db, caller, updated).await
+    with_member(state, &db, caller, updated).await
 }
 
 /// Makes every node read the conversation again: its settings or pins changed.
@@ -373,9 +378,10 @@ pub async fn list_mine(
     };
     let before = cursor.as_ref().map(|(at, id)| (*at, id.as_str()));
     let conversations = db.conversations().page_by_activity(&ids, before, page.limit + 1).await?;
-    let page = Page::from_overfetch(conversations, page.limit, |c| {
+    let mut page = Page::from_overfetch(conversations, page.limit, |c| {
         format!("{}_{}", c.last_activity_at.timestamp_millis(), c.id)
     });
+    super::counters::with_heads(&state.redis, db.tenant_id(), &mut page.items).await;
     let mut items = Vec::with_capacity(page.items.len());
     for conversation in page.items {
         let member = memberships.iter().find(|m| m.conversation_id == conversation.id).cloned();

@@ -59,7 +59,10 @@ async fn admit(
         return Err(ApiError::new(ErrorCode::LimitReached, "the conversation is full")
             .with_details(serde_json::json!({ "limit": "max_members", "value": conversation.max_members })));
     }
-    let member = new_member(conversation, user, role, crate::domain::now());
+    // A new member has read what is stored before they join, counted or not yet.
+    let mut counted = conversation.clone();
+    super::counters::with_head(&state.redis, db.tenant_id(), &mut counted).await;
+    let member = new_member(&counted, user, role, crate::domain::now());
     if !db.members().insert(&member).await? {
         db.conversations().release_member_slot(&conversation.id).await?;
         return Ok(None);

@@ -10,6 +10,7 @@ use crate::domain::{
 use crate::error::{ApiError, ErrorCode};
 use crate::events::LiveEvent;
 use crate::tenancy::TenantDb;
+use crate::tenancy::repos::SameSeq;
 
 use super::conversations::{as_member, as_sender, readable, readable_cached, require_moderator};
 
@@ -210,7 +211,8 @@ pub(super) async fn store(state: &AppState, db: &TenantDb, message: Message) -> 
 /// and the sharing of its files. All of it is idempotent, so a retry of a send that failed
 /// half-way (the message stored, these not) completes it.
 pub(super) async fn follow_up(db: &TenantDb, message: &Message) -> Result<(), mongodb::error::Error> {
-    db.conversations().record_last_message(&message.conversation_id, &last_message_of(message)).await?;
+    let last = last_message_of(message);
+    db.conversations().record_last_message(&message.conversation_id, &last, SameSeq::Replace).await?;
     share_files(db, message).await
 }
 
@@ -317,9 +319,11 @@ pub async fn history(
             }
             let newest = match head {
                 Some(head) => head.max(found),
-                // Beyond what the page shows, only the conversation's counter says how far.
+                // Beyond what the page shows, the conversation's counter and what is stored past it
+                // (the counter is recorded behind the sends) say how far.
                 None if found > to || messages.is_empty() => {
-                    let counted = db.conversations().get(id).await?.map_or(0, |c| c.last_seq).max(found);
+                    let counter = db.conversations().get(id).await?.map_or(0, |c| c.last_seq);
+                    let counted = db.messages().newest_seq_past(id, counter.max(found)).await?;
                     remember_head(state, &db, id, counted).await;
                     counted
                 }
@@ -483,7 +487,7 @@ pub async fn edit(
     }
     .ok_or_else(|| ApiError::not_found("message"))?;
     revise(state, db.tenant_id(), id).await;
-    db.conversations().refresh_last_message(id, &last_message_of(&edited)).await?;
+    db.conversations().record_last_message(id, &last_message_of(&edited), SameSeq::Replace).await?;
     state.redis.publish_event(&edited.tenant_id, &LiveEvent::Updated { message: edited.clone() }).await;
     super::search::forget_words(state, &db, id, seq).await;
     Ok(edited)
@@ -513,7 +517,7 @@ pub async fn delete(state: &AppState, caller: &ActingUser, id: &ConversationId, 
     }
     db.conversations().set_pinned(id, seq, false).await?;
     super::conversations::forget(state, db.tenant_id(), id).await;
-    db.conversations().refresh_last_message(id, &last_message_of(&deleted)).await?;
+    db.conversations().record_last_message(id, &last_message_of(&deleted), SameSeq::Replace).await?;
     state.redis.publish_event(&caller.tenant.id, &LiveEvent::Updated { message: deleted }).await;
     super::search::forget_words(state, &db, id, seq).await;
     Ok(())

@@ -3,6 +3,7 @@
 
 mod commit;
 pub mod conversations;
+pub mod counters;
 mod encrypted;
 pub mod members;
 pub mod messages;

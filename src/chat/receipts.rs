@@ -37,7 +37,8 @@ pub async fn mark(
         return Err(ApiError::validation("seq", "must not be negative"));
     }
     let db = state.store.tenant_db(&caller.scope());
-    let (conversation, _) = as_member(&db, caller, id).await?;
+    let (mut conversation, _) = as_member(&db, caller, id).await?;
+    super::counters::with_head(&state.redis, db.tenant_id(), &mut conversation).await;
     let seq = seq.min(conversation.last_seq);
     let members = db.members();
     let member = if read {
@@ -64,7 +65,8 @@ pub async fn unread(state: &AppState, caller: &ActingUser) -> Result<UnreadSumma
     let db = state.store.request_db(&caller.scope());
     let memberships = db.members().of_user(caller.user_id()).await?;
     let ids: Vec<ConversationId> = memberships.iter().map(|m| m.conversation_id.clone()).collect();
-    let conversations = db.conversations().get_many(&ids).await?;
+    let mut conversations = db.conversations().get_many(&ids).await?;
+    super::counters::with_heads(&state.redis, db.tenant_id(), &mut conversations).await;
     let mut summary = UnreadSummary { total: 0, conversations: Vec::new() };
     for conversation in conversations {
         let Some(member) = memberships.iter().find(|m| m.conversation_id == conversation.id) else { continue };

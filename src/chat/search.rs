@@ -138,7 +138,10 @@ async fn readable_marks(
 ) -> Result<HashMap<ConversationId, SearchMark>, ApiError> {
     let mut rounds = 0;
     loop {
-        let marks = db.search_blocks().marks(scope).await?;
+        let mut marks = db.search_blocks().marks(scope).await?;
+        // Messages answered but not counted yet are searched too.
+        let counters = marks.iter_mut().map(|(id, m)| (id, &mut m.last_seq)).collect();
+        super::counters::raise_to_heads(&state.redis, db.tenant_id(), counters).await;
         let far_behind: HashMap<ConversationId, SearchMark> = marks
             .iter()
             .filter(|(_, m)| m.last_seq - m.indexed_upto > UNINDEXED_READ_MAX)
@@ -220,8 +223,8 @@ async fn index_through(db: &TenantDb, conversation: &ConversationId, seq: i64) -
             return Ok(true);
         }
         if seq > mark.last_seq {
-            // The message is stored, so its seq counts: a send that failed after storing it left
-            // the counter behind.
+            // The message is stored, so its seq counts: the counter is recorded behind the sends
+            // (or a send failed after storing it).
             db.conversations().advance_seq(conversation, seq).await?;
             continue;
         }

@@ -145,6 +145,20 @@ impl Redis {
         });
     }
 
+    /// The heads Redis has of `conversations`, in their order.
+    pub async fn heads(
+        &self,
+        tenant: &TenantId,
+        conversations: &[&ConversationId],
+    ) -> Result<Vec<Option<i64>>, RedisError> {
+        if conversations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = conversations.iter().map(|c| self.head_key(tenant, c)).collect();
+        let mget = deadpool_redis::redis::cmd("MGET").arg(&keys).clone();
+        self.run(|mut conn| async move { mget.query_async(&mut conn).await }).await
+    }
+
     /// The conversation's head (if Redis has one) and its messages' revision, in one round trip
     /// (two when the conversation has no revision yet: the reader sets one).
     pub async fn head_and_revision(

@@ -110,9 +110,12 @@ pub struct ConversationView {
     pub max_members: u32,
     pub member_count: u32,
     pub created_by: String,
-    /// Messages are numbered 1..=last_seq without gaps.
+    /// Messages are numbered 1..=last_seq without gaps; counts every message already answered.
     pub last_seq: i64,
+    /// The newest message, recorded behind the sends: under load it may trail `last_seq` for up
+    /// to the server's record interval (100 ms by default).
     pub last_message: Option<LastMessage>,
+    /// When `last_message` was sent (or the conversation created); recorded with it.
     pub last_activity_at: DateTime<Utc>,
     pub pinned_seqs: Vec<i64>,
     pub created_at: DateTime<Utc>,

@@ -852,7 +852,8 @@ async fn membership_changes_are_recorded_as_gapless_system_messages() {
         assert!(system["text"].as_str().is_some_and(|t| !t.is_empty()), "{system}");
     }
 
-    let seen = view(&app, &alice, &channel).await;
+    let path = format!("/v1/conversations/{channel}");
+    let seen = app.get_until(&path, &alice, |v| v["last_message"]["seq"] == 8).await.body;
     assert_eq!(seen["last_seq"], 8);
     assert_eq!(seen["last_message"]["seq"], 8);
     assert_eq!(seen["last_message"]["kind"], "system");
@@ -945,7 +946,7 @@ async fn my_conversations_follow_last_activity_with_unread_counts() {
     assert_eq!(my_conversation_ids(&app, &bob).await, [g3, g2, g1]);
 
     tick().await;
-    assert_status(&app.say(&bob, g1, "first").await, StatusCode::CREATED);
+    assert_status(&app.say_recorded(&bob, g1, "first").await, StatusCode::CREATED);
     assert_eq!(my_conversation_ids(&app, &alice).await, [g1, g3, g2]);
     assert_eq!(my_conversation_ids(&app, &bob).await, [g1, g3, g2]);
     assert_eq!(my_membership(&app, &alice, g1).await["unread_count"], 1);
@@ -953,8 +954,8 @@ async fn my_conversations_follow_last_activity_with_unread_counts() {
     assert_eq!(my_membership(&app, &alice, g3).await["unread_count"], 0);
 
     tick().await;
-    assert_status(&app.say(&alice, g2, "one").await, StatusCode::CREATED);
-    assert_status(&app.say(&alice, g2, "second").await, StatusCode::CREATED);
+    assert_status(&app.say_recorded(&alice, g2, "one").await, StatusCode::CREATED);
+    assert_status(&app.say_recorded(&alice, g2, "second").await, StatusCode::CREATED);
     assert_eq!(my_conversation_ids(&app, &bob).await, [g2, g1, g3]);
     assert_eq!(my_membership(&app, &bob, g2).await["unread_count"], 2);
     assert_eq!(my_membership(&app, &alice, g2).await["unread_count"], 0);
@@ -1000,7 +1001,7 @@ async fn my_conversations_pages_cover_every_conversation_once() {
         [(&bob, &mine[1]), (&bob, &mine[4]), (&carol, &mine[6]), (&bob, &mine[1])].into_iter().enumerate()
     {
         tick().await;
-        assert_status(&app.say(token, id, &format!("message {i}")).await, StatusCode::CREATED);
+        assert_status(&app.say_recorded(token, id, &format!("message {i}")).await, StatusCode::CREATED);
     }
 
     let whole = my_conversation_ids(&app, &alice).await;
@@ -1134,7 +1135,7 @@ async fn another_tenant_cannot_reach_a_conversation_by_id() {
     let group = app.conversation(&a_alice, "group", &["bob"]).await;
     let channel = app.conversation(&a_alice, "channel", &["bob"]).await;
     for id in [&group, &channel] {
-        assert_status(&app.say(&a_alice, id, "tenant A only").await, StatusCode::CREATED);
+        assert_status(&app.say_recorded(&a_alice, id, "tenant A only").await, StatusCode::CREATED);
     }
     let before: Vec<(Value, Vec<String>, Vec<Value>)> = {
         let mut snapshots = Vec::new();

@@ -127,6 +127,20 @@ impl TestApp {
         self.send(builder).await
     }
 
+    /// GETs `path` until `done` holds or five seconds pass, and returns the last reply: for what
+    /// confab writes behind its answers (a conversation's `last_message` and `last_activity_at`,
+    /// within `chat.record_interval_ms`).
+    pub async fn get_until(&self, path: &str, token: &str, done: impl Fn(&Value) -> bool) -> Reply {
+        let started = std::time::Instant::now();
+        loop {
+            let reply = self.call(Method::GET, path, token, None).await;
+            if done(&reply.body) || started.elapsed() > std::time::Duration::from_secs(5) {
+                return reply;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
         self.call(method, path, &self.operator_token.clone(), body).await
     }
@@ -312,6 +326,19 @@ impl TestApp {
     pub async fn say(&self, token: &str, conversation: &str, text: &str) -> Reply {
         let body = json!({"client_msg_id": format!("c-{}", random_lower(12)), "text": text});
         self.call(Method::POST, &format!("/v1/conversations/{conversation}/messages"), token, Some(body)).await
+    }
+
+    /// `say`, then waits until the conversation has recorded the message as its newest (records
+    /// are written behind the answers): for tests of what follows from the record, such as
+    /// previews and the order of conversations by activity.
+    pub async fn say_recorded(&self, token: &str, conversation: &str, text: &str) -> Reply {
+        let sent = self.say(token, conversation, text).await;
+        if let Some(seq) = sent.body["seq"].as_i64() {
+            let path = format!("/v1/conversations/{conversation}");
+            let recorded = self.get_until(&path, token, |v| v["last_message"]["seq"].as_i64() >= Some(seq)).await;
+            assert!(recorded.body["last_message"]["seq"].as_i64() >= Some(seq), "never recorded: {}", recorded.text);
+        }
+        sent
     }
 }
 

@@ -81,15 +81,25 @@ pub(crate) async fn marks(db: &mongodb::Database) -> BTreeMap<String, (i64, i64)
         .collect()
 }
 
-/// Waits until every conversation is indexed up to its last seq.
+/// Each conversation's newest stored seq, from its messages.
+pub(crate) async fn stored_upto(db: &mongodb::Database) -> BTreeMap<String, i64> {
+    let newest = [doc! { "$group": { "_id": "$conversation_id", "seq": { "$max": "$seq" } } }];
+    let found: Vec<Document> =
+        db.collection::<Document>("messages").aggregate(newest).await.unwrap().try_collect().await.unwrap();
+    found.into_iter().map(|n| (n.get_str("_id").unwrap().to_string(), n.get_i64("seq").unwrap())).collect()
+}
+
+/// Waits until every conversation's counter counts its stored messages (it is recorded behind
+/// the sends) and the conversation is indexed up to it.
 pub(crate) async fn fully_indexed(db: &mongodb::Database) {
     let started = Instant::now();
     loop {
-        let marks = marks(db).await;
-        if marks.values().all(|(upto, last)| upto == last) {
+        let (marks, stored) = (marks(db).await, stored_upto(db).await);
+        let counted = |id: &String, last: i64| last == stored.get(id).copied().unwrap_or(0);
+        if marks.iter().all(|(id, (upto, last))| upto == last && counted(id, *last)) {
             return;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "not indexed: {marks:?}");
+        assert!(started.elapsed() < Duration::from_secs(20), "not indexed: {marks:?}, stored: {stored:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -132,8 +132,10 @@ async fn concurrent_sends_over_many_conversations_on_two_nodes_stay_gapless_and_
             let answered = &originals[&(conversation.clone(), id.clone())].1;
             assert_eq!(answered["seq"], *seq, "the answer named the stored seq");
         }
-        let view = first.call(Method::GET, &format!("/v1/conversations/{conversation}"), &tokens[2], None).await;
+        let path = format!("/v1/conversations/{conversation}");
+        let view = first.call(Method::GET, &path, &tokens[2], None).await;
         assert_eq!(view.body["last_seq"], 60, "{}", view.text);
+        let view = first.get_until(&path, &tokens[2], |v| v["last_message"]["seq"] == 60).await;
         assert_eq!(view.body["last_message"]["seq"], 60, "{}", view.text);
         let newest = &stored.last().unwrap().1;
         assert_eq!(view.body["last_message"]["preview"], text_of(newest), "{}", view.text);
@@ -190,16 +192,19 @@ async fn a_burst_to_one_conversation_is_published_in_seq_order() {
         .expect("every event is published")
         .expect("the listener finishes");
     assert_eq!(published, (1..=SENDS).collect::<Vec<_>>(), "published once each, in seq order");
-    let view = app.call(Method::GET, &format!("/v1/conversations/{conversation}"), &bob, None).await;
+    let path = format!("/v1/conversations/{conversation}");
+    let view = app.call(Method::GET, &path, &bob, None).await;
     assert_eq!(view.body["last_seq"], SENDS, "{}", view.text);
+    let view = app.get_until(&path, &bob, |v| v["last_message"]["seq"] == SENDS).await;
     assert_eq!(view.body["last_message"]["seq"], SENDS, "{}", view.text);
 }
 
-/// Four committers hand their stored runs' counters to one recorder, which writes what reached
-/// it together in one statement: still, every 201 comes after its own message is counted and is
-/// the conversation's newest message or older than it.
+/// Four committers hand their stored runs' records to one recorder, which writes them behind the
+/// answers: still, every 201 comes after its message counts in the conversation's `last_seq`
+/// and in the other member's unread count, and each conversation's newest message is recorded
+/// soon after its last send.
 #[tokio::test]
-async fn every_answered_send_is_already_counted_when_committers_share_a_recorder() {
+async fn every_answered_send_is_counted_at_once_and_recorded_soon_after() {
     use futures_util::StreamExt;
 
     const CONVERSATIONS: usize = 12;
@@ -207,36 +212,88 @@ async fn every_answered_send_is_already_counted_when_committers_share_a_recorder
     let app = spawn_app_with(&[("chat.send_committers", "4".into())]).await;
     let tenant = app.burst_chat_tenant().await;
     let alice = app.user(&tenant, "alice").await;
-    app.user(&tenant, "bob").await;
+    let bob = app.user(&tenant, "bob").await;
     let mut conversations = Vec::new();
     for _ in 0..CONVERSATIONS {
         conversations.push(app.conversation(&alice, "group", &["bob"]).await);
     }
     let checked = futures_util::stream::iter(0..SENDS)
         .map(|n| {
-            let (app, alice, conversation) = (&app, &alice, &conversations[n % CONVERSATIONS]);
+            let (app, alice, bob, conversation) = (&app, &alice, &bob, &conversations[n % CONVERSATIONS]);
             async move {
                 let sent = send(app, alice, conversation, &format!("m{n}")).await;
                 assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.text);
                 let seq = sent.body["seq"].as_i64().unwrap();
-                let view = app.call(Method::GET, &format!("/v1/conversations/{conversation}"), alice, None).await;
+                let view = app.call(Method::GET, &format!("/v1/conversations/{conversation}"), bob, None).await;
                 let counted = view.body["last_seq"].as_i64().unwrap();
-                let newest = view.body["last_message"]["seq"].as_i64().unwrap();
-                assert!(counted >= seq && newest >= seq, "seq {seq} answered before it was counted: {}", view.text);
+                let unread = view.body["membership"]["unread_count"].as_i64().unwrap();
+                assert!(counted >= seq, "seq {seq} answered before it was counted: {}", view.text);
+                assert!(unread >= seq, "seq {seq} answered before bob counted it unread: {}", view.text);
             }
         })
         .buffer_unordered(64)
         .count()
         .await;
     assert_eq!(checked, SENDS);
+    let sends = (SENDS / CONVERSATIONS) as i64;
     for conversation in &conversations {
-        let view = app.call(Method::GET, &format!("/v1/conversations/{conversation}"), &alice, None).await;
-        let sends = (SENDS / CONVERSATIONS) as i64;
+        let path = format!("/v1/conversations/{conversation}");
+        let view = app.get_until(&path, &alice, |v| v["last_message"]["seq"] == sends).await;
         assert_eq!(view.body["last_seq"], sends, "{}", view.text);
         assert_eq!(view.body["last_message"]["seq"], sends, "{}", view.text);
         let newest = seqs_of(&app, &alice, conversation).await.pop().unwrap().1;
         assert_eq!(view.body["last_message"]["preview"], text_of(&newest), "{}", view.text);
     }
+}
+
+/// Records are written behind the answers, at most every `chat.record_interval_ms` (held long
+/// here): meanwhile `last_seq`, unread counts and read marks count every answered send, the other
+/// node numbers its sends past what is stored rather than what is recorded, an edit of the newest
+/// message shows at once, and the record of the message as it was sent does not undo it.
+#[tokio::test]
+async fn what_a_held_record_has_not_written_yet_is_counted_numbered_past_and_not_undone() {
+    let held = [("chat.record_interval_ms", "5000".to_string())];
+    let first = spawn_app_with(&held).await;
+    let second = first.second_node_with(&held).await;
+    let tenant = first.chat_tenant().await;
+    let alice = first.user(&tenant, "alice").await;
+    let bob = first.user(&tenant, "bob").await;
+    let carol = first.user(&tenant, "carol").await;
+    let conversation = first.conversation(&alice, "group", &["bob", "carol"]).await;
+    let other = first.conversation(&alice, "group", &["bob"]).await;
+    // The first record after a quiet spell is written at once; the ones after it are held.
+    let started = Instant::now();
+    for n in 1..=3 {
+        assert_eq!(send(&first, &alice, &conversation, &format!("m{n}")).await.status, StatusCode::CREATED);
+        assert_eq!(send(&first, &alice, &other, &format!("o{n}")).await.status, StatusCode::CREATED);
+    }
+    let path = format!("/v1/conversations/{conversation}");
+    let view = first.call(Method::GET, &path, &bob, None).await;
+    let counts = (&view.body["last_seq"], &view.body["membership"]["unread_count"]);
+    assert_eq!(counts, (&json!(3), &json!(3)), "{}", view.text);
+    assert!(view.body["last_message"]["seq"].as_i64().unwrap() < 3, "the newest record is held: {}", view.text);
+    let read = first.call(Method::POST, &format!("{path}/read"), &carol, Some(json!({"seq": 3}))).await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.text);
+    assert_eq!((&read.body["last_read_seq"], &read.body["unread_count"]), (&json!(3), &json!(0)), "{}", read.text);
+    let unread = first.call(Method::GET, "/v1/me/unread", &bob, None).await;
+    assert!(unread.text.contains(&conversation) && unread.body["total_unread_count"] == 6, "{}", unread.text);
+
+    let elsewhere = send(&second, &alice, &other, "o4").await;
+    assert_eq!((elsewhere.status, &elsewhere.body["seq"]), (StatusCode::CREATED, &json!(4)), "{}", elsewhere.text);
+
+    let edit = json!({"text": "m3, edited"});
+    let edited = first.call(Method::PATCH, &format!("{}/3", messages(&conversation)), &alice, Some(edit)).await;
+    assert_eq!(edited.status, StatusCode::OK, "{}", edited.text);
+    let view = first.call(Method::GET, &path, &bob, None).await;
+    assert_eq!(view.body["last_message"]["seq"], 3, "{}", view.text);
+    assert_eq!(view.body["last_message"]["preview"], "m3, edited", "{}", view.text);
+    assert!(started.elapsed() < Duration::from_secs(5), "the checks ran while the record was held");
+
+    tokio::time::sleep(Duration::from_millis(5_500).saturating_sub(started.elapsed())).await;
+    let view = first.call(Method::GET, &path, &bob, None).await;
+    assert_eq!(view.body["last_message"]["preview"], "m3, edited", "the held record kept the edit: {}", view.text);
+    let view = first.get_until(&format!("/v1/conversations/{other}"), &bob, |v| v["last_message"]["seq"] == 4).await;
+    assert_eq!((&view.body["last_seq"], &view.body["last_message"]["seq"]), (&json!(4), &json!(4)), "{}", view.text);
 }
 
 /// A committer numbers sends from the heads it remembers; the other node's sends make those
@@ -266,8 +323,10 @@ async fn sends_alternating_between_nodes_get_consecutive_seqs() {
     let stored = seqs_of(&first, &alice, &conversation).await;
     let expected: Vec<(i64, String)> = (0..14).map(|n| (n as i64 + 1, format!("m{n}"))).collect();
     assert_eq!(stored, expected, "gapless, in send order");
-    let view = second.call(Method::GET, &format!("/v1/conversations/{conversation}"), &alice, None).await;
+    let path = format!("/v1/conversations/{conversation}");
+    let view = second.call(Method::GET, &path, &alice, None).await;
     assert_eq!(view.body["last_seq"], 14, "{}", view.text);
+    let view = second.get_until(&path, &alice, |v| v["last_message"]["seq"] == 14).await;
     assert_eq!(view.body["last_message"]["seq"], 14, "{}", view.text);
 }
 

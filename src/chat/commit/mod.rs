@@ -10,20 +10,19 @@
 //! batch with ONE ordered insert under the unique (conversation, seq) index. An ordered insert
 //! stops at its first failure, so what got stored of every conversation is a run without holes.
 //! The draft that failed either repeats a `client_msg_id` (its sender gets the original) or lost
-//! its seq to another node, whose message is already stored: the counter moves over the taken seq
-//! (so a writer that crashed before moving it cannot wedge the conversation), the heads of the
-//! conversations left over are forgotten and read again, and the rest go round again.
+//! its seq to another node, whose message is already stored: the heads of the conversations left
+//! over are forgotten and read again (the counter and what is stored past it, see `counters`, so
+//! neither a counter recorded behind nor a writer that crashed before recording can wedge the
+//! conversation), and the rest go round again.
 //!
-//! A stored run is then finished: its conversations' counters and newest messages are recorded
-//! (by the tenant's `recorder`, in one statement with the other runs waiting for it), their heads
-//! raised in Redis (`events::heads`) and its events published in one pipeline, and every sender
-//! is answered (a 201 means the message is in MongoDB); the search indexer (`search_index`) is
-//! handed the run first, by the committer, in seq order.
-//! Finishing overlaps the next batches' inserts, and up to `FINISHES_IN_FLIGHT` finishes of a
-//! committer have their counters recorded side by side (a record only ever moves a counter up);
-//! each publishes only once the one before it has, so a conversation's events go out in seq
-//! order. Heads are read only once the finishes in flight are done, as the counters they record
-//! are what the read sees.
+//! A stored run is then finished: reply counts and shared files are written, its conversations'
+//! heads raised in Redis (`events::heads`) and its events published in one pipeline, and every
+//! sender is answered (a 201 means the message is in MongoDB); its conversations' counters and
+//! newest messages are handed to the tenant's `recorder`, which writes them behind the answers;
+//! the search indexer (`search_index`) is handed the run first, by the committer, in seq order.
+//! Finishing overlaps the next batches' inserts, up to `FINISHES_IN_FLIGHT` finishes of a
+//! committer at once; each publishes only once the one before it has, so a conversation's events
+//! go out in seq order.
 //!
 //! `/metrics` shows the pipeline: `chat_commit_batch_messages` (drafts per insert),
 //! `chat_commit_wait_seconds` (how long a batch's oldest draft was queued),
@@ -37,7 +36,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::domain::{ConversationId, LastMessage, Message, TenantId};
+use crate::domain::{ConversationId, Message, TenantId};
 use crate::error::ApiError;
 use crate::events::{LiveEvent, Redis};
 use crate::tenancy::TenantDb;
@@ -46,7 +45,7 @@ use crate::threads::Threads;
 
 use super::messages::{follow_up, last_message_of, share_files};
 use super::search_index::{IndexPolicy, SearchIndexer};
-use recorder::{Record, Recorder};
+use recorder::{Lasts, Recorder};
 
 mod recorder;
 
@@ -57,9 +56,8 @@ const IDLE_STOP: Duration = Duration::from_secs(60);
 /// Most conversation heads a committer remembers; past it, it forgets them all and reads again.
 const HEADS_REMEMBERED: usize = 4_096;
 /// Most stored runs of one committer being finished at once; the next insert's run waits for the
-/// oldest. Finishing is the slower stage (a statement, then a Redis round trip), so with one at a
-/// time it would pace the inserts; the more are waiting for the recorder, the more of them its
-/// next statement records.
+/// oldest. A finish waits for a Redis round trip (and statements for replies and files), so with
+/// one at a time it would pace the inserts.
 const FINISHES_IN_FLIGHT: usize = 4;
 
 /// What a sender gets back: the stored message, and whether it is new (`false`: a repeat).
@@ -78,10 +76,12 @@ type Line = (TenantId, usize);
 pub struct Committers {
     queues: Mutex<HashMap<Line, mpsc::Sender<Draft>>>,
     /// Each tenant's recorder, while some committer of the tenant holds it.
-    recorders: Mutex<HashMap<TenantId, mpsc::WeakSender<Record>>>,
+    recorders: Mutex<HashMap<TenantId, mpsc::WeakSender<Lasts>>>,
     per_tenant: usize,
     batch_max: usize,
     queue_capacity: usize,
+    /// Least time between two statements of a recorder.
+    record_interval: Duration,
     /// Indexes the words of what the committers stored, behind them.
     indexer: Arc<SearchIndexer>,
     /// The runtime committers run on. On an HTTP worker, a committer would take turns with every
@@ -95,6 +95,7 @@ impl Committers {
         per_tenant: usize,
         batch_max: usize,
         queue_capacity: usize,
+        record_interval: Duration,
         threads: usize,
         search_indexing: IndexPolicy,
     ) -> std::io::Result<Self> {
@@ -104,6 +105,7 @@ impl Committers {
             per_tenant: per_tenant.max(1),
             batch_max: batch_max.max(1),
             queue_capacity: queue_capacity.max(1),
+            record_interval,
             indexer: SearchIndexer::new(search_indexing),
             threads: Threads::start("confab-commit", threads)?,
         })
@@ -171,7 +173,7 @@ impl Committers {
         }
         // Tenants whose recorders have stopped are forgotten.
         recorders.retain(|_, weak| Recorder::upgrade(weak).is_some());
-        let (recorder, run) = Recorder::start(db.clone());
+        let (recorder, run) = Recorder::start(db.clone(), self.record_interval);
         recorders.insert(db.tenant_id().clone(), recorder.downgrade());
         self.threads.spawn(run);
         recorder
@@ -280,8 +282,7 @@ impl Committer {
         }
         unknown.sort();
         unknown.dedup();
-        self.settle().await;
-        match self.db.conversations().heads(&unknown).await {
+        match super::counters::stored_heads(&self.db, &unknown).await {
             Ok(heads) => self.heads.extend(heads),
             Err(e) => return Err((pending, e)),
         }
@@ -318,13 +319,8 @@ impl Committer {
             self.start_finish(pending).await;
         }
         match run.failure {
-            None => {}
-            Some(RunFailure::SeqTaken) => {
-                let taken = &rest[0].message;
-                if let Err(e) = self.db.conversations().advance_seq(&taken.conversation_id, taken.seq).await {
-                    return Err((rest, e));
-                }
-            }
+            // Its conversation's head is read again, past the taken seq.
+            None | Some(RunFailure::SeqTaken) => {}
             Some(RunFailure::Duplicate(original)) => {
                 let repeat = rest.remove(0);
                 let answer = follow_up(&self.db, &original).await.map(|()| (*original, false)).map_err(ApiError::from);
@@ -342,8 +338,8 @@ struct Turn {
     done: oneshot::Sender<()>,
 }
 
-/// What storing implies elsewhere, for a stored run: newest messages and counters, reply
-/// counts, shared files; then, in its turn, the events and the answers.
+/// What storing implies elsewhere, for a stored run: reply counts and shared files; then, in its
+/// turn, the heads, events and answers; then the newest messages and counters, to the recorder.
 async fn finish(db: TenantDb, redis: Redis, recorder: Recorder, turn: Turn, stored: Vec<Draft>) {
     let started = Instant::now();
     // Replies raise their parents' counts: those conversations' stored messages change.
@@ -351,20 +347,22 @@ async fn finish(db: TenantDb, redis: Redis, recorder: Recorder, turn: Turn, stor
         stored.iter().filter(|d| d.message.reply_to.is_some()).map(|d| &d.message.conversation_id).collect();
     revised.sort();
     revised.dedup();
-    let heads = match follow_up_all(&db, &recorder, &stored).await {
-        Ok(heads) => heads,
-        Err(e) => {
-            // Some counts may have been raised before the failure.
-            if let Err(e) = redis.revise(db.tenant_id(), &revised).await {
-                tracing::warn!(error = %e, "could not replace message revisions; retrying");
-            }
-            return answer_all(stored, || ApiError::from(e.clone()));
+    let lasts = newest_of(&stored);
+    if let Err(e) = follow_up_all(&db, &stored).await {
+        // Some counts may have been raised before the failure.
+        if let Err(e) = redis.revise(db.tenant_id(), &revised).await {
+            tracing::warn!(error = %e, "could not replace message revisions; retrying");
         }
-    };
+        // The messages are stored all the same: their conversations must count them.
+        recorder.record(lasts).await;
+        return answer_all(stored, || ApiError::from(e.clone()));
+    }
     if let Some(after) = turn.after {
         let _ = after.await;
     }
-    // Heads before any answer, so the sender's next history page counts its message in `last_seq`.
+    // Heads before any answer, so the sender's next read counts its message in `last_seq`.
+    let heads: Vec<(&ConversationId, i64)> =
+        lasts.iter().map(|(conversation, last)| (conversation, last.seq)).collect();
     let events: Vec<LiveEvent> = stored.iter().map(|d| LiveEvent::Created { message: d.message.clone() }).collect();
     redis.publish_stored(db.tenant_id(), &heads, &revised, &events).await;
     drop(turn.done);
@@ -372,29 +370,30 @@ async fn finish(db: TenantDb, redis: Redis, recorder: Recorder, turn: Turn, stor
     for draft in stored {
         let _ = draft.reply.send(Ok((draft.message, true)));
     }
+    recorder.record(lasts).await;
 }
 
-/// Records the run's newest message and counter of each conversation and its replies and files;
-/// returns each conversation's newest seq.
-async fn follow_up_all<'a>(
-    db: &TenantDb,
-    recorder: &Recorder,
-    stored: &'a [Draft],
-) -> Result<Vec<(&'a ConversationId, i64)>, mongodb::error::Error> {
-    let mut newest: HashMap<&ConversationId, LastMessage> = HashMap::new();
-    for draft in stored {
-        let message = &draft.message;
-        newest.insert(&message.conversation_id, last_message_of(message));
+/// The run's newest message of each conversation.
+fn newest_of(stored: &[Draft]) -> Lasts {
+    let mut newest: HashMap<&ConversationId, &Message> = HashMap::new();
+    for message in stored.iter().map(|d| &d.message) {
+        let kept = newest.entry(&message.conversation_id).or_insert(message);
+        if message.seq > kept.seq {
+            *kept = message;
+        }
     }
-    let heads = newest.iter().map(|(conversation, last)| (*conversation, last.seq)).collect();
-    recorder.record(newest.into_iter().map(|(conversation, last)| (conversation.clone(), last)).collect()).await?;
+    newest.into_iter().map(|(conversation, message)| (conversation.clone(), last_message_of(message))).collect()
+}
+
+/// Records the run's replies and shared files.
+async fn follow_up_all(db: &TenantDb, stored: &[Draft]) -> Result<(), mongodb::error::Error> {
     for message in stored.iter().map(|d| &d.message) {
         if let Some(parent) = message.reply_to {
             db.messages().add_reply_count(&message.conversation_id, parent, 1).await?;
         }
         share_files(db, message).await?;
     }
-    Ok(heads)
+    Ok(())
 }
 
 fn answer_all(drafts: Vec<Draft>, error: impl Fn() -> ApiError) {
@@ -420,7 +419,7 @@ mod tests {
 
     #[test]
     fn a_conversation_always_goes_to_the_same_committer_and_conversations_spread_over_all() {
-        let committers = Committers::new(4, 256, 4096, 1, policy()).unwrap();
+        let committers = Committers::new(4, 256, 4096, Duration::from_millis(100), 1, policy()).unwrap();
         let tenant = TenantId::parse("acme").unwrap();
         let ids: Vec<ConversationId> = (0..64).map(|_| ConversationId::new()).collect();
         let lines: Vec<Line> = ids.iter().map(|id| committers.line(&tenant, id)).collect();
@@ -430,7 +429,7 @@ mod tests {
         }
         let used: HashSet<usize> = lines.iter().map(|(_, n)| *n).collect();
         assert_eq!(used, (0..4).collect::<HashSet<_>>(), "64 conversations use every committer");
-        let single = Committers::new(0, 256, 4096, 1, policy()).unwrap();
+        let single = Committers::new(0, 256, 4096, Duration::from_millis(100), 1, policy()).unwrap();
         assert!(ids.iter().all(|id| single.line(&tenant, id).1 == 0), "a setting of 0 means one committer");
     }
 }

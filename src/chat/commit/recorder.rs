@@ -1,95 +1,133 @@
 //! The conversation records of a tenant's stored runs (each conversation's counter and newest
-//! message), written for all of the tenant's committers on this node by one recorder.
+//! message), written for all of the tenant's committers on this node by one recorder, behind the
+//! answers.
 //!
-//! Finishes of several committers reaching the database together would each pay for a statement
-//! and write again the conversations another one just wrote (and SecantusDB takes one write at a
-//! time per collection, so they would only queue there). The recorder takes everything handed to
-//! it while its previous statement ran and writes it in one statement, each conversation once
-//! with the newest of its messages. A finish is answered once the statement holding its
-//! conversations is done, so a 201 still comes after its message's counter.
+//! A record costs the database about half as much as storing the messages it follows, and a
+//! statement per batch made every send wait for one. So a send is answered once its message is
+//! stored and its head raised in Redis (readers take the greater of the counter and the head,
+//! see `chat::counters`); the recorder gathers what the committers hand it, each conversation
+//! once with its newest message, and writes it at most every `chat.record_interval_ms` (at once
+//! after a quiet spell), in one statement per `CONVERSATIONS_PER_STATEMENT`. A busy conversation
+//! then costs one record per interval instead of one per batch. A statement that fails is tried
+//! again at the next interval with whatever came since; what is left when the committers stop is
+//! written before the recorder ends. Nothing depends on a record for seqs: committers read
+//! what is stored past a counter (`MessagesRepo::newest_seqs_past`).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::domain::{ConversationId, LastMessage};
 use crate::tenancy::TenantDb;
 
-/// Most finishes whose records are merged into one round.
-pub(super) const RUNS_PER_ROUND: usize = 64;
+/// Runs a recorder takes from its queue at once.
+const RUNS_PER_ROUND: usize = 64;
+/// Runs queued for the recorder while it writes; committers handing it more wait.
+const QUEUED_RUNS: usize = 1_024;
 /// Most conversations one statement records (each takes its message out of a `$switch` over all
 /// of them); a round with more is written in several statements.
 const CONVERSATIONS_PER_STATEMENT: usize = 256;
+/// Most conversations waiting for their record; past it, the recorder takes no more runs until
+/// it has written them, and committers handing it theirs wait.
+const PENDING_MAX: usize = 4_096;
+/// Times the records left when the committers stop are tried before they are given up (the
+/// messages stay stored and counted through their heads; the next send records its conversation).
+const FINAL_ATTEMPTS: usize = 3;
 
-type Recorded = Result<(), mongodb::error::Error>;
-
-/// One stored run's newest message per conversation, and its finish waiting for them.
-pub(super) struct Record {
-    lasts: Vec<(ConversationId, LastMessage)>,
-    done: oneshot::Sender<Recorded>,
-}
+/// A stored run's newest message of each of its conversations.
+pub(super) type Lasts = Vec<(ConversationId, LastMessage)>;
 
 /// A committer's way to its tenant's recorder; the recorder stops once no committer holds one.
 #[derive(Clone)]
-pub(super) struct Recorder(mpsc::Sender<Record>);
+pub(super) struct Recorder(mpsc::Sender<Lasts>);
 
 impl Recorder {
-    /// A recorder for `db`'s tenant and the task that runs it.
-    pub(super) fn start(db: TenantDb) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (records, received) = mpsc::channel(RUNS_PER_ROUND);
-        (Self(records), run(db, received))
+    /// A recorder for `db`'s tenant writing at most every `interval`, and the task that runs it.
+    pub(super) fn start(db: TenantDb, interval: Duration) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let (records, received) = mpsc::channel(QUEUED_RUNS);
+        (Self(records), run(db, interval, received))
     }
 
-    pub(super) fn downgrade(&self) -> mpsc::WeakSender<Record> {
+    pub(super) fn downgrade(&self) -> mpsc::WeakSender<Lasts> {
         self.0.downgrade()
     }
 
-    pub(super) fn upgrade(weak: &mpsc::WeakSender<Record>) -> Option<Self> {
+    pub(super) fn upgrade(weak: &mpsc::WeakSender<Lasts>) -> Option<Self> {
         weak.upgrade().map(Self)
     }
 
-    /// Records `lasts` (one per conversation), together with whatever else is waiting.
-    pub(super) async fn record(&self, lasts: Vec<(ConversationId, LastMessage)>) -> Recorded {
-        let (done, recorded) = oneshot::channel();
-        if self.0.send(Record { lasts, done }).await.is_err() {
-            return Err(mongodb::error::Error::custom("the conversation recorder stopped"));
+    /// Hands over a run's newest message of each conversation; waits only while the recorder is
+    /// `PENDING_MAX` conversations behind.
+    pub(super) async fn record(&self, lasts: Lasts) {
+        // The recorder stops only once every committer has dropped its handle, this one's too.
+        let _ = self.0.send(lasts).await;
+    }
+}
+
+async fn run(db: TenantDb, interval: Duration, mut received: mpsc::Receiver<Lasts>) {
+    let mut pending: HashMap<ConversationId, LastMessage> = HashMap::new();
+    let mut runs = Vec::with_capacity(RUNS_PER_ROUND);
+    let mut next_write = Instant::now();
+    loop {
+        tokio::select! {
+            taken = received.recv_many(&mut runs, RUNS_PER_ROUND), if pending.len() < PENDING_MAX => {
+                if taken == 0 {
+                    break;
+                }
+                keep_newest(&mut pending, runs.drain(..).flatten());
+            }
+            () = tokio::time::sleep_until(next_write), if !pending.is_empty() => {
+                let started = Instant::now();
+                write_or_keep(&db, &mut pending).await;
+                next_write = started + interval;
+            }
         }
-        recorded.await.unwrap_or_else(|_| Err(mongodb::error::Error::custom("the conversation recorder failed")))
+    }
+    for _ in 0..FINAL_ATTEMPTS {
+        if pending.is_empty() {
+            return;
+        }
+        tokio::time::sleep_until(next_write).await;
+        write_or_keep(&db, &mut pending).await;
+        next_write = Instant::now() + interval;
+    }
+    if !pending.is_empty() {
+        tracing::warn!(conversations = pending.len(), "gave up recording the newest messages of conversations");
     }
 }
 
-async fn run(db: TenantDb, mut received: mpsc::Receiver<Record>) {
-    let mut round = Vec::with_capacity(RUNS_PER_ROUND);
-    while received.recv_many(&mut round, RUNS_PER_ROUND).await > 0 {
-        let result = write(&db, &round).await;
-        for record in round.drain(..) {
-            let _ = record.done.send(result.clone());
+/// Writes `pending`; on failure keeps it for the next attempt.
+async fn write_or_keep(db: &TenantDb, pending: &mut HashMap<ConversationId, LastMessage>) {
+    let round: Vec<(ConversationId, LastMessage)> = pending.drain().collect();
+    metrics::histogram!("chat_commit_record_conversations").record(round.len() as f64);
+    for statement in round.chunks(CONVERSATIONS_PER_STATEMENT) {
+        let lasts: Vec<(&ConversationId, &LastMessage)> = statement.iter().map(|(id, last)| (id, last)).collect();
+        if let Err(e) = db.conversations().record_last_messages(&lasts).await {
+            tracing::warn!(error = %e, "could not record the newest messages of conversations; trying again");
+            metrics::counter!("chat_commit_record_failures_total").increment(1);
+            // Some statements may have been written: writing them again changes nothing.
+            keep_newest(pending, round);
+            return;
         }
     }
 }
 
-/// Writes a round's records: each conversation once, with the newest message any of them holds.
-async fn write(db: &TenantDb, round: &[Record]) -> Recorded {
-    let newest = newest_of(round.iter().flat_map(|r| &r.lasts));
-    metrics::histogram!("chat_commit_record_conversations").record(newest.len() as f64);
-    for statement in newest.chunks(CONVERSATIONS_PER_STATEMENT) {
-        db.conversations().record_last_messages(statement).await?;
-    }
-    Ok(())
-}
-
-/// The newest of `lasts` for each conversation among them.
-fn newest_of<'a>(
-    lasts: impl Iterator<Item = &'a (ConversationId, LastMessage)>,
-) -> Vec<(&'a ConversationId, &'a LastMessage)> {
-    let mut newest: HashMap<&ConversationId, &LastMessage> = HashMap::new();
+/// Keeps, for each conversation, the newest of what is pending and `lasts`.
+fn keep_newest(
+    pending: &mut HashMap<ConversationId, LastMessage>,
+    lasts: impl IntoIterator<Item = (ConversationId, LastMessage)>,
+) {
     for (conversation, last) in lasts {
-        let kept = newest.entry(conversation).or_insert(last);
-        if last.seq > kept.seq {
-            *kept = last;
+        match pending.get_mut(&conversation) {
+            Some(kept) if kept.seq >= last.seq => {}
+            Some(kept) => *kept = last,
+            None => {
+                pending.insert(conversation, last);
+            }
         }
     }
-    newest.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -112,15 +150,11 @@ mod tests {
     fn a_round_records_each_conversation_once_with_its_newest_message() {
         let (a, b, c) = (ConversationId::new(), ConversationId::new(), ConversationId::new());
         // Finishes of two committers reach the recorder out of order.
-        let round = [
-            (a.clone(), last(7)),
-            (b.clone(), last(3)),
-            (a.clone(), last(9)),
-            (a.clone(), last(8)),
-            (c.clone(), last(1)),
-        ];
+        let mut pending = HashMap::new();
+        keep_newest(&mut pending, [(a.clone(), last(7)), (b.clone(), last(3))]);
+        keep_newest(&mut pending, [(a.clone(), last(9)), (a.clone(), last(8)), (c.clone(), last(1))]);
         let mut newest: Vec<(String, String)> =
-            newest_of(round.iter()).into_iter().map(|(id, l)| (id.to_string(), l.preview.clone())).collect();
+            pending.iter().map(|(id, l)| (id.to_string(), l.preview.clone())).collect();
         newest.sort();
         let mut expected =
             vec![(a.to_string(), "m9".to_string()), (b.to_string(), "m3".into()), (c.to_string(), "m1".into())];

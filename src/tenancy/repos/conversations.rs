@@ -29,9 +29,33 @@ fn time(t: DateTime<Utc>) -> bson::DateTime {
     bson::DateTime::from_chrono(t)
 }
 
-/// Filter and update that record `last` unless a newer message is already recorded.
-fn last_message_update(id: &ConversationId, last: &LastMessage) -> Result<(Document, Document), bson::ser::Error> {
-    let newer = vec![doc! { "last_message": null }, doc! { "last_message.seq": { "$lte": last.seq } }];
+/// Whether recording a conversation's newest message replaces a recorded one of the same seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSeq {
+    /// An edit or delete: the message changed since it was recorded.
+    Replace,
+    /// The message as it was sent: an edit may have been recorded before it (records are written
+    /// behind the answers), and must stay.
+    Keep,
+}
+
+impl SameSeq {
+    fn operator(self) -> &'static str {
+        match self {
+            SameSeq::Replace => "$lte",
+            SameSeq::Keep => "$lt",
+        }
+    }
+}
+
+/// Filter and update that record `last` unless a newer message (or, with `SameSeq::Keep`, this
+/// one) is already recorded.
+fn last_message_update(
+    id: &ConversationId,
+    last: &LastMessage,
+    same: SameSeq,
+) -> Result<(Document, Document), bson::ser::Error> {
+    let newer = vec![doc! { "last_message": null }, doc! { "last_message.seq": { same.operator(): last.seq } }];
     let filter = and_any_of(doc! { "_id": id.as_str() }, newer);
     let update = doc! {
         "$set": { "last_message": bson::to_bson(last)?, "last_activity_at": time(last.created_at) },
@@ -211,24 +235,27 @@ impl ConversationsRepo {
     }
 
     /// Records `last` as the newest message unless a newer one is already recorded.
+    /// Records `last` as the conversation's newest message and raises its counter, unless a newer
+    /// message is recorded (see `SameSeq` for one of the same seq).
     pub async fn record_last_message(
         &self,
         id: &ConversationId,
         last: &LastMessage,
+        same: SameSeq,
     ) -> Result<(), mongodb::error::Error> {
-        let (filter, update) = last_message_update(id, last)?;
+        let (filter, update) = last_message_update(id, last, same)?;
         self.conversations.update_one(filter, update).await.map(|_| ())
     }
 
-    /// `record_last_message` for several conversations in one statement: each conversation takes
-    /// its own message out of a `$switch` on `_id`. One statement instead of one per conversation
+    /// `record_last_message` (`SameSeq::Keep`) for several conversations in one statement: each
+    /// conversation takes its own message out of a `$switch` on `_id`. One statement instead of one per conversation
     /// is what makes a batch's finish cheap for the database.
     pub async fn record_last_messages(
         &self,
         lasts: &[(&ConversationId, &LastMessage)],
     ) -> Result<(), mongodb::error::Error> {
         if let [(id, last)] = lasts {
-            return self.record_last_message(id, last).await;
+            return self.record_last_message(id, last, SameSeq::Keep).await;
         }
         let mut newest = Vec::with_capacity(lasts.len());
         for (id, last) in lasts {
@@ -236,7 +263,7 @@ impl ConversationsRepo {
             newest.push((id.as_str(), value));
         }
         // No recorded message counts as seq 0, so any message is newer.
-        let newer = doc! { "$lte": [{ "$ifNull": ["$last_message.seq", 0_i64] }, "$_newest.seq"] };
+        let newer = doc! { "$lt": [{ "$ifNull": ["$last_message.seq", 0_i64] }, "$_newest.seq"] };
         let (filter, chosen) = each_its_own(newest);
         let pipeline = vec![
             doc! { "$set": { "_newest": chosen } },
@@ -248,19 +275,6 @@ impl ConversationsRepo {
             doc! { "$unset": "_newest" },
         ];
         self.conversations.update_many(filter, pipeline).await.map(|_| ())
-    }
-
-    /// Replaces the preview of message `seq` if it is still the newest (after an edit or delete).
-    pub async fn refresh_last_message(
-        &self,
-        id: &ConversationId,
-        last: &LastMessage,
-    ) -> Result<(), mongodb::error::Error> {
-        let filter = doc! { "_id": id.as_str(), "last_message.seq": last.seq };
-        self.conversations
-            .update_one(filter, doc! { "$set": { "last_message": bson::to_bson(last)? } })
-            .await
-            .map(|_| ())
     }
 
     /// Adds or removes a pinned seq.

@@ -105,6 +105,28 @@ impl MessagesRepo {
         read_all(cursor).await
     }
 
+    /// The newest seq stored past `counted`, or `counted` when there is none: a conversation's
+    /// counter is recorded behind its sends, so what it says may be short of what is stored.
+    /// Reads only the index entries past the counter.
+    pub async fn newest_seq_past(
+        &self,
+        conversation: &ConversationId,
+        counted: i64,
+    ) -> Result<i64, mongodb::error::Error> {
+        #[derive(serde::Deserialize)]
+        struct Seq {
+            seq: i64,
+        }
+        let newest = self
+            .messages
+            .clone_with_type::<Seq>()
+            .find_one(doc! { "conversation_id": conversation.as_str(), "seq": { "$gt": counted } })
+            .sort(doc! { "conversation_id": -1, "seq": -1 })
+            .projection(doc! { "_id": 0, "seq": 1 })
+            .await?;
+        Ok(newest.map_or(counted, |n| n.seq.max(counted)))
+    }
+
     /// The newest `n` messages, ascending.
     pub async fn latest(&self, conversation: &ConversationId, n: i64) -> Result<Vec<Message>, mongodb::error::Error> {
         let cursor = self

@@ -24,7 +24,7 @@ pub use api_keys::{ApiKeysRepo, Rotation};
 pub use audit::{AuditHead, AuditRepo};
 pub use code_sessions::{CodeSessionsRepo, SessionChanges};
 pub use collab_docs::{CollabDocsRepo, Snapshot, StoredUpdate, binary};
-pub use conversations::{ConversationChanges, ConversationsRepo};
+pub use conversations::{ConversationChanges, ConversationsRepo, SameSeq};
 pub use devices::DevicesRepo;
 pub use files::FilesRepo;
 pub use members::MembersRepo;

@@ -1,0 +1,65 @@
+//! A conversation's `last_seq` as the code that numbers sends and the code that reads counts
+//! see it.
+//!
+//! The counter in the conversation's record is written behind the answers (`commit::recorder`),
+//! so it may be short of what is stored for up to `chat.record_interval_ms` (longer if the
+//! database refused the record, or if a node stopped before writing it). Every send raises its
+//! conversation's head in Redis before it is answered, so readers take the greater of the
+//! counter and the head; committers, which must never number a send below what is stored, read
+//! what is stored past the counter instead.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::domain::{Conversation, ConversationId, TenantId};
+use crate::events::Redis;
+use crate::tenancy::TenantDb;
+
+/// How long a read waits for heads from Redis before it makes do with the recorded counters (a
+/// stalled Redis must not hold reads up for `redis.timeout_ms`).
+const HEADS_WAIT: Duration = Duration::from_millis(100);
+
+/// The newest stored seq of each of `ids` that exists: its counter, or what is stored past it.
+pub(super) async fn stored_heads(
+    db: &TenantDb,
+    ids: &[&ConversationId],
+) -> Result<HashMap<ConversationId, i64>, mongodb::error::Error> {
+    let counted = db.conversations().heads(ids).await?;
+    let messages = db.messages();
+    let reads = counted.into_iter().map(|(id, counted)| {
+        let messages = &messages;
+        async move {
+            let newest = messages.newest_seq_past(&id, counted).await?;
+            Ok::<_, mongodb::error::Error>((id, newest))
+        }
+    });
+    futures_util::future::try_join_all(reads).await.map(|heads| heads.into_iter().collect())
+}
+
+/// Raises each conversation's `last_seq` to its head in Redis. Without an answer from Redis in
+/// `HEADS_WAIT`, the recorded counters stand.
+pub async fn with_heads(redis: &Redis, tenant: &TenantId, conversations: &mut [Conversation]) {
+    let counters = conversations.iter_mut().map(|c| (&c.id, &mut c.last_seq)).collect();
+    raise_to_heads(redis, tenant, counters).await;
+}
+
+/// `with_heads` for one conversation.
+pub async fn with_head(redis: &Redis, tenant: &TenantId, conversation: &mut Conversation) {
+    with_heads(redis, tenant, std::slice::from_mut(conversation)).await;
+}
+
+/// Raises each conversation's counter to its head in Redis, as `with_heads` does.
+pub async fn raise_to_heads(redis: &Redis, tenant: &TenantId, counters: Vec<(&ConversationId, &mut i64)>) {
+    let ids: Vec<&ConversationId> = counters.iter().map(|(id, _)| *id).collect();
+    let heads = match tokio::time::timeout(HEADS_WAIT, redis.heads(tenant, &ids)).await {
+        Ok(Ok(heads)) => heads,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not read conversation heads");
+            return;
+        }
+        Err(_) => return,
+    };
+    for ((_, counter), head) in counters.into_iter().zip(heads) {
+        *counter = (*counter).max(head.unwrap_or(0));
+    }
+}
