@@ -160,11 +160,13 @@ impl Application {
         self.port
     }
 
-    /// Serves until SIGINT or SIGTERM, then `stop`s; a second signal stops at once.
+    /// Serves until SIGINT or SIGTERM, then `stop`s; a second signal stops at once. Once the
+    /// server has stopped (its requests answered), the conversation records held behind the
+    /// answers are written.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let (mut terminate, mut interrupt) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
-        let (handle, state) = (self.server.handle(), self.state);
+        let (handle, state) = (self.server.handle(), self.state.clone());
         let stopping = tokio::spawn(async move {
             let mut next_signal = async move || {
                 tokio::select! {
@@ -181,6 +183,8 @@ impl Application {
         });
         let served = self.server.await;
         stopping.abort();
+        let limit = Duration::from_secs(self.state.settings.server.shutdown_timeout_secs);
+        self.state.committers.flush_records(limit).await;
         served
     }
 }

@@ -145,7 +145,8 @@ pub struct ChatSettings {
     pub send_queue_capacity: usize,
     /// Least time between two writes of a tenant's conversation records (counters and newest
     /// messages) on a node; they are written behind the answers, so this is how far a
-    /// conversation's `last_message` may lag its sends under load (`last_seq` never does).
+    /// conversation's `last_message` may lag its sends under load (`last_seq` does not while
+    /// Redis holds the conversation's head).
     pub record_interval_ms: u64,
     /// Threads the committers run on, apart from the HTTP workers (0: one per core).
     pub commit_threads: usize,

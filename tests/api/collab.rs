@@ -361,14 +361,7 @@ async fn a_stopping_node_stores_its_open_files_and_sends_their_editors_elsewhere
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(stored_text(&node.app, &ws, &ws.owner).await, typed);
-    let app = TestApp {
-        address: node.app.address.clone(),
-        operator_token: node.app.operator_token.clone(),
-        db_prefix: node.app.db_prefix.clone(),
-        redis_prefix: node.app.redis_prefix.clone(),
-        settings: node.app.settings.clone(),
-        client: reqwest::Client::new(),
-    };
+    let app = node.app.clone();
     node.stop().await;
 
     let status = alice.ok(json!({"cmd": "status"})).await;

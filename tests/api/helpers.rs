@@ -27,6 +27,9 @@ pub fn random_lower(len: usize) -> String {
     Alphanumeric.sample_string(&mut rand::rng(), len).to_lowercase()
 }
 
+/// A running node's address and what its tests need to talk to it (a clone outlives a
+/// `ServeProcess` that is stopped).
+#[derive(Clone)]
 pub struct TestApp {
     pub address: String,
     pub operator_token: String,

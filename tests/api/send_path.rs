@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{ChatTenant, Reply, TestApp, spawn_app_with};
+use crate::helpers::{ChatTenant, Reply, ServeProcess, TestApp, spawn_app_with};
 
 /// Copies that would outlive any test: only the notices between nodes can make them go.
 fn long_lived_caches() -> Vec<(&'static str, String)> {
@@ -294,6 +294,35 @@ async fn what_a_held_record_has_not_written_yet_is_counted_numbered_past_and_not
     assert_eq!(view.body["last_message"]["preview"], "m3, edited", "the held record kept the edit: {}", view.text);
     let view = first.get_until(&format!("/v1/conversations/{other}"), &bob, |v| v["last_message"]["seq"] == 4).await;
     assert_eq!((&view.body["last_seq"], &view.body["last_message"]["seq"]), (&json!(4), &json!(4)), "{}", view.text);
+}
+
+/// A node told to stop (SIGTERM) answers its sends, then writes the conversation records it
+/// holds behind them before it exits.
+#[tokio::test]
+async fn a_stopping_node_writes_the_records_it_holds() {
+    let held = [("CONFAB__CHAT__RECORD_INTERVAL_MS", "600000"), ("CONFAB__SERVER__KEEP_ALIVE_SECS", "1")];
+    let node = ServeProcess::start(&held).await;
+    let app = node.app.clone();
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    app.user(&tenant, "bob").await;
+    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    for n in 1..=3 {
+        assert_eq!(send(&app, &alice, &conversation, &format!("m{n}")).await.status, StatusCode::CREATED);
+    }
+    let client = app.mongo().await;
+    let conversations =
+        crate::search::tenant_db(&app, &client, &tenant.id).collection::<bson::Document>("conversations");
+    let record = || async { conversations.find_one(bson::doc! { "_id": &conversation }).await.unwrap().unwrap() };
+    // The first record is written at once; the later ones are held for ten minutes.
+    let held = record().await;
+    assert!(held.get_document("last_message").unwrap().get_i64("seq").unwrap() < 3, "{held}");
+
+    node.stop().await;
+    let stored = record().await;
+    assert_eq!(stored.get_i64("last_seq").unwrap(), 3, "{stored}");
+    let newest = stored.get_document("last_message").unwrap();
+    assert_eq!((newest.get_i64("seq").unwrap(), newest.get_str("preview").unwrap()), (3, text_of("m3").as_str()));
 }
 
 /// A committer numbers sends from the heads it remembers; the other node's sends make those

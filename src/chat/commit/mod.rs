@@ -45,7 +45,7 @@ use crate::threads::Threads;
 
 use super::messages::{follow_up, last_message_of, share_files};
 use super::search_index::{IndexPolicy, SearchIndexer};
-use recorder::{Lasts, Recorder};
+use recorder::{Handed, Lasts, Recorder};
 
 mod recorder;
 
@@ -76,7 +76,7 @@ type Line = (TenantId, usize);
 pub struct Committers {
     queues: Mutex<HashMap<Line, mpsc::Sender<Draft>>>,
     /// Each tenant's recorder, while some committer of the tenant holds it.
-    recorders: Mutex<HashMap<TenantId, mpsc::WeakSender<Lasts>>>,
+    recorders: Mutex<HashMap<TenantId, mpsc::WeakSender<Handed>>>,
     per_tenant: usize,
     batch_max: usize,
     queue_capacity: usize,
@@ -177,6 +177,19 @@ impl Committers {
         recorders.insert(db.tenant_id().clone(), recorder.downgrade());
         self.threads.spawn(run);
         recorder
+    }
+
+    /// Has every recorder write the records it holds (a node stopping, once its requests are
+    /// answered), for up to `limit`.
+    pub async fn flush_records(&self, limit: Duration) {
+        let recorders: Vec<Recorder> = {
+            let recorders = self.recorders.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            recorders.values().filter_map(Recorder::upgrade).collect()
+        };
+        let flushes = futures_util::future::join_all(recorders.iter().map(Recorder::flush));
+        if tokio::time::timeout(limit, flushes).await.is_err() {
+            tracing::warn!("stopped before every conversation record was written");
+        }
     }
 
     fn forget(&self, line: &Line, queue: &mpsc::Sender<Draft>) {
@@ -366,11 +379,13 @@ async fn finish(db: TenantDb, redis: Redis, recorder: Recorder, turn: Turn, stor
     let events: Vec<LiveEvent> = stored.iter().map(|d| LiveEvent::Created { message: d.message.clone() }).collect();
     redis.publish_stored(db.tenant_id(), &heads, &revised, &events).await;
     drop(turn.done);
+    // Handed over before the answers, so a node that stops once its requests are answered
+    // finds them in its recorders (`flush_records`).
+    recorder.record(lasts).await;
     metrics::histogram!("chat_commit_finish_seconds").record(started.elapsed().as_secs_f64());
     for draft in stored {
         let _ = draft.reply.send(Ok((draft.message, true)));
     }
-    recorder.record(lasts).await;
 }
 
 /// The run's newest message of each conversation.

@@ -10,13 +10,14 @@
 //! after a quiet spell), in one statement per `CONVERSATIONS_PER_STATEMENT`. A busy conversation
 //! then costs one record per interval instead of one per batch. A statement that fails is tried
 //! again at the next interval with whatever came since; what is left when the committers stop is
-//! written before the recorder ends. Nothing depends on a record for seqs: committers read
-//! what is stored past a counter (`MessagesRepo::newest_seqs_past`).
+//! written before the recorder ends, and a node that is told to stop has every recorder write
+//! what it holds at once (`flush`). Nothing depends on a record for seqs: committers read
+//! what is stored past a counter (`MessagesRepo::newest_seq_past`).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::domain::{ConversationId, LastMessage};
@@ -39,9 +40,15 @@ const FINAL_ATTEMPTS: usize = 3;
 /// A stored run's newest message of each of its conversations.
 pub(super) type Lasts = Vec<(ConversationId, LastMessage)>;
 
+/// What a recorder is handed: a run's records, or a request to write what it holds now.
+pub(super) enum Handed {
+    Run(Lasts),
+    Flush(oneshot::Sender<()>),
+}
+
 /// A committer's way to its tenant's recorder; the recorder stops once no committer holds one.
 #[derive(Clone)]
-pub(super) struct Recorder(mpsc::Sender<Lasts>);
+pub(super) struct Recorder(mpsc::Sender<Handed>);
 
 impl Recorder {
     /// A recorder for `db`'s tenant writing at most every `interval`, and the task that runs it.
@@ -50,11 +57,11 @@ impl Recorder {
         (Self(records), run(db, interval, received))
     }
 
-    pub(super) fn downgrade(&self) -> mpsc::WeakSender<Lasts> {
+    pub(super) fn downgrade(&self) -> mpsc::WeakSender<Handed> {
         self.0.downgrade()
     }
 
-    pub(super) fn upgrade(weak: &mpsc::WeakSender<Lasts>) -> Option<Self> {
+    pub(super) fn upgrade(weak: &mpsc::WeakSender<Handed>) -> Option<Self> {
         weak.upgrade().map(Self)
     }
 
@@ -62,21 +69,42 @@ impl Recorder {
     /// `PENDING_MAX` conversations behind.
     pub(super) async fn record(&self, lasts: Lasts) {
         // The recorder stops only once every committer has dropped its handle, this one's too.
-        let _ = self.0.send(lasts).await;
+        let _ = self.0.send(Handed::Run(lasts)).await;
+    }
+
+    /// Has the recorder write what it holds, after what was handed to it before; returns once
+    /// it tried.
+    pub(super) async fn flush(&self) {
+        let (done, tried) = oneshot::channel();
+        if self.0.send(Handed::Flush(done)).await.is_ok() {
+            let _ = tried.await;
+        }
     }
 }
 
-async fn run(db: TenantDb, interval: Duration, mut received: mpsc::Receiver<Lasts>) {
+async fn run(db: TenantDb, interval: Duration, mut received: mpsc::Receiver<Handed>) {
     let mut pending: HashMap<ConversationId, LastMessage> = HashMap::new();
-    let mut runs = Vec::with_capacity(RUNS_PER_ROUND);
+    let mut handed = Vec::with_capacity(RUNS_PER_ROUND);
     let mut next_write = Instant::now();
     loop {
         tokio::select! {
-            taken = received.recv_many(&mut runs, RUNS_PER_ROUND), if pending.len() < PENDING_MAX => {
+            taken = received.recv_many(&mut handed, RUNS_PER_ROUND), if pending.len() < PENDING_MAX => {
                 if taken == 0 {
                     break;
                 }
-                keep_newest(&mut pending, runs.drain(..).flatten());
+                let mut flushes = Vec::new();
+                for one in handed.drain(..) {
+                    match one {
+                        Handed::Run(lasts) => keep_newest(&mut pending, lasts),
+                        Handed::Flush(done) => flushes.push(done),
+                    }
+                }
+                if !flushes.is_empty() {
+                    write_or_keep(&db, &mut pending).await;
+                    for done in flushes {
+                        let _ = done.send(());
+                    }
+                }
             }
             () = tokio::time::sleep_until(next_write), if !pending.is_empty() => {
                 let started = Instant::now();
