@@ -18,22 +18,29 @@ use crate::tenancy::TenantDb;
 /// How long a read waits for heads from Redis before it makes do with the recorded counters (a
 /// stalled Redis must not hold reads up for `redis.timeout_ms`).
 const HEADS_WAIT: Duration = Duration::from_millis(100);
+/// Most reads of what is stored past the counters one committer runs at once.
+const TAIL_READS_IN_FLIGHT: usize = 16;
 
 /// The newest stored seq of each of `ids` that exists: its counter, or what is stored past it.
+/// One query for the counters, then up to `TAIL_READS_IN_FLIGHT` reads of the messages past them.
 pub(super) async fn stored_heads(
     db: &TenantDb,
     ids: &[&ConversationId],
 ) -> Result<HashMap<ConversationId, i64>, mongodb::error::Error> {
+    use futures_util::{StreamExt, TryStreamExt};
     let counted = db.conversations().heads(ids).await?;
     let messages = db.messages();
-    let reads = counted.into_iter().map(|(id, counted)| {
-        let messages = &messages;
-        async move {
-            let newest = messages.newest_seq_past(&id, counted).await?;
-            Ok::<_, mongodb::error::Error>((id, newest))
-        }
-    });
-    futures_util::future::try_join_all(reads).await.map(|heads| heads.into_iter().collect())
+    futures_util::stream::iter(counted)
+        .map(|(id, counted)| {
+            let messages = &messages;
+            async move {
+                let newest = messages.newest_seq_past(&id, counted).await?;
+                Ok::<_, mongodb::error::Error>((id, newest))
+            }
+        })
+        .buffer_unordered(TAIL_READS_IN_FLIGHT)
+        .try_collect()
+        .await
 }
 
 /// Raises each conversation's `last_seq` to its head in Redis. Without an answer from Redis in
