@@ -48,11 +48,11 @@ impl MemberRole {
     }
 }
 
-/// The newest message, denormalised onto the conversation for lists.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+/// The newest message, denormalised onto the conversation for lists (`http` shows it as
+/// `LastMessageView`: its time as RFC 3339, not as BSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LastMessage {
     pub seq: i64,
-    #[schema(value_type = String)]
     pub sender_id: UserId,
     pub kind: super::MessageKind,
     /// The first characters of the text; empty for deleted or encrypted messages.

@@ -11,7 +11,7 @@ use crate::auth::ActingUser;
 use crate::chat::conversations::{self as use_cases, ConversationPatch, ConversationWithMember, NewConversation};
 use crate::chat::{members, receipts};
 use crate::domain::{
-    ConversationEncryption, ConversationId, ConversationType, LastMessage, Member, MemberRole, UserId,
+    ConversationEncryption, ConversationId, ConversationType, LastMessage, Member, MemberRole, MessageKind, UserId,
 };
 use crate::error::ApiError;
 
@@ -114,7 +114,7 @@ pub struct ConversationView {
     pub last_seq: i64,
     /// The newest message, recorded behind the sends: under load it may trail `last_seq` for up
     /// to the server's record interval (100 ms by default).
-    pub last_message: Option<LastMessage>,
+    pub last_message: Option<LastMessageView>,
     /// When `last_message` was sent (or the conversation created); recorded with it.
     pub last_activity_at: DateTime<Utc>,
     pub pinned_seqs: Vec<i64>,
@@ -122,6 +122,30 @@ pub struct ConversationView {
     pub updated_at: DateTime<Utc>,
     /// The caller's membership; absent when they only see a public channel.
     pub membership: Option<MembershipView>,
+}
+
+/// The newest message of a conversation, as lists show it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = LastMessage)]
+pub struct LastMessageView {
+    pub seq: i64,
+    pub sender_id: String,
+    pub kind: MessageKind,
+    /// The first characters of the text; empty for deleted or encrypted messages.
+    pub preview: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<LastMessage> for LastMessageView {
+    fn from(last: LastMessage) -> Self {
+        Self {
+            seq: last.seq,
+            sender_id: last.sender_id.to_string(),
+            kind: last.kind,
+            preview: last.preview,
+            created_at: last.created_at,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -170,7 +194,7 @@ impl From<ConversationWithMember> for ConversationView {
             member_count: c.member_count,
             created_by: c.created_by.to_string(),
             last_seq: c.last_seq,
-            last_message: c.last_message,
+            last_message: c.last_message.map(LastMessageView::from),
             last_activity_at: c.last_activity_at,
             pinned_seqs: c.pinned_seqs,
             created_at: c.created_at,

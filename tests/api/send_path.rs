@@ -141,6 +141,7 @@ async fn concurrent_sends_over_many_conversations_on_two_nodes_stay_gapless_and_
         assert_eq!(view.body["last_message"]["preview"], text_of(newest), "{}", view.text);
         let newest_at = &originals[&(conversation.clone(), newest.clone())].1["created_at"];
         assert_eq!(&view.body["last_activity_at"], newest_at, "{}", view.text);
+        assert_eq!(&view.body["last_message"]["created_at"], newest_at, "an RFC 3339 time: {}", view.text);
     }
 }
 
@@ -323,6 +324,35 @@ async fn a_stopping_node_writes_the_records_it_holds() {
     assert_eq!(stored.get_i64("last_seq").unwrap(), 3, "{stored}");
     let newest = stored.get_document("last_message").unwrap();
     assert_eq!((newest.get_i64("seq").unwrap(), newest.get_str("preview").unwrap()), (3, text_of("m3").as_str()));
+}
+
+/// A record the database refuses is kept and written again with what came since: the newest
+/// message stays counted meanwhile, and is recorded once the database takes records again.
+#[tokio::test]
+async fn a_refused_record_is_written_again_later() {
+    let app = spawn_app_with(&[("chat.record_interval_ms", "50".into())]).await;
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    app.user(&tenant, "bob").await;
+    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    assert_eq!(app.say_recorded(&alice, &conversation, "recorded").await.status, StatusCode::CREATED);
+    let client = app.mongo().await;
+    let db = crate::search::tenant_db(&app, &client, &tenant.id);
+    // The tenant's database refuses any record that counts past the first message.
+    let refuse = bson::doc! { "collMod": "conversations", "validator": { "last_seq": { "$lt": 2_i64 } } };
+    db.run_command(refuse).await.expect("a validator on the conversations");
+    for n in 2..=3 {
+        assert_eq!(send(&app, &alice, &conversation, &format!("m{n}")).await.status, StatusCode::CREATED);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let path = format!("/v1/conversations/{conversation}");
+    let refused = app.call(Method::GET, &path, &alice, None).await;
+    assert_eq!(refused.body["last_seq"], 3, "counted through its head: {}", refused.text);
+    assert_eq!(refused.body["last_message"]["seq"], 1, "the record was refused: {}", refused.text);
+
+    db.run_command(bson::doc! { "collMod": "conversations", "validator": {} }).await.unwrap();
+    let view = app.get_until(&path, &alice, |v| v["last_message"]["seq"] == 3).await;
+    assert_eq!(view.body["last_message"]["preview"], text_of("m3"), "{}", view.text);
 }
 
 /// A committer numbers sends from the heads it remembers; the other node's sends make those
