@@ -148,6 +148,10 @@ pub struct ChatSettings {
     /// conversation's `last_message` may lag its sends under load (`last_seq` does not while
     /// Redis holds the conversation's head).
     pub record_interval_ms: u64,
+    /// A reader that finds a conversation's head past its recorded counter, while its newest
+    /// recorded message is older than this, records the newest stored message itself (the node
+    /// that held the record died without writing it).
+    pub record_repair_after_ms: u64,
     /// Threads the committers run on, apart from the HTTP workers (0: one per core).
     pub commit_threads: usize,
 }
@@ -312,6 +316,7 @@ send_committers = 2
 send_batch_max = 256
 send_queue_capacity = 4096
 record_interval_ms = 100
+record_repair_after_ms = 10000
 commit_threads = 1
 max_name_chars = 100
 max_description_chars = 1000

@@ -123,7 +123,7 @@ pub async fn readable(
 ) -> Result<(Conversation, Option<Member>), ApiError> {
     let conversations = db.conversations();
     let (mut conversation, member) = seen_with(state, db, caller, id, conversations.get(id)).await?;
-    super::counters::with_head(&state.redis, db.tenant_id(), &mut conversation).await;
+    super::counters::with_head(state, db, &mut conversation).await?;
     Ok((conversation, member))
 }
 
@@ -291,7 +291,7 @@ async fn with_member(
     caller: &ActingUser,
     mut conversation: Conversation,
 ) -> Result<ConversationWithMember, ApiError> {
-    super::counters::with_head(&state.redis, db.tenant_id(), &mut conversation).await;
+    super::counters::with_head(state, db, &mut conversation).await?;
     let member = db.members().get(&conversation.id, caller.user_id()).await?.filter(Member::is_active);
     let unread = match &member {
         Some(m) => Some(
@@ -381,7 +381,7 @@ pub async fn list_mine(
     let mut page = Page::from_overfetch(conversations, page.limit, |c| {
         format!("{}_{}", c.last_activity_at.timestamp_millis(), c.id)
     });
-    super::counters::with_heads(&state.redis, db.tenant_id(), &mut page.items).await;
+    super::counters::with_heads(state, &db, &mut page.items).await?;
     let mut items = Vec::with_capacity(page.items.len());
     for conversation in page.items {
         let member = memberships.iter().find(|m| m.conversation_id == conversation.id).cloned();

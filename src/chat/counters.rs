@@ -7,13 +7,21 @@
 //! conversation's head in Redis before it is answered, so readers take the greater of the
 //! counter and the head; committers, which must never number a send below what is stored, read
 //! what is stored past the counter instead.
+//!
+//! A node that dies without stopping loses the records it held. Its conversations' heads still
+//! count their messages, and their next send records them; until then, a reader that finds a
+//! head past the counter of a conversation whose newest recorded message is older than
+//! `chat.record_repair_after_ms` records the newest stored message itself.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::app::AppState;
 use crate::domain::{Conversation, ConversationId, TenantId};
+use crate::error::ApiError;
 use crate::events::Redis;
 use crate::tenancy::TenantDb;
+use crate::tenancy::repos::SameSeq;
 
 /// How long a read waits for heads from Redis before it makes do with the recorded counters (a
 /// stalled Redis must not hold reads up for `redis.timeout_ms`).
@@ -44,15 +52,33 @@ pub(super) async fn stored_heads(
 }
 
 /// Raises each conversation's `last_seq` to its head in Redis. Without an answer from Redis in
-/// `HEADS_WAIT`, the recorded counters stand.
-pub async fn with_heads(redis: &Redis, tenant: &TenantId, conversations: &mut [Conversation]) {
+/// `HEADS_WAIT`, the recorded counters stand. Records a node lost are written again (see above).
+pub async fn with_heads(state: &AppState, db: &TenantDb, conversations: &mut [Conversation]) -> Result<(), ApiError> {
+    let recorded: Vec<i64> = conversations.iter().map(|c| c.last_seq).collect();
     let counters = conversations.iter_mut().map(|c| (&c.id, &mut c.last_seq)).collect();
-    raise_to_heads(redis, tenant, counters).await;
+    raise_to_heads(&state.redis, db.tenant_id(), counters).await;
+    let repair_after = chrono::Duration::milliseconds(state.settings.chat.record_repair_after_ms as i64);
+    let lost_before = crate::domain::now() - repair_after;
+    for (conversation, recorded) in conversations.iter().zip(recorded) {
+        if conversation.last_seq > recorded && conversation.last_activity_at < lost_before {
+            record_newest(db, &conversation.id, conversation.last_seq).await?;
+        }
+    }
+    Ok(())
 }
 
 /// `with_heads` for one conversation.
-pub async fn with_head(redis: &Redis, tenant: &TenantId, conversation: &mut Conversation) {
-    with_heads(redis, tenant, std::slice::from_mut(conversation)).await;
+pub async fn with_head(state: &AppState, db: &TenantDb, conversation: &mut Conversation) -> Result<(), ApiError> {
+    with_heads(state, db, std::slice::from_mut(conversation)).await
+}
+
+/// Records the message at `head` as the conversation's newest, unless a newer one is recorded.
+async fn record_newest(db: &TenantDb, id: &ConversationId, head: i64) -> Result<(), ApiError> {
+    let Some(newest) = db.messages().get(id, head).await? else { return Ok(()) };
+    tracing::info!(conversation = %id, seq = head, "recording a newest message a node did not record");
+    let last = super::messages::last_message_of(&newest);
+    db.conversations().record_last_message(id, &last, SameSeq::Keep).await?;
+    Ok(())
 }
 
 /// Raises each conversation's counter to its head in Redis, as `with_heads` does.

@@ -61,7 +61,7 @@ async fn admit(
     }
     // A new member has read what is stored before they join, counted or not yet.
     let mut counted = conversation.clone();
-    super::counters::with_head(&state.redis, db.tenant_id(), &mut counted).await;
+    super::counters::with_head(state, db, &mut counted).await?;
     let member = new_member(&counted, user, role, crate::domain::now());
     if !db.members().insert(&member).await? {
         db.conversations().release_member_slot(&conversation.id).await?;

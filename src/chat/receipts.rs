@@ -38,7 +38,7 @@ pub async fn mark(
     }
     let db = state.store.tenant_db(&caller.scope());
     let (mut conversation, _) = as_member(&db, caller, id).await?;
-    super::counters::with_head(&state.redis, db.tenant_id(), &mut conversation).await;
+    super::counters::with_head(state, &db, &mut conversation).await?;
     let seq = seq.min(conversation.last_seq);
     let members = db.members();
     let member = if read {
@@ -66,7 +66,7 @@ pub async fn unread(state: &AppState, caller: &ActingUser) -> Result<UnreadSumma
     let memberships = db.members().of_user(caller.user_id()).await?;
     let ids: Vec<ConversationId> = memberships.iter().map(|m| m.conversation_id.clone()).collect();
     let mut conversations = db.conversations().get_many(&ids).await?;
-    super::counters::with_heads(&state.redis, db.tenant_id(), &mut conversations).await;
+    super::counters::with_heads(state, &db, &mut conversations).await?;
     let mut summary = UnreadSummary { total: 0, conversations: Vec::new() };
     for conversation in conversations {
         let Some(member) = memberships.iter().find(|m| m.conversation_id == conversation.id) else { continue };

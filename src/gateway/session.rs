@@ -61,7 +61,7 @@ pub async fn connect(state: web::Data<AppState>, req: HttpRequest) -> Result<Htt
     let memberships = db.members().of_user(caller.user_id()).await?;
     let ids: Vec<ConversationId> = memberships.iter().map(|m| m.conversation_id.clone()).collect();
     let mut conversations = db.conversations().get_many(&ids).await?;
-    crate::chat::counters::with_heads(&state.redis, db.tenant_id(), &mut conversations).await;
+    crate::chat::counters::with_heads(&state, &db, &mut conversations).await?;
     let delivered: HashMap<ConversationId, i64> = conversations.iter().map(|c| (c.id.clone(), c.last_seq)).collect();
     // The handshake is checked first, so a request that cannot upgrade never counts as online.
     let mut handshake = Handshake::check(&req)?;

@@ -81,6 +81,19 @@ pub(crate) async fn marks(db: &mongodb::Database) -> BTreeMap<String, (i64, i64)
         .collect()
 }
 
+/// The conversation's marks `(indexed_upto, last_seq)` once its counter counts `n` messages (it
+/// is recorded behind the sends).
+pub(crate) async fn counted(db: &mongodb::Database, conversation: &str, n: i64) -> (i64, i64) {
+    let started = Instant::now();
+    loop {
+        let mark = marks(db).await[conversation];
+        if mark.1 >= n || started.elapsed() > Duration::from_secs(5) {
+            return mark;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Each conversation's newest stored seq, from its messages.
 pub(crate) async fn stored_upto(db: &mongodb::Database) -> BTreeMap<String, i64> {
     let newest = [doc! { "$group": { "_id": "$conversation_id", "seq": { "$max": "$seq" } } }];
@@ -278,7 +291,7 @@ async fn a_search_indexes_a_conversation_too_far_behind_to_read() {
     send_numbered(&app, &alice, &conversation, "heron", 600).await;
     let client = app.mongo().await;
     let db = tenant_db(&app, &client, &tenant.id);
-    assert_eq!(marks(&db).await[&conversation], (0, 600), "nothing indexed yet");
+    assert_eq!(counted(&db, &conversation, 600).await, (0, 600), "nothing indexed yet");
     assert_eq!(hits(&app, &alice, "number599").await.len(), 1);
     let (upto, last) = marks(&db).await[&conversation];
     assert!(last - upto <= 256 && upto > 0, "the search indexed the rest first: {upto} of {last}");

@@ -355,6 +355,32 @@ async fn a_refused_record_is_written_again_later() {
     assert_eq!(view.body["last_message"]["preview"], text_of("m3"), "{}", view.text);
 }
 
+/// A node that dies (SIGKILL) loses the records it held behind its answers: the conversation's
+/// head still counts the messages, and a reader on another node records the newest stored message
+/// once the recorded one is older than `chat.record_repair_after_ms`.
+#[tokio::test]
+async fn what_a_node_that_died_held_is_recorded_by_a_later_reader() {
+    let dying = ServeProcess::start(&[("CONFAB__CHAT__RECORD_INTERVAL_MS", "600000")]).await;
+    let app = dying.app.clone();
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    app.user(&tenant, "bob").await;
+    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    for n in 1..=3 {
+        assert_eq!(send(&app, &alice, &conversation, &format!("m{n}")).await.status, StatusCode::CREATED);
+    }
+    let path = format!("/v1/conversations/{conversation}");
+    let held = app.call(Method::GET, &path, &alice, None).await;
+    assert!(held.body["last_message"]["seq"].as_i64().unwrap() < 3, "held: {}", held.text);
+    drop(dying);
+
+    let reader = app.second_node_with(&[("chat.record_repair_after_ms", "200".into())]).await;
+    let view = reader.get_until(&path, &alice, |v| v["last_message"]["seq"] == 3).await;
+    assert_eq!(view.body["last_seq"], 3, "{}", view.text);
+    assert_eq!(view.body["last_message"]["seq"], 3, "recorded by a reader: {}", view.text);
+    assert_eq!(view.body["last_message"]["preview"], text_of("m3"), "{}", view.text);
+}
+
 /// A committer numbers sends from the heads it remembers; the other node's sends make those
 /// stale (the seq taken under them must be noticed and the send numbered again), and a repeat
 /// numbered but not stored must not leave its seq behind as a hole.
