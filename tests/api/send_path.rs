@@ -297,12 +297,14 @@ async fn what_a_held_record_has_not_written_yet_is_counted_numbered_past_and_not
     assert_eq!((&view.body["last_seq"], &view.body["last_message"]["seq"]), (&json!(4), &json!(4)), "{}", view.text);
 }
 
-/// A node told to stop (SIGTERM) answers its sends, then writes the conversation records it
-/// holds behind them before it exits.
-#[tokio::test]
-async fn a_stopping_node_writes_the_records_it_holds() {
-    let held = [("CONFAB__CHAT__RECORD_INTERVAL_MS", "600000"), ("CONFAB__SERVER__KEEP_ALIVE_SECS", "1")];
-    let node = ServeProcess::start(&held).await;
+/// A node (`confab serve`, with `env`) that holds records for ten minutes, and alice's
+/// conversation with bob after three sends through it: the first is recorded at once, the
+/// others are held. Returns the node, a handle to it that outlives it, the tenant, alice's token
+/// and the conversation.
+async fn node_holding_records(env: &[(&str, &str)]) -> (ServeProcess, TestApp, ChatTenant, String, String) {
+    let mut env = env.to_vec();
+    env.push(("CONFAB__CHAT__RECORD_INTERVAL_MS", "600000"));
+    let node = ServeProcess::start(&env).await;
     let app = node.app.clone();
     let tenant = app.chat_tenant().await;
     let alice = app.user(&tenant, "alice").await;
@@ -311,6 +313,14 @@ async fn a_stopping_node_writes_the_records_it_holds() {
     for n in 1..=3 {
         assert_eq!(send(&app, &alice, &conversation, &format!("m{n}")).await.status, StatusCode::CREATED);
     }
+    (node, app, tenant, alice, conversation)
+}
+
+/// A node told to stop (SIGTERM) answers its sends, then writes the conversation records it
+/// holds behind them before it exits.
+#[tokio::test]
+async fn a_stopping_node_writes_the_records_it_holds() {
+    let (node, app, tenant, _, conversation) = node_holding_records(&[("CONFAB__SERVER__KEEP_ALIVE_SECS", "1")]).await;
     let client = app.mongo().await;
     let conversations =
         crate::search::tenant_db(&app, &client, &tenant.id).collection::<bson::Document>("conversations");
@@ -360,15 +370,7 @@ async fn a_refused_record_is_written_again_later() {
 /// once the recorded one is older than `chat.record_repair_after_ms`.
 #[tokio::test]
 async fn what_a_node_that_died_held_is_recorded_by_a_later_reader() {
-    let dying = ServeProcess::start(&[("CONFAB__CHAT__RECORD_INTERVAL_MS", "600000")]).await;
-    let app = dying.app.clone();
-    let tenant = app.chat_tenant().await;
-    let alice = app.user(&tenant, "alice").await;
-    app.user(&tenant, "bob").await;
-    let conversation = app.conversation(&alice, "group", &["bob"]).await;
-    for n in 1..=3 {
-        assert_eq!(send(&app, &alice, &conversation, &format!("m{n}")).await.status, StatusCode::CREATED);
-    }
+    let (dying, app, _, alice, conversation) = node_holding_records(&[]).await;
     let path = format!("/v1/conversations/{conversation}");
     let held = app.call(Method::GET, &path, &alice, None).await;
     assert!(held.body["last_message"]["seq"].as_i64().unwrap() < 3, "held: {}", held.text);
