@@ -3,7 +3,7 @@
 //!
 //! The counter in the conversation's record is written behind the answers (`commit::recorder`),
 //! so it may be short of what is stored for up to `chat.record_interval_ms` (longer if the
-//! database refused the record, or if a node stopped before writing it). Every send raises its
+//! database refused the record, or if a node died before writing it). Every send raises its
 //! conversation's head in Redis before it is answered, so readers take the greater of the
 //! counter and the head; committers, which must never number a send below what is stored, read
 //! what is stored past the counter instead.
