@@ -322,8 +322,8 @@ pub async fn history(
                 // Beyond what the page shows, the conversation's counter and what is stored past it
                 // (the counter is recorded behind the sends) say how far.
                 None if found > to || messages.is_empty() => {
-                    let counter = db.conversations().get(id).await?.map_or(0, |c| c.last_seq);
-                    let counted = db.messages().newest_seq_past(id, counter.max(found)).await?;
+                    let stored = super::counters::stored_heads(&db, &[id]).await?;
+                    let counted = stored.get(id).copied().unwrap_or(0).max(found);
                     remember_head(state, &db, id, counted).await;
                     counted
                 }

@@ -100,7 +100,9 @@ async fn run(db: TenantDb, interval: Duration, mut received: mpsc::Receiver<Hand
                     }
                 }
                 if !flushes.is_empty() {
-                    write_or_keep(&db, &mut pending).await;
+                    if !pending.is_empty() {
+                        write_or_keep(&db, &mut pending).await;
+                    }
                     for done in flushes {
                         let _ = done.send(());
                     }
