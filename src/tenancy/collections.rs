@@ -1,6 +1,6 @@
 //! The fixed set of collections and their indexes, for the platform and for every tenant.
 
-use mongodb::bson::Document;
+use mongodb::bson::{Document, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Database, IndexModel};
 
@@ -14,20 +14,25 @@ pub struct CollectionSpec {
 const RETIRED_INDEXES: &[(&str, &str)] = &[
     // Search terms moved from each message to blocks of messages (`search_blocks`).
     ("messages", "terms_1_conversation_id_1_seq_-1"),
+    // Held every message; its successor `replies_1` holds replies only.
+    ("messages", "conversation_id_1_reply_to_1_seq_1"),
 ];
 
 pub struct IndexSpec {
     pub name: &'static str,
     pub keys: &'static [(&'static str, i32)],
     pub unique: bool,
+    /// A partial index: only documents whose this field is above zero are in it, so writes of
+    /// the others do not pay for it. Queries must constrain the field to a positive value.
+    pub only_where_positive: Option<&'static str>,
 }
 
 const fn index(name: &'static str, keys: &'static [(&'static str, i32)]) -> IndexSpec {
-    IndexSpec { name, keys, unique: false }
+    IndexSpec { name, keys, unique: false, only_where_positive: None }
 }
 
 const fn unique(name: &'static str, keys: &'static [(&'static str, i32)]) -> IndexSpec {
-    IndexSpec { name, keys, unique: true }
+    IndexSpec { name, keys, unique: true, only_where_positive: None }
 }
 
 pub const PLATFORM_COLLECTIONS: &[CollectionSpec] = &[
@@ -70,7 +75,13 @@ pub const TENANT_COLLECTIONS: &[CollectionSpec] = &[
                 "conversation_id_1_sender_id_1_client_msg_id_1",
                 &[("conversation_id", 1), ("sender_id", 1), ("client_msg_id", 1)],
             ),
-            index("conversation_id_1_reply_to_1_seq_1", &[("conversation_id", 1), ("reply_to", 1), ("seq", 1)]),
+            // Replies only (`reply_to` is a seq, from 1): most messages are not, and skip it.
+            IndexSpec {
+                name: "replies_1",
+                keys: &[("conversation_id", 1), ("reply_to", 1), ("seq", 1)],
+                unique: false,
+                only_where_positive: Some("reply_to"),
+            },
         ],
     },
     CollectionSpec {
@@ -137,7 +148,12 @@ pub async fn ensure(db: &Database, specs: &[CollectionSpec]) -> Result<(), mongo
         }
         let models = spec.indexes.iter().map(|ix| {
             let keys: Document = ix.keys.iter().map(|(field, dir)| (field.to_string(), (*dir).into())).collect();
-            let options = IndexOptions::builder().name(ix.name.to_string()).unique(ix.unique.then_some(true)).build();
+            let partial = ix.only_where_positive.map(|field| doc! { field: { "$gt": 0 } });
+            let options = IndexOptions::builder()
+                .name(ix.name.to_string())
+                .unique(ix.unique.then_some(true))
+                .partial_filter_expression(partial)
+                .build();
             IndexModel::builder().keys(keys).options(options).build()
         });
         db.collection::<Document>(spec.name).create_indexes(models).await?;

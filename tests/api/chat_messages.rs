@@ -239,6 +239,47 @@ async fn threads_count_their_live_replies() {
 }
 
 #[tokio::test]
+async fn only_replies_are_in_the_thread_index_and_threads_are_read_through_it() {
+    use mongodb::bson::{Document, doc};
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(&app, &tenant, 2).await;
+    app.say(&tokens[0], &conversation, "parent").await;
+    let body = json!({"client_msg_id": "r1", "text": "a reply", "reply_to": 1});
+    assert_eq!(send(&app, &tokens[1], &conversation, body).await.status, StatusCode::CREATED);
+
+    let db = app.mongo().await.database(&app.tenant_db_name(&tenant.id));
+    let indexes = db.collection::<Document>("messages").list_indexes().await.unwrap();
+    let indexes: Vec<_> = futures_util::TryStreamExt::try_collect(indexes).await.unwrap();
+    let replies = indexes.iter().find(|ix| ix.options.as_ref().and_then(|o| o.name.as_deref()) == Some("replies_1"));
+    let options = replies.and_then(|ix| ix.options.as_ref()).expect("the replies_1 index");
+    assert_eq!(options.partial_filter_expression, Some(doc! { "reply_to": { "$gt": 0 } }), "replies only");
+    assert!(
+        !indexes.iter().any(|ix| ix.options.as_ref().and_then(|o| o.name.as_deref())
+            == Some("conversation_id_1_reply_to_1_seq_1")),
+        "no index of every message's reply_to"
+    );
+
+    // The query `replies` makes is answered from the partial index (a seq is at least 1).
+    let explain = db
+        .run_command(doc! {
+            "explain": {
+                "find": "messages",
+                "filter": { "conversation_id": &conversation, "reply_to": 1_i64, "seq": { "$gt": 0_i64 } },
+                "sort": { "conversation_id": 1, "reply_to": 1, "seq": 1 },
+                "limit": 51,
+            },
+            "verbosity": "queryPlanner",
+        })
+        .await
+        .unwrap();
+    let plan = explain.get_document("queryPlanner").unwrap().get_document("winningPlan").unwrap().to_string();
+    assert!(plan.contains("replies_1"), "{plan}");
+    let listed = app.call(Method::GET, &format!("{}/1/replies", messages(&conversation)), &tokens[0], None).await;
+    assert_eq!(listed.body["items"][0]["text"], "a reply", "{}", listed.text);
+}
+
+#[tokio::test]
 async fn edits_belong_to_the_author_and_keep_history() {
     let app = spawn_app().await;
     let tenant = app.chat_tenant().await;

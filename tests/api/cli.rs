@@ -58,6 +58,12 @@ async fn manifests_apply_idempotently() {
         .options(IndexOptions::builder().name("terms_1_conversation_id_1_seq_-1".to_string()).build())
         .build();
     messages.create_index(retired).await.unwrap();
+    let every_reply_to = IndexModel::builder()
+        .keys(doc! { "conversation_id": 1, "reply_to": 1, "seq": 1 })
+        .options(IndexOptions::builder().name("conversation_id_1_reply_to_1_seq_1".to_string()).build())
+        .build();
+    messages.drop_index("replies_1").await.unwrap();
+    messages.create_index(every_reply_to).await.unwrap();
     blocks.drop_index("terms_1_conversation_id_1").await.unwrap();
 
     let second = confab(&app, &["tenants", "apply", dir.to_str().unwrap()]).output().unwrap();
@@ -65,6 +71,8 @@ async fn manifests_apply_idempotently() {
     assert!(out.contains("tenant globex: unchanged") && out.contains("tenant initech: unchanged"), "{out}");
     let names = messages.list_index_names().await.unwrap();
     assert!(!names.iter().any(|n| n == "terms_1_conversation_id_1_seq_-1"), "the retired index is dropped: {names:?}");
+    assert!(!names.iter().any(|n| n == "conversation_id_1_reply_to_1_seq_1"), "retired: {names:?}");
+    assert!(names.iter().any(|n| n == "replies_1"), "its successor is made: {names:?}");
     let names = blocks.list_index_names().await.unwrap();
     assert!(names.iter().any(|n| n == "terms_1_conversation_id_1"), "the missing index is made: {names:?}");
 

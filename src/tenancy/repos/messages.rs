@@ -153,7 +153,8 @@ impl MessagesRepo {
         read_all(cursor).await
     }
 
-    /// Replies to `parent` with seq above `after`, ascending.
+    /// Replies to `parent` with seq above `after`, ascending, from the `replies_1` index (which
+    /// holds replies only: `parent` is a seq, so at least 1).
     pub async fn replies(
         &self,
         conversation: &ConversationId,
