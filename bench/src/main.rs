@@ -41,6 +41,9 @@ struct Args {
     /// Scenarios to run, e.g. S1,S3 (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// S3's subscriber counts K, e.g. 100 (default: the mode's, 1,10,100,1000).
+    #[arg(long, value_delimiter = ',')]
+    subscribers: Vec<usize>,
     /// Base URL of confab node A (senders, S4's sockets).
     #[arg(long)]
     node_a: String,
@@ -145,7 +148,10 @@ async fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> Result<bool, BoxError> {
     loadgen::now_us(); // fixes the clock's origin before any timestamp is taken
     let started = chrono::Utc::now();
-    let params = Params::for_mode(args.mode);
+    let mut params = Params::for_mode(args.mode);
+    if !args.subscribers.is_empty() {
+        params.s3_subscribers = args.subscribers.clone();
+    }
     // The raw references get as many connections as a confab node has (`mongodb.max_pool_size`).
     let mut mongo_options = mongodb::options::ClientOptions::parse(&args.mongo_uri).await?;
     mongo_options.max_pool_size = mongo_options.max_pool_size.or(Some(100));
