@@ -206,16 +206,23 @@ async fn message_kinds_and_limits_are_checked() {
     assert_eq!(as_server.body["kind"], "system");
 }
 
+/// A pair's conversation where the first says "parent" (seq 1) and the second replies `replies`
+/// times ("reply 0", ...); returns the tenant, both tokens and the conversation.
+async fn a_thread(app: &TestApp, replies: usize) -> (ChatTenant, Vec<String>, String) {
+    let tenant = app.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(app, &tenant, 2).await;
+    app.say(&tokens[0], &conversation, "parent").await;
+    for n in 0..replies {
+        let body = json!({"client_msg_id": format!("r{n}"), "text": format!("reply {n}"), "reply_to": 1});
+        assert_eq!(send(app, &tokens[1], &conversation, body).await.status, StatusCode::CREATED);
+    }
+    (tenant, tokens, conversation)
+}
+
 #[tokio::test]
 async fn threads_count_their_live_replies() {
     let app = spawn_app().await;
-    let tenant = app.chat_tenant().await;
-    let (_, tokens, conversation) = group_of(&app, &tenant, 2).await;
-    app.say(&tokens[0], &conversation, "parent").await;
-    for n in 0..3 {
-        let body = json!({"client_msg_id": format!("r{n}"), "text": format!("reply {n}"), "reply_to": 1});
-        assert_eq!(send(&app, &tokens[1], &conversation, body).await.status, StatusCode::CREATED);
-    }
+    let (_, tokens, conversation) = a_thread(&app, 3).await;
     app.say(&tokens[0], &conversation, "unrelated").await;
     let parent = app.call(Method::GET, &format!("{}/1", messages(&conversation)), &tokens[0], None).await;
     assert_eq!(parent.body["reply_count"], 3);
@@ -242,11 +249,7 @@ async fn threads_count_their_live_replies() {
 async fn only_replies_are_in_the_thread_index_and_threads_are_read_through_it() {
     use mongodb::bson::{Document, doc};
     let app = spawn_app().await;
-    let tenant = app.chat_tenant().await;
-    let (_, tokens, conversation) = group_of(&app, &tenant, 2).await;
-    app.say(&tokens[0], &conversation, "parent").await;
-    let body = json!({"client_msg_id": "r1", "text": "a reply", "reply_to": 1});
-    assert_eq!(send(&app, &tokens[1], &conversation, body).await.status, StatusCode::CREATED);
+    let (tenant, tokens, conversation) = a_thread(&app, 1).await;
 
     let db = app.mongo().await.database(&app.tenant_db_name(&tenant.id));
     let indexes = db.collection::<Document>("messages").list_indexes().await.unwrap();
@@ -276,7 +279,7 @@ async fn only_replies_are_in_the_thread_index_and_threads_are_read_through_it() 
     let plan = explain.get_document("queryPlanner").unwrap().get_document("winningPlan").unwrap().to_string();
     assert!(plan.contains("replies_1"), "{plan}");
     let listed = app.call(Method::GET, &format!("{}/1/replies", messages(&conversation)), &tokens[0], None).await;
-    assert_eq!(listed.body["items"][0]["text"], "a reply", "{}", listed.text);
+    assert_eq!(listed.body["items"][0]["text"], "reply 0", "{}", listed.text);
 }
 
 #[tokio::test]
