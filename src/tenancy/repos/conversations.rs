@@ -234,7 +234,6 @@ impl ConversationsRepo {
         Ok(heads.into_iter().map(|h| (h.id, h.last_seq)).collect())
     }
 
-    /// Records `last` as the newest message unless a newer one is already recorded.
     /// Records `last` as the conversation's newest message and raises its counter, unless a newer
     /// message is recorded (see `SameSeq` for one of the same seq).
     pub async fn record_last_message(
@@ -248,8 +247,8 @@ impl ConversationsRepo {
     }
 
     /// `record_last_message` (`SameSeq::Keep`) for several conversations in one statement: each
-    /// conversation takes its own message out of a `$switch` on `_id`. One statement instead of one per conversation
-    /// is what makes a batch's finish cheap for the database.
+    /// conversation takes its own message out of a `$switch` on `_id`. One statement instead of
+    /// one per conversation is what makes a recorder's round cheap for the database.
     pub async fn record_last_messages(
         &self,
         lasts: &[(&ConversationId, &LastMessage)],
