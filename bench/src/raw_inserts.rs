@@ -54,9 +54,13 @@ impl RawInserts {
     fn copy(&self) -> Document {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut doc = self.sample[n as usize % self.sample.len()].clone();
-        doc.insert("_id", Bson::String(format!("raw-{n}")));
+        let client_msg_id = format!("raw-{n}");
+        // Keyed as confab keys messages: conversation/sender/client_msg_id.
+        let part = |field: &str| doc.get_str(field).unwrap_or_default().to_string();
+        let key = format!("{}/{}/{client_msg_id}", part("conversation_id"), part("sender_id"));
+        doc.insert("_id", key);
         doc.insert("seq", Bson::Int64(n));
-        doc.insert("client_msg_id", Bson::String(format!("raw-{n}")));
+        doc.insert("client_msg_id", client_msg_id);
         doc
     }
 

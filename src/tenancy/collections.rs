@@ -16,6 +16,9 @@ const RETIRED_INDEXES: &[(&str, &str)] = &[
     ("messages", "terms_1_conversation_id_1_seq_-1"),
     // Held every message; its successor `replies_1` holds replies only.
     ("messages", "conversation_id_1_reply_to_1_seq_1"),
+    // A message's `_id` is its idempotency key now (`message_keys`). Provisioning re-keys the
+    // messages stored before first, as this index is what keeps their repeats out until then.
+    ("messages", crate::tenancy::repos::LEGACY_CLIENT_ID_INDEX),
 ];
 
 pub struct IndexSpec {
@@ -71,10 +74,6 @@ pub const TENANT_COLLECTIONS: &[CollectionSpec] = &[
         name: "messages",
         indexes: &[
             unique("conversation_id_1_seq_1", &[("conversation_id", 1), ("seq", 1)]),
-            unique(
-                "conversation_id_1_sender_id_1_client_msg_id_1",
-                &[("conversation_id", 1), ("sender_id", 1), ("client_msg_id", 1)],
-            ),
             // Replies only (`reply_to` is a seq, from 1): most messages are not, and skip it.
             IndexSpec {
                 name: "replies_1",

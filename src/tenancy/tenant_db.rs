@@ -49,8 +49,13 @@ impl TenantDb {
         filter
     }
 
-    /// Creates every tenant collection and index; idempotent.
+    /// Creates every tenant collection and index, re-keying messages stored by earlier versions
+    /// first (their index is retired after); idempotent.
     pub async fn provision(&self) -> Result<(), mongodb::error::Error> {
+        let rekeyed = super::repos::rekey_legacy_messages(&self.db).await?;
+        if rekeyed > 0 {
+            tracing::info!(tenant = %self.tenant, rekeyed, "messages re-keyed by their idempotency key");
+        }
         collections::ensure(&self.db, TENANT_COLLECTIONS).await
     }
 

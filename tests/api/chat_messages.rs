@@ -282,6 +282,34 @@ async fn only_replies_are_in_the_thread_index_and_threads_are_read_through_it() 
     assert_eq!(listed.body["items"][0]["text"], "reply 0", "{}", listed.text);
 }
 
+/// A message's `_id` is its idempotency key, so no index of its own keeps repeats out.
+#[tokio::test]
+async fn a_message_is_keyed_by_conversation_sender_and_client_msg_id() {
+    use mongodb::bson::{Document, doc};
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let (_, tokens, conversation) = group_of(&app, &tenant, 2).await;
+    let body = json!({"client_msg_id": "keyed-1", "text": "once"});
+    let sent = send(&app, &tokens[0], &conversation, body.clone()).await;
+    assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.text);
+
+    let db = app.mongo().await.database(&app.tenant_db_name(&tenant.id));
+    let messages = db.collection::<Document>("messages");
+    let stored = messages.find_one(doc! { "conversation_id": &conversation, "seq": 1_i64 }).await.unwrap().unwrap();
+    assert_eq!(stored.get_str("_id").unwrap(), format!("{conversation}/user00/keyed-1"), "{stored}");
+    assert_eq!(stored.get_str("id").unwrap(), sent.body["id"].as_str().unwrap());
+    let mut names = messages.list_index_names().await.unwrap();
+    names.sort();
+    assert_eq!(names, ["_id_", "conversation_id_1_seq_1", "replies_1"]);
+
+    let repeated = send(&app, &tokens[0], &conversation, body.clone()).await;
+    assert_eq!(repeated.status, StatusCode::OK, "{}", repeated.text);
+    assert_eq!(repeated.body["id"], sent.body["id"]);
+    let by_other = send(&app, &tokens[1], &conversation, body).await;
+    assert_eq!((by_other.status, &by_other.body["seq"]), (StatusCode::CREATED, &json!(2)), "{}", by_other.text);
+    assert_eq!(messages.count_documents(doc! {}).await.unwrap(), 2);
+}
+
 #[tokio::test]
 async fn edits_belong_to_the_author_and_keep_history() {
     let app = spawn_app().await;

@@ -1,5 +1,6 @@
 //! The `confab` binary itself: `tenants apply` manifests and `serve` with graceful shutdown.
 
+use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -92,6 +93,130 @@ async fn manifests_apply_idempotently() {
     assert!(!broken.status.success());
     assert!(String::from_utf8_lossy(&broken.stderr).contains("broken.toml"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Messages stored before `_id` became the idempotency key (`_id` their public id, a unique index
+/// on the key's fields) are read and their repeats answered as before; `tenants apply` re-keys
+/// them, keeping their ids, and only then retires that index.
+#[tokio::test]
+async fn messages_stored_before_keys_are_served_then_rekeyed_by_apply() {
+    use futures_util::TryStreamExt;
+    let app = spawn_app().await;
+    let tenant = app.chat_tenant().await;
+    let alice = app.user(&tenant, "alice").await;
+    let bob = app.user(&tenant, "bob").await;
+    let conversation = app.conversation(&alice, "group", &["bob"]).await;
+    let mut ids = Vec::new();
+    for (token, client_msg_id) in [(&alice, "old-1"), (&bob, "old-1"), (&alice, "old-2"), (&alice, "old-3")] {
+        let sent = send_as(&app, &conversation, token, client_msg_id).await;
+        assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.text);
+        ids.push(sent.body["id"].as_str().unwrap().to_string());
+    }
+
+    // Into the earlier shape, with the earlier index.
+    let db = app.mongo().await.database(&app.tenant_db_name(&tenant.id));
+    let messages = db.collection::<Document>("messages");
+    let keyed: Vec<Document> = messages.find(doc! {}).await.unwrap().try_collect().await.unwrap();
+    assert_eq!(keyed.len(), 4);
+    let mut template = Document::new();
+    for mut message in keyed {
+        let key = message.remove("_id").unwrap();
+        let id = message.remove("id").unwrap();
+        assert!(key.as_str().is_some_and(|k| k.starts_with(&conversation)), "keyed: {key}");
+        messages.delete_one(doc! { "_id": key }).await.unwrap();
+        let mut legacy = doc! { "_id": id };
+        legacy.extend(message);
+        messages.insert_one(&legacy).await.unwrap();
+        template = legacy;
+    }
+    // Enough more, in another conversation, that re-keying takes several batches.
+    let elsewhere = uuid::Uuid::now_v7().to_string();
+    let more: Vec<Document> = (1..=450_i64)
+        .map(|seq| {
+            let mut copy = template.clone();
+            copy.extend(doc! {
+                "_id": uuid::Uuid::now_v7().to_string(), "conversation_id": &elsewhere, "seq": seq,
+                "client_msg_id": format!("more-{seq}"),
+            });
+            copy
+        })
+        .collect();
+    messages.insert_many(&more).await.unwrap();
+    let legacy_index = "conversation_id_1_sender_id_1_client_msg_id_1";
+    let model = IndexModel::builder()
+        .keys(doc! { "conversation_id": 1, "sender_id": 1, "client_msg_id": 1 })
+        .options(IndexOptions::builder().name(legacy_index.to_string()).unique(true).build())
+        .build();
+    messages.create_index(model).await.unwrap();
+
+    let expected: Vec<(i64, String)> = (1..=4).zip(ids.iter().cloned()).collect();
+    assert_eq!(seqs_and_ids(&app, &conversation, &alice).await, expected, "read in the earlier shape");
+    sends_as(&app, &conversation, &alice, "old-2", 3, Some(ids[2].clone())).await;
+    sends_as(&app, &conversation, &bob, "old-1", 2, Some(ids[1].clone())).await;
+    // New messages beside them: keyed, and still under the earlier index until it goes.
+    sends_as(&app, &conversation, &alice, "new-1", 5, None).await;
+    sends_as(&app, &conversation, &alice, "new-2", 6, None).await;
+    let new_1 = messages.find_one(doc! { "conversation_id": &conversation, "seq": 5_i64 }).await.unwrap().unwrap();
+    sends_as(&app, &conversation, &alice, "new-1", 5, Some(new_1.get_str("id").unwrap().to_string())).await;
+
+    let dir = std::env::temp_dir().join(format!("confab-rekey-{}", app.db_prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    write_manifest(&dir, "tenant.toml", &format!("id = \"{}\"\nname = \"Rekeyed\"\n", tenant.id));
+    let applied = confab(&app, &["tenants", "apply", dir.to_str().unwrap()]).output().unwrap();
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let stored: Vec<Document> = messages.find(doc! {}).await.unwrap().try_collect().await.unwrap();
+    assert_eq!(stored.len(), 456, "nothing lost, nothing doubled");
+    let moved: Vec<i64> = stored
+        .iter()
+        .filter(|m| m.get_str("conversation_id") == Ok(&elsewhere))
+        .map(|m| m.get_i64("seq").unwrap())
+        .collect();
+    assert_eq!(BTreeSet::from_iter(moved), BTreeSet::from_iter(1..=450));
+    for message in &stored {
+        let fields = ["conversation_id", "sender_id", "client_msg_id"].map(|f| message.get_str(f).unwrap());
+        assert_eq!(message.get_str("_id"), Ok(fields.join("/").as_str()), "re-keyed: {message}");
+    }
+    let names = messages.list_index_names().await.unwrap();
+    assert!(!names.iter().any(|n| n == legacy_index), "retired once re-keyed: {names:?}");
+    let mut expected = expected;
+    expected.push((5, new_1.get_str("id").unwrap().to_string()));
+    let new_2 = stored.iter().find(|m| m.get_str("client_msg_id") == Ok("new-2")).unwrap();
+    expected.push((6, new_2.get_str("id").unwrap().to_string()));
+    assert_eq!(seqs_and_ids(&app, &conversation, &bob).await, expected, "the same ids at the same seqs");
+    sends_as(&app, &conversation, &alice, "old-3", 4, Some(ids[3].clone())).await;
+    sends_as(&app, &conversation, &alice, "new-3", 7, None).await;
+}
+
+async fn send_as(app: &TestApp, conversation: &str, token: &str, client_msg_id: &str) -> crate::helpers::Reply {
+    let body = serde_json::json!({"client_msg_id": client_msg_id, "text": format!("text of {client_msg_id}")});
+    app.call(Method::POST, &format!("/v1/conversations/{conversation}/messages"), token, Some(body)).await
+}
+
+/// Sends `client_msg_id`, which gets `seq`: a repeat of the message `original` when given.
+async fn sends_as(
+    app: &TestApp,
+    conversation: &str,
+    token: &str,
+    client_msg_id: &str,
+    seq: i64,
+    original: Option<String>,
+) {
+    let sent = send_as(app, conversation, token, client_msg_id).await;
+    let status = if original.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+    assert_eq!((sent.status, sent.body["seq"].as_i64()), (status, Some(seq)), "{client_msg_id}: {}", sent.text);
+    if let Some(id) = original {
+        assert_eq!(sent.body["id"], id.as_str());
+    }
+}
+
+async fn seqs_and_ids(app: &TestApp, conversation: &str, token: &str) -> Vec<(i64, String)> {
+    let path = format!("/v1/conversations/{conversation}/messages?after_seq=0&limit=50");
+    let page = app.call(Method::GET, &path, token, None).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    let items = page.body["items"].as_array().unwrap();
+    items.iter().map(|m| (m["seq"].as_i64().unwrap(), m["id"].as_str().unwrap().to_string())).collect()
 }
 
 #[tokio::test]

@@ -1071,7 +1071,9 @@ async fn realtime_a_message_whose_event_never_came_arrives_with_a_later_sweep() 
     let db = app.mongo().await.database(&app.tenant_db_name(&tenant.id));
     let messages = db.collection::<Document>("messages");
     let mut silent = messages.find_one(doc! {"conversation_id": &conversation, "seq": 1}).await.unwrap().unwrap();
-    silent.insert("_id", format!("silent-{}", random_lower(8)));
+    let sender = silent.get_str("sender_id").unwrap().to_string();
+    silent.insert("_id", format!("{conversation}/{sender}/silent"));
+    silent.insert("id", format!("silent-{}", random_lower(8)));
     silent.insert("seq", 2_i64);
     silent.insert("client_msg_id", "silent");
     silent.insert("text", "m2");

@@ -15,11 +15,18 @@ use serde::de::IntoDeserializer;
 
 use crate::domain::{ConversationId, Message, MessageKind, TenantId, UserId};
 
-/// The message in `raw`, as `bson::from_slice` would read it.
+/// The message in `raw`, as `bson::from_slice` would read it from the shape `Message` is
+/// serialized in (stored messages are keyed otherwise: see `message_keys`).
 pub(super) fn read(raw: &RawDocument) -> Result<Message, bson::de::Error> {
     match read_known_shape(raw.as_bytes()) {
         Ok(message) => Ok(message),
-        Err(Unexpected) => bson::from_slice(raw.as_bytes()),
+        Err(Unexpected) => {
+            let stored: bson::Document = bson::from_slice(raw.as_bytes())?;
+            match super::message_keys::as_serialized(stored) {
+                Some(serialized) => bson::from_document(serialized),
+                None => bson::from_slice(raw.as_bytes()),
+            }
+        }
     }
 }
 
@@ -223,6 +230,9 @@ fn kind(value: Value) -> Read<MessageKind> {
 struct Found {
     /// Search terms messages stored before search blocks still carry; read past, never kept.
     legacy_terms: Option<()>,
+    /// The `_id`: a keyed message's key (`message_keys`), its public id being `id`; messages
+    /// stored before keys have the public id as `_id`, and no `id`.
+    stored_id: Option<String>,
     id: Option<String>,
     tenant_id: Option<TenantId>,
     conversation_id: Option<ConversationId>,
@@ -252,7 +262,8 @@ fn read_known_shape(bytes: &[u8]) -> Read<Message> {
     let mut elements = Elements::of(bytes)?;
     while let Some((key, value)) = elements.next()? {
         match key {
-            b"_id" => set(&mut f.id, text(value)),
+            b"_id" => set(&mut f.stored_id, text(value)),
+            b"id" => set(&mut f.id, text(value)),
             b"tenant_id" => set(&mut f.tenant_id, parsed(value, TenantId::parse)),
             b"conversation_id" => set(&mut f.conversation_id, parsed(value, ConversationId::parse)),
             b"seq" => set(&mut f.seq, int(value)),
@@ -286,7 +297,7 @@ fn read_known_shape(bytes: &[u8]) -> Read<Message> {
         }?;
     }
     Ok(Message {
-        id: f.id.ok_or(Unexpected)?,
+        id: f.id.or(f.stored_id).ok_or(Unexpected)?,
         tenant_id: f.tenant_id.ok_or(Unexpected)?,
         conversation_id: f.conversation_id.ok_or(Unexpected)?,
         seq: f.seq.ok_or(Unexpected)?,
@@ -412,6 +423,24 @@ mod tests {
             let bytes = bytes_of(&document);
             let direct = read_known_shape(&bytes).map(|m| format!("{m:?}"));
             assert_eq!(direct.ok(), Some(by_serde(&bytes).unwrap()), "{document}");
+        }
+    }
+
+    /// Messages as stored (keyed: `message_keys`) read as their serialized shape does, whether
+    /// directly or, when something is unexpected, through serde.
+    #[test]
+    fn reads_keyed_messages_like_their_serialized_shape() {
+        for message in [draft(), full()] {
+            let keyed = super::super::message_keys::stored(&message).unwrap();
+            let direct = read_known_shape(keyed.as_bytes()).map(|m| format!("{m:?}"));
+            assert_eq!(direct.ok(), Some(by_serde(&bytes_of(&stored(&message))).unwrap()));
+
+            let mut odd: Document = bson::from_slice(keyed.as_bytes()).unwrap();
+            odd.insert("unknown", 1);
+            let mut odd_serialized = stored(&message);
+            odd_serialized.insert("unknown", 1);
+            assert!(read_known_shape(&bytes_of(&odd)).is_err());
+            assert_eq!(by_reader(&bytes_of(&odd)), by_serde(&bytes_of(&odd_serialized)));
         }
     }
 

@@ -1,15 +1,19 @@
 use chrono::{DateTime, Utc};
-use mongodb::bson::{self, doc};
+use mongodb::bson::{self, RawDocumentBuf, doc};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Cursor, Database};
+
+use super::message_keys;
 
 use crate::domain::{ConversationId, EditedText, Message, UserId};
 
 /// Edits kept per message.
 const EDIT_HISTORY_KEPT: i32 = 10;
 
+/// Messages are read by `message_reader` and written in their stored shape (`message_keys`), so
+/// the collection holds raw documents.
 pub struct MessagesRepo {
-    messages: Collection<Message>,
+    messages: Collection<RawDocumentBuf>,
 }
 
 /// What an ordered insert of several messages did: the first `stored` are in, and the one after
@@ -28,12 +32,16 @@ pub enum RunFailure {
 
 /// Every message the cursor finds, each read by `message_reader` (much cheaper than the cursor's
 /// own serde decoding).
-async fn read_all(mut cursor: Cursor<Message>) -> Result<Vec<Message>, mongodb::error::Error> {
+async fn read_all(mut cursor: Cursor<RawDocumentBuf>) -> Result<Vec<Message>, mongodb::error::Error> {
     let mut messages = Vec::new();
     while cursor.advance().await? {
         messages.push(super::message_reader::read(cursor.current())?);
     }
     Ok(messages)
+}
+
+fn read_one(found: Option<RawDocumentBuf>) -> Result<Option<Message>, mongodb::error::Error> {
+    Ok(found.map(|raw| super::message_reader::read(&raw)).transpose()?)
 }
 
 fn time(t: DateTime<Utc>) -> bson::DateTime {
@@ -49,7 +57,8 @@ impl MessagesRepo {
     /// what is stored of each conversation is a run without holes.
     pub async fn insert_run(&self, messages: &[&Message]) -> Result<InsertedRun, mongodb::error::Error> {
         use mongodb::error::ErrorKind;
-        let Err(e) = self.messages.insert_many(messages.iter().copied()).ordered(true).await else {
+        let stored = messages.iter().map(|m| message_keys::stored(m)).collect::<Result<Vec<_>, _>>()?;
+        let Err(e) = self.messages.insert_many(stored).ordered(true).await else {
             return Ok(InsertedRun { stored: messages.len(), failure: None });
         };
         let first = match &*e.kind {
@@ -76,15 +85,16 @@ impl MessagesRepo {
         sender: &UserId,
         client_msg_id: &str,
     ) -> Result<Option<Message>, mongodb::error::Error> {
-        self.messages
-            .find_one(doc! {
-                "conversation_id": conversation.as_str(), "sender_id": sender.as_str(), "client_msg_id": client_msg_id,
-            })
-            .await
+        let key = message_keys::key(conversation, sender, client_msg_id);
+        let found = match self.messages.find_one(doc! { "_id": key }).await? {
+            Some(found) => Some(found),
+            None => message_keys::legacy_by_client_id(&self.messages, conversation, sender, client_msg_id).await?,
+        };
+        read_one(found)
     }
 
     pub async fn get(&self, conversation: &ConversationId, seq: i64) -> Result<Option<Message>, mongodb::error::Error> {
-        self.messages.find_one(doc! { "conversation_id": conversation.as_str(), "seq": seq }).await
+        read_one(self.messages.find_one(doc! { "conversation_id": conversation.as_str(), "seq": seq }).await?)
     }
 
     /// Messages with `from <= seq <= to`, ascending.
@@ -205,6 +215,7 @@ impl MessagesRepo {
             )
             .return_document(ReturnDocument::After)
             .await
+            .and_then(read_one)
     }
 
     /// Replaces the envelope of a live E2E message.
@@ -222,6 +233,7 @@ impl MessagesRepo {
             )
             .return_document(ReturnDocument::After)
             .await
+            .and_then(read_one)
     }
 
     /// Tombstones a message: content removed, seq kept. `None` if it was already deleted.
@@ -243,6 +255,7 @@ impl MessagesRepo {
             )
             .return_document(ReturnDocument::After)
             .await
+            .and_then(read_one)
     }
 
     /// Moves a live message's count of `emoji` by `delta`; `false` if the message is deleted (or
