@@ -298,6 +298,26 @@ async fn a_message_is_keyed_by_conversation_sender_and_client_msg_id() {
     let stored = messages.find_one(doc! { "conversation_id": &conversation, "seq": 1_i64 }).await.unwrap().unwrap();
     assert_eq!(stored.get_str("_id").unwrap(), format!("{conversation}/user00/keyed-1"), "{stored}");
     assert_eq!(stored.get_str("id").unwrap(), sent.body["id"].as_str().unwrap());
+    let fields: Vec<&str> = stored.keys().map(String::as_str).collect();
+    let plain = [
+        "_id",
+        "id",
+        "tenant_id",
+        "conversation_id",
+        "seq",
+        "client_msg_id",
+        "sender_id",
+        "kind",
+        "text",
+        "created_at",
+    ];
+    assert_eq!(fields, plain, "a plain message stores nothing empty");
+    let read = app.call(Method::GET, &format!("/v1/conversations/{conversation}/messages/1"), &tokens[1], None).await;
+    let empties = json!({"attachments": [], "mentions": [], "metadata": {}, "reactions": [], "edit_history": []});
+    for (field, empty) in empties.as_object().unwrap() {
+        assert_eq!(&read.body[field], empty, "{field}: {}", read.text);
+    }
+    assert_eq!((read.body["reply_count"].as_i64(), read.body["reply_to"].is_null()), (Some(0), true), "{}", read.text);
     let mut names = messages.list_index_names().await.unwrap();
     names.sort();
     assert_eq!(names, ["_id_", "conversation_id_1_seq_1", "replies_1"]);

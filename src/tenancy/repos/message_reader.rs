@@ -4,8 +4,9 @@
 //! bson's serde deserializer takes about 2 µs per message: it checks, wraps and dispatches every
 //! key and value generically, and a page of 50 spent a quarter of its CPU there. The documents
 //! confab writes all have one shape, so this reader walks a document once, matches the field
-//! names it knows and builds the `Message` itself. Whatever it does not expect (an unknown or
-//! repeated field, another BSON type, a missing field, a malformed document) it hands to bson's
+//! names it knows and builds the `Message` itself (a part left out reads as `Message`'s serde
+//! reads it: absent, empty or zero). Whatever it does not expect (an unknown or repeated field,
+//! another BSON type, a missing required field, a malformed document) it hands to bson's
 //! deserializer, which reads or rejects the document exactly as it always has. So do the nested
 //! values a page rarely holds: attachments, AI details, envelopes, edits and non-empty metadata.
 
@@ -306,15 +307,15 @@ fn read_known_shape(bytes: &[u8]) -> Read<Message> {
         kind: f.kind.ok_or(Unexpected)?,
         text: f.text.flatten(),
         language: f.language.flatten(),
-        attachments: f.attachments.ok_or(Unexpected)?,
+        attachments: f.attachments.unwrap_or_default(),
         reply_to: f.reply_to.flatten(),
-        reply_count: f.reply_count.ok_or(Unexpected)?,
-        mentions: f.mentions.ok_or(Unexpected)?,
-        metadata: f.metadata.ok_or(Unexpected)?,
+        reply_count: f.reply_count.unwrap_or(0),
+        mentions: f.mentions.unwrap_or_default(),
+        metadata: f.metadata.unwrap_or_else(|| serde_json::Value::Object(Default::default())),
         ai: f.ai.flatten(),
-        reaction_counts: f.reaction_counts.ok_or(Unexpected)?,
+        reaction_counts: f.reaction_counts.unwrap_or_default(),
         envelope: f.envelope.flatten(),
-        edit_history: f.edit_history.ok_or(Unexpected)?,
+        edit_history: f.edit_history.unwrap_or_default(),
         created_at: f.created_at.ok_or(Unexpected)?,
         edited_at: f.edited_at.flatten(),
         deleted_at: f.deleted_at.flatten(),
