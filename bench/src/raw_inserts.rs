@@ -54,13 +54,11 @@ impl RawInserts {
     fn copy(&self) -> Document {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut doc = self.sample[n as usize % self.sample.len()].clone();
-        let client_msg_id = format!("raw-{n}");
-        // Keyed as confab keys messages: conversation/sender/client_msg_id.
-        let part = |field: &str| doc.get_str(field).unwrap_or_default().to_string();
-        let key = format!("{}/{}/{client_msg_id}", part("conversation_id"), part("sender_id"));
-        doc.insert("_id", key);
+        // Keyed as confab keys messages: a name-based UUID, as random as a hash.
+        let key = rand::random::<[u8; 16]>().to_vec();
+        doc.insert("_id", mongodb::bson::Binary { subtype: mongodb::bson::spec::BinarySubtype::Uuid, bytes: key });
         doc.insert("seq", Bson::Int64(n));
-        doc.insert("client_msg_id", client_msg_id);
+        doc.insert("client_msg_id", format!("raw-{n}"));
         doc
     }
 

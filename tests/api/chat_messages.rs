@@ -285,7 +285,8 @@ async fn only_replies_are_in_the_thread_index_and_threads_are_read_through_it() 
 /// A message's `_id` is its idempotency key, so no index of its own keeps repeats out.
 #[tokio::test]
 async fn a_message_is_keyed_by_conversation_sender_and_client_msg_id() {
-    use mongodb::bson::{Document, doc};
+    use mongodb::bson::spec::BinarySubtype;
+    use mongodb::bson::{Bson, Document, doc};
     let app = spawn_app().await;
     let tenant = app.chat_tenant().await;
     let (_, tokens, conversation) = group_of(&app, &tenant, 2).await;
@@ -296,7 +297,8 @@ async fn a_message_is_keyed_by_conversation_sender_and_client_msg_id() {
     let db = app.mongo().await.database(&app.tenant_db_name(&tenant.id));
     let messages = db.collection::<Document>("messages");
     let stored = messages.find_one(doc! { "conversation_id": &conversation, "seq": 1_i64 }).await.unwrap().unwrap();
-    assert_eq!(stored.get_str("_id").unwrap(), format!("{conversation}/user00/keyed-1"), "{stored}");
+    let Some(Bson::Binary(key)) = stored.get("_id") else { panic!("keyed by a UUID: {stored}") };
+    assert_eq!((key.subtype, key.bytes.len()), (BinarySubtype::Uuid, 16), "{stored}");
     assert_eq!(stored.get_str("id").unwrap(), sent.body["id"].as_str().unwrap());
     let fields: Vec<&str> = stored.keys().map(String::as_str).collect();
     let plain = [

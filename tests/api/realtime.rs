@@ -1071,8 +1071,8 @@ async fn realtime_a_message_whose_event_never_came_arrives_with_a_later_sweep() 
     let db = app.mongo().await.database(&app.tenant_db_name(&tenant.id));
     let messages = db.collection::<Document>("messages");
     let mut silent = messages.find_one(doc! {"conversation_id": &conversation, "seq": 1}).await.unwrap().unwrap();
-    let sender = silent.get_str("sender_id").unwrap().to_string();
-    silent.insert("_id", format!("{conversation}/{sender}/silent"));
+    let key = uuid::Uuid::now_v7().as_bytes().to_vec();
+    silent.insert("_id", mongodb::bson::Binary { subtype: mongodb::bson::spec::BinarySubtype::Uuid, bytes: key });
     silent.insert("id", format!("silent-{}", random_lower(8)));
     silent.insert("seq", 2_i64);
     silent.insert("client_msg_id", "silent");

@@ -1,17 +1,23 @@
-//! How a message is keyed where it is stored: its `_id` is `conversation/sender/client_msg_id`,
-//! what makes a send idempotent, so the `_id` index every collection has also refuses a repeated
-//! send (neither conversation nor user ids hold a `/`, so the key reads one way only). A separate unique index did that before, and every insert paid for
-//! one more index entry and one more uniqueness claim (about 15% of the send ceiling). The
-//! message's public id (UUIDv7) is the `id` field.
+//! How a message is keyed where it is stored: its `_id` is derived from its conversation, sender
+//! and `client_msg_id`, what makes a send idempotent, so the `_id` index every collection has
+//! also refuses a repeated send. A separate unique index did that before, and every insert paid
+//! for one more index entry and one more uniqueness claim. The key is a name-based UUID (version
+//! 8: the first 16 bytes of the SHA-256 of `conversation/sender/client_msg_id`; neither id holds
+//! a `/`, so the name reads one way only): an `_id` is written several times over (document row,
+//! `_id` index, oplog), and 16 bytes cost the database less per send than the 60 or so of the
+//! name itself. A message found by its key is checked to be that message. The message's public
+//! id (UUIDv7) is the `id` field.
 //!
 //! Messages stored before that have the public id as `_id` and no `id`. Provisioning re-keys them
 //! (`rekey_legacy`) and only then drops the old index, which is what still keeps their repeats
 //! out until it does.
 
 use futures_util::TryStreamExt;
-use mongodb::bson::{self, Bson, Document, RawDocumentBuf, doc};
+use mongodb::bson::spec::BinarySubtype;
+use mongodb::bson::{self, Binary, Bson, Document, RawDocumentBuf, doc};
 use mongodb::options::Hint;
 use mongodb::{Collection, Database};
+use sha2::{Digest, Sha256};
 
 use crate::domain::{ConversationId, Message, UserId};
 
@@ -26,8 +32,27 @@ const REKEY_BATCH: i64 = 200;
 const REKEY_ATTEMPTS: u32 = 5;
 
 /// The `_id` of the message `sender` sent to `conversation` as `client_msg_id`.
-pub(super) fn key(conversation: &ConversationId, sender: &UserId, client_msg_id: &str) -> String {
-    format!("{conversation}/{sender}/{client_msg_id}")
+pub(super) fn key(conversation: &ConversationId, sender: &UserId, client_msg_id: &str) -> Binary {
+    key_of(conversation.as_str(), sender.as_str(), client_msg_id)
+}
+
+fn key_of(conversation: &str, sender: &str, client_msg_id: &str) -> Binary {
+    let name = Sha256::new().chain_update(format!("{conversation}/{sender}/{client_msg_id}")).finalize();
+    let mut bytes = [0; 16];
+    bytes.copy_from_slice(&name[..16]);
+    let key = uuid::Builder::from_custom_bytes(bytes).into_uuid();
+    Binary { subtype: BinarySubtype::Uuid, bytes: key.as_bytes().to_vec() }
+}
+
+/// Whether `message`, found by its key, is the one `client_msg_id` names (two names sharing a
+/// key is vanishingly unlikely, and never mistaken for a repeat).
+pub(super) fn is_keyed_by(
+    message: &Message,
+    conversation: &ConversationId,
+    sender: &UserId,
+    client_msg_id: &str,
+) -> bool {
+    message.conversation_id == *conversation && message.sender_id == *sender && message.client_msg_id == client_msg_id
 }
 
 /// `message` as stored: keyed by `key`, its public id in `id`, every other field as serialized.
@@ -137,7 +162,7 @@ async fn rekey_batch(
 /// A message stored before re-keying, keyed: its `_id` moves to `id`.
 fn rekeyed(mut legacy: Document) -> Document {
     let part = |name: &str| legacy.get_str(name).unwrap_or_default().to_string();
-    let key = format!("{}/{}/{}", part("conversation_id"), part("sender_id"), part("client_msg_id"));
+    let key = key_of(&part("conversation_id"), &part("sender_id"), &part("client_msg_id"));
     let id = legacy.remove("_id").unwrap_or(Bson::Null);
     let mut keyed = doc! { "_id": key, "id": id };
     keyed.extend(legacy);
@@ -159,7 +184,13 @@ mod tests {
     fn a_stored_message_is_keyed_by_its_idempotency_key_and_keeps_its_id() {
         let message = message();
         let stored: Document = bson::from_slice(stored(&message).unwrap().as_bytes()).unwrap();
-        assert_eq!(stored.get_str("_id").unwrap(), format!("{}/alice/c-1", message.conversation_id));
+        let Some(Bson::Binary(key)) = stored.get("_id") else { panic!("{stored}") };
+        assert_eq!((key.subtype, key.bytes.len()), (BinarySubtype::Uuid, 16));
+        assert_eq!(uuid::Uuid::from_slice(&key.bytes).unwrap().get_version_num(), 8);
+        let name = format!("{}/alice/c-1", message.conversation_id);
+        assert_eq!(key.bytes[..6], Sha256::digest(name)[..6], "named by conversation, sender and client_msg_id");
+        let other = super::key(&message.conversation_id, &UserId::parse("bob").unwrap(), "c-1");
+        assert_ne!(other.bytes, key.bytes);
         assert_eq!(stored.get_str("id").unwrap(), message.id);
         assert_eq!(stored.keys().filter(|k| *k == "_id").count(), 1);
         assert_eq!(stored.get_str("client_msg_id").unwrap(), "c-1", "the retired index reads it until it goes");
@@ -167,6 +198,17 @@ mod tests {
         let back = as_serialized(stored.clone()).unwrap();
         let read: Message = bson::from_document(back).unwrap();
         assert_eq!((read.id, read.seq, read.client_msg_id), (message.id, message.seq, message.client_msg_id));
+    }
+
+    #[test]
+    fn a_message_found_by_its_key_must_be_the_one_named() {
+        let message = message();
+        let (alice, bob) = (UserId::parse("alice").unwrap(), UserId::parse("bob").unwrap());
+        let conversation = message.conversation_id.clone();
+        assert!(is_keyed_by(&message, &conversation, &alice, "c-1"));
+        assert!(!is_keyed_by(&message, &ConversationId::new(), &alice, "c-1"));
+        assert!(!is_keyed_by(&message, &conversation, &bob, "c-1"));
+        assert!(!is_keyed_by(&message, &conversation, &alice, "c-2"));
     }
 
     #[test]

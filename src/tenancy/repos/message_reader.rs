@@ -47,6 +47,8 @@ enum Value<'a> {
     Int(i64),
     Date(i64),
     Null,
+    /// A UUID (binary subtype 4): a keyed message's `_id`.
+    Uuid,
 }
 
 /// A document's elements in order.
@@ -87,6 +89,7 @@ impl<'a> Elements<'a> {
                 let array = sized(b, at)?;
                 (Value::Array(array), array.len())
             }
+            0x05 if fixed::<5>(b, at)? == [16, 0, 0, 0, 4] => (Value::Uuid, 4 + 1 + 16),
             0x09 => (Value::Date(i64::from_le_bytes(fixed(b, at)?)), 8),
             0x0A => (Value::Null, 0),
             0x10 => (Value::Int(i64::from(i32::from_le_bytes(fixed(b, at)?))), 4),
@@ -231,8 +234,9 @@ fn kind(value: Value) -> Read<MessageKind> {
 struct Found {
     /// Search terms messages stored before search blocks still carry; read past, never kept.
     legacy_terms: Option<()>,
-    /// The `_id`: a keyed message's key (`message_keys`), its public id being `id`; messages
-    /// stored before keys have the public id as `_id`, and no `id`.
+    /// A keyed message's `_id` (`message_keys`), its public id being `id`.
+    key: Option<()>,
+    /// The `_id` of a message stored before keys: its public id (it has no `id`).
     stored_id: Option<String>,
     id: Option<String>,
     tenant_id: Option<TenantId>,
@@ -263,8 +267,11 @@ fn read_known_shape(bytes: &[u8]) -> Read<Message> {
     let mut elements = Elements::of(bytes)?;
     while let Some((key, value)) = elements.next()? {
         match key {
-            b"_id" => set(&mut f.stored_id, text(value)),
-            b"id" => set(&mut f.id, text(value)),
+            b"_id" => match value {
+                Value::Uuid => set(&mut f.key, Ok(())),
+                _ => set(&mut f.stored_id, text(value)),
+            },
+            b"id" if f.key.is_some() => set(&mut f.id, text(value)),
             b"tenant_id" => set(&mut f.tenant_id, parsed(value, TenantId::parse)),
             b"conversation_id" => set(&mut f.conversation_id, parsed(value, ConversationId::parse)),
             b"seq" => set(&mut f.seq, int(value)),
@@ -402,9 +409,15 @@ mod tests {
         bson::to_document(message).unwrap()
     }
 
-    /// What bson's deserializer makes of `bytes`, to compare with (messages have no `PartialEq`).
+    /// What bson's deserializer makes of `bytes` (a keyed message in the shape it serializes
+    /// in), to compare with (messages have no `PartialEq`).
     fn by_serde(bytes: &[u8]) -> Result<String, String> {
-        bson::from_slice::<Message>(bytes).map(|m| format!("{m:?}")).map_err(|e| e.to_string())
+        let keyed = bson::from_slice::<Document>(bytes).ok().and_then(super::super::message_keys::as_serialized);
+        let message = match keyed {
+            Some(serialized) => bson::from_document::<Message>(serialized),
+            None => bson::from_slice::<Message>(bytes),
+        };
+        message.map(|m| format!("{m:?}")).map_err(|e| e.to_string())
     }
 
     fn by_reader(bytes: &[u8]) -> Result<String, String> {
@@ -509,11 +522,17 @@ mod tests {
     /// Damaged documents never panic the reader, and whatever it accepts, serde reads the same.
     #[test]
     fn damaged_bytes_are_never_misread() {
-        let bytes = bytes_of(&stored(&full()));
+        let keyed = super::super::message_keys::stored(&full()).unwrap().into_bytes();
+        for bytes in [bytes_of(&stored(&full())), keyed] {
+            damaged_copies_are_never_misread(&bytes);
+        }
+    }
+
+    fn damaged_copies_are_never_misread(bytes: &[u8]) {
         let mut checked = 0;
         for at in 0..bytes.len() {
             for flip in [0x01_u8, 0x80, 0xff] {
-                let mut damaged = bytes.clone();
+                let mut damaged = bytes.to_vec();
                 damaged[at] ^= flip;
                 if let Ok(message) = read_known_shape(&damaged) {
                     assert_eq!(Ok(format!("{message:?}")), by_serde(&damaged), "byte {at} ^ {flip:#x}");

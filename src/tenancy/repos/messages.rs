@@ -86,11 +86,10 @@ impl MessagesRepo {
         client_msg_id: &str,
     ) -> Result<Option<Message>, mongodb::error::Error> {
         let key = message_keys::key(conversation, sender, client_msg_id);
-        let found = match self.messages.find_one(doc! { "_id": key }).await? {
-            Some(found) => Some(found),
-            None => message_keys::legacy_by_client_id(&self.messages, conversation, sender, client_msg_id).await?,
-        };
-        read_one(found)
+        if let Some(found) = read_one(self.messages.find_one(doc! { "_id": key }).await?)? {
+            return Ok(message_keys::is_keyed_by(&found, conversation, sender, client_msg_id).then_some(found));
+        }
+        read_one(message_keys::legacy_by_client_id(&self.messages, conversation, sender, client_msg_id).await?)
     }
 
     pub async fn get(&self, conversation: &ConversationId, seq: i64) -> Result<Option<Message>, mongodb::error::Error> {
