@@ -21,13 +21,16 @@ use crate::domain::{ConversationId, Message, MessageKind, TenantId, UserId};
 pub(super) fn read(raw: &RawDocument) -> Result<Message, bson::de::Error> {
     match read_known_shape(raw.as_bytes()) {
         Ok(message) => Ok(message),
-        Err(Unexpected) => {
-            let stored: bson::Document = bson::from_slice(raw.as_bytes())?;
-            match super::message_keys::as_serialized(stored) {
-                Some(serialized) => bson::from_document(serialized),
-                None => bson::from_slice(raw.as_bytes()),
-            }
-        }
+        Err(Unexpected) => by_serde(raw.as_bytes()),
+    }
+}
+
+/// What bson's deserializer makes of a stored message, keyed ones put back in the shape
+/// `Message` serializes in first.
+fn by_serde(bytes: &[u8]) -> Result<Message, bson::de::Error> {
+    match bson::from_slice(bytes).ok().and_then(super::message_keys::as_serialized) {
+        Some(serialized) => bson::from_document(serialized),
+        None => bson::from_slice(bytes),
     }
 }
 
@@ -409,15 +412,9 @@ mod tests {
         bson::to_document(message).unwrap()
     }
 
-    /// What bson's deserializer makes of `bytes` (a keyed message in the shape it serializes
-    /// in), to compare with (messages have no `PartialEq`).
+    /// What bson's deserializer makes of `bytes`, to compare with (messages have no `PartialEq`).
     fn by_serde(bytes: &[u8]) -> Result<String, String> {
-        let keyed = bson::from_slice::<Document>(bytes).ok().and_then(super::super::message_keys::as_serialized);
-        let message = match keyed {
-            Some(serialized) => bson::from_document::<Message>(serialized),
-            None => bson::from_slice::<Message>(bytes),
-        };
-        message.map(|m| format!("{m:?}")).map_err(|e| e.to_string())
+        super::by_serde(bytes).map(|m| format!("{m:?}")).map_err(|e| e.to_string())
     }
 
     fn by_reader(bytes: &[u8]) -> Result<String, String> {
