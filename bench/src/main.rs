@@ -4,6 +4,7 @@
 //! and reports every figure next to a reference measured in the same run on the same machine.
 
 mod cpu;
+mod http1;
 mod loadgen;
 mod params;
 mod raw_inserts;
@@ -20,12 +21,13 @@ mod stack;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Parser;
 use serde_json::{Value, json};
 
 use cpu::{CpuMeter, Watched};
+use http1::Http1;
 use params::{Mode, Params};
 use report::{Figure, ScenarioReport};
 use stack::Stack;
@@ -156,13 +158,6 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let mut mongo_options = mongodb::options::ClientOptions::parse(&args.mongo_uri).await?;
     mongo_options.max_pool_size = mongo_options.max_pool_size.or(Some(100));
     let mongo = mongodb::Client::with_options(mongo_options)?;
-    // Idle connections are dropped well before confab's keep-alive (75 s) closes them, so no
-    // request is sent into a connection the server is closing.
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .timeout(Duration::from_secs(60))
-        .build()?;
     let stack = Stack {
         node_a: args.node_a.trim_end_matches('/').to_string(),
         node_b: args.node_b.trim_end_matches('/').to_string(),
@@ -170,7 +165,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         db_prefix: args.db_prefix.clone(),
         redis_url: args.redis_url.clone(),
         mongo,
-        http,
+        http: Http1::default(),
     };
     let mut watched = args.watch.clone();
     watched.push(Watched { name: "loadgen".into(), pid: std::process::id() });

@@ -10,9 +10,9 @@
 
 use std::sync::Arc;
 
+use crate::http1::Method;
 use futures_util::StreamExt;
 use mongodb::bson::{RawDocumentBuf, doc};
-use reqwest::Method;
 use serde::de::IgnoredAny;
 use serde_json::json;
 

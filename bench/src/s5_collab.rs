@@ -9,9 +9,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::http1::Method;
 use futures_util::{SinkExt, StreamExt, TryStreamExt};
 use mongodb::bson::{Document, doc};
-use reqwest::Method;
 use serde_json::json;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as WsMessage;

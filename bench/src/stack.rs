@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use reqwest::Method;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::{Value, json};
 use tokio::net::{TcpSocket, TcpStream};
@@ -16,6 +15,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::BoxError;
+use crate::http1::{Http1, Method};
 
 /// User tokens outlive the longest run.
 const TOKEN_TTL_SECS: u64 = 86_400;
@@ -37,7 +37,7 @@ pub struct Stack {
     pub db_prefix: String,
     pub redis_url: String,
     pub mongo: mongodb::Client,
-    pub http: reqwest::Client,
+    pub http: Http1,
 }
 
 /// A tenant with a server key holding every scope.
@@ -81,18 +81,17 @@ impl Stack {
         token: &str,
         body: Option<&Value>,
     ) -> Result<T, String> {
-        let mut request = self.http.request(method.clone(), format!("{node}{path}")).bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(body);
+        let body = body.map(serde_json::to_vec).transpose().map_err(|e| format!("{method} {path}: {e}"))?;
+        let answer = self
+            .http
+            .request(node, method, path, token, body.as_deref())
+            .await
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        if !answer.is_success() {
+            let text = String::from_utf8_lossy(&answer.body);
+            return Err(format!("{method} {path}: {} {}", answer.status, text.chars().take(300).collect::<String>()));
         }
-        let response = request.send().await.map_err(|e| format!("{method} {path}: {e}"))?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| format!("{method} {path}: {e}"))?;
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&bytes);
-            return Err(format!("{method} {path}: {status} {}", text.chars().take(300).collect::<String>()));
-        }
-        let json: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        let json: &[u8] = if answer.body.is_empty() { b"null" } else { &answer.body };
         serde_json::from_slice(json).map_err(|e| format!("{method} {path}: unreadable answer: {e}"))
     }
 
