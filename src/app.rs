@@ -119,6 +119,8 @@ impl Application {
             },
         );
         tokio::spawn(crate::gateway::sweep_presence(state.clone().into_inner()));
+        let refreshed = state.clone().into_inner();
+        tokio::spawn(async move { crate::caches::refresh_behind(&refreshed.caches, &refreshed.store).await });
         let store = state.store.clone();
         let app = move || {
             App::new()

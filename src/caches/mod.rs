@@ -7,13 +7,16 @@
 //! no copy outlives `cache.ttl_ms` either: a suspension, a revoked or rotated key, a deactivation
 //! or a removal takes effect at once on the node that made it and within that bound everywhere. A
 //! copy loaded while a change was being forgotten is not kept (each map counts its forgets). A key
-//! that many requests miss at once is loaded once, and a copy in use is loaded again by one
-//! request before it expires while the others go on using it (`ttl_map`).
+//! that many requests miss at once is loaded once, and a copy in use is loaded again before it
+//! expires while requests go on using it (`ttl_map`): users, memberships and conversations by
+//! the node's refresher, many to a query (`refresh`); tenants and API keys by the first request
+//! that finds the copy due.
 //!
 //! Stored messages for history pages are kept apart (`history`): they are checked against a
 //! revision in Redis on every use rather than forgotten by notice.
 
 mod history;
+mod refresh;
 mod tokens;
 mod ttl_map;
 
@@ -26,6 +29,7 @@ use crate::config::CacheSettings;
 use crate::domain::{ApiKey, ApiKeyId, Conversation, ConversationId, Member, Tenant, TenantId, User, UserId};
 use crate::events::{CacheEvent, Redis};
 pub use history::{RecentMessages, blocks_around};
+pub use refresh::refresh_behind;
 pub use tokens::VerifiedTokens;
 use ttl_map::TtlMap;
 
@@ -36,6 +40,8 @@ pub struct Caches {
     /// copy, so without this every request in a copy's lifetime would record the use again.
     key_uses: Mutex<HashMap<ApiKeyId, Instant>>,
     max_entries: usize,
+    /// `cache.ttl_ms`: how old any copy may be.
+    ttl: Duration,
     users: TtlMap<(TenantId, UserId), Arc<User>>,
     members: TtlMap<(TenantId, ConversationId, UserId), Member>,
     conversations: TtlMap<(TenantId, ConversationId), Conversation>,
@@ -53,9 +59,11 @@ impl Caches {
             api_keys: TtlMap::new(ttl, settings.max_entries),
             key_uses: Mutex::default(),
             max_entries: settings.max_entries,
-            users: TtlMap::new(ttl, settings.max_entries),
-            members: TtlMap::new(ttl, settings.max_entries),
-            conversations: TtlMap::new(ttl, settings.max_entries),
+            ttl,
+            // Those a node holds one of per active user (or more) are refreshed in batches.
+            users: TtlMap::refreshed_behind(ttl, settings.max_entries),
+            members: TtlMap::refreshed_behind(ttl, settings.max_entries),
+            conversations: TtlMap::refreshed_behind(ttl, settings.max_entries),
             tokens: VerifiedTokens::new(settings.max_entries),
             messages: RecentMessages::new(Duration::from_millis(settings.history_ttl_ms), settings.history_messages),
         }

@@ -1,6 +1,6 @@
 //! The expiring map behind each of the caches, loading each missing key once at a time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,15 +28,28 @@ const REFRESH_AFTER_QUARTERS: u32 = 3;
 /// error, a forget meanwhile, the loading request gone) loads for itself.
 ///
 /// A key in steady use does not expire at all: once its copy is `REFRESH_AFTER_QUARTERS` into its
-/// `ttl`, one request loads it again while the rest keep being served the copy, which is still
-/// within its `ttl`. Without that, every request for a busy key waited on a MongoDB read every
-/// `ttl`, and a database hiccup at that moment held up all of them at once.
+/// `ttl`, it is loaded again while requests keep being served the copy, which is still within its
+/// `ttl`. Without that, every request for a busy key waited on a MongoDB read every `ttl`, and a
+/// database hiccup at that moment held up all of them at once. A map made `refreshed_behind`
+/// leaves that load to a refresher (`refresh`), which takes the keys found due (`take_due`) and
+/// loads them many to a query; any other map has the first request that finds the copy due load
+/// it.
 pub(super) struct TtlMap<K, V> {
     entries: Mutex<HashMap<K, (Instant, V)>>,
     loading: Mutex<HashMap<K, LoadEnded>>,
+    /// Keys whose copies requests found due, for the refresher; `None`: requests refresh.
+    due: Option<Mutex<HashSet<K>>>,
     forgets: AtomicU64,
     ttl: Duration,
     max_entries: usize,
+}
+
+/// Keys taken for a refresh, and what `keep_refreshed` needs to tell that a change was forgotten
+/// while they were being loaded.
+pub(super) struct Due<K> {
+    pub(super) keys: Vec<K>,
+    forgets: u64,
+    taken: Instant,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -58,7 +71,19 @@ impl<K: Eq + Hash, V> Drop for Loading<'_, K, V> {
 
 impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
     pub(super) fn new(ttl: Duration, max_entries: usize) -> Self {
-        Self { entries: Mutex::default(), loading: Mutex::default(), forgets: AtomicU64::new(0), ttl, max_entries }
+        Self {
+            entries: Mutex::default(),
+            loading: Mutex::default(),
+            due: None,
+            forgets: AtomicU64::new(0),
+            ttl,
+            max_entries,
+        }
+    }
+
+    /// A map whose due copies a refresher loads (`take_due`, `keep_refreshed`), not requests.
+    pub(super) fn refreshed_behind(ttl: Duration, max_entries: usize) -> Self {
+        Self { due: Some(Mutex::default()), ..Self::new(ttl, max_entries) }
     }
 
     fn entries(&self) -> MutexGuard<'_, HashMap<K, (Instant, V)>> {
@@ -99,6 +124,13 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
             return load.await;
         }
         if let Some((copy, due)) = self.copy(key) {
+            if let (true, Some(queue)) = (due, &self.due) {
+                let mut queue = lock(queue);
+                if queue.len() < self.max_entries {
+                    queue.insert(key.clone());
+                }
+                return Ok(Some(copy));
+            }
             let Some(_loading) = due.then(|| self.start_loading(key).ok()).flatten() else {
                 return Ok(Some(copy));
             };
@@ -141,6 +173,40 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
             }
         }
         Ok(loaded)
+    }
+
+    /// The keys requests found due since the last call (none for a map refreshed by requests).
+    pub(super) fn take_due(&self) -> Due<K> {
+        let keys = self.due.as_ref().map(|queue| lock(queue).drain().collect()).unwrap_or_default();
+        Due { keys, forgets: self.forgets.load(Ordering::Acquire), taken: Instant::now() }
+    }
+
+    /// Keeps what a refresh of `due` found: a copy for `Some`, none for `None` (gone, or no longer
+    /// to be served). Keys left out (their load failed) keep their copies until their `ttl`. If
+    /// anything was forgotten since the keys were taken, nothing is kept: what was loaded may
+    /// predate the change, and the next request finding a copy due marks it again.
+    pub(super) fn keep_refreshed(&self, due: &Due<K>, found: Vec<(K, Option<V>)>) -> usize {
+        let mut entries = self.entries();
+        if self.forgets.load(Ordering::Acquire) != due.forgets {
+            return 0;
+        }
+        let kept = found.len();
+        for (key, value) in found {
+            // A copy loaded by a request after the keys were taken is newer than this one.
+            if entries.get(&key).is_some_and(|(at, _)| *at > due.taken) {
+                continue;
+            }
+            match value {
+                Some(value) => {
+                    make_room(&mut entries, self.max_entries, |(at, _)| due.taken.duration_since(*at) < self.ttl);
+                    entries.insert(key, (due.taken, value));
+                }
+                None => {
+                    entries.remove(&key);
+                }
+            }
+        }
+        kept
     }
 
     pub(super) fn forget(&self, key: &K) {
@@ -317,5 +383,77 @@ mod tests {
         assert!(abandoned.is_err());
         assert_eq!(got.as_deref(), Some("mine"));
         assert!(lock(&map.loading).is_empty());
+    }
+    /// A map refreshed behind the requests, with a one-second `ttl`, holding "old" for key 1
+    /// 800 ms into it: due for a refresh.
+    async fn due_behind() -> TtlMap<u32, String> {
+        let map = TtlMap::refreshed_behind(Duration::from_millis(1_000), 2);
+        load(&map, 1, "old").await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        map
+    }
+
+    #[tokio::test]
+    async fn a_map_refreshed_behind_serves_due_copies_and_leaves_the_load_to_the_refresher() {
+        let map = due_behind().await;
+        assert!(map.take_due().keys.is_empty(), "nothing was found due yet");
+        for _ in 0..3 {
+            let got = map.get_or_load(&1, async { Ok::<_, ()>(Some("inline".to_string())) }).await.unwrap();
+            assert_eq!(got.as_deref(), Some("old"), "requests are served the copy, not a load of their own");
+        }
+        let due = map.take_due();
+        assert_eq!(due.keys, vec![1], "the key is taken once, however many requests found it due");
+        assert!(map.take_due().keys.is_empty());
+        assert_eq!(map.keep_refreshed(&due, vec![(1, Some("new".to_string()))]), 1);
+        assert_eq!(map.fresh(&1).as_deref(), Some("new"));
+        assert!(map.copy(&1).is_some_and(|(_, due)| !due), "the refreshed copy starts a ttl of its own");
+    }
+
+    #[tokio::test]
+    async fn a_refresh_drops_what_is_gone_and_leaves_what_it_could_not_load() {
+        let map = due_behind().await;
+        load(&map, 2, "two").await;
+        map.get_or_load(&1, async { Ok::<_, ()>(None) }).await.unwrap();
+        map.get_or_load(&2, async { Ok::<_, ()>(None) }).await.unwrap();
+        let mut due = map.take_due();
+        due.keys.sort();
+        assert_eq!(due.keys, vec![1], "key 2's copy is not due yet");
+        // Key 1 was not found: its copy goes. A key whose load failed is left out and keeps its copy.
+        map.keep_refreshed(&due, vec![(1, None)]);
+        assert_eq!(map.fresh(&1), None);
+        assert_eq!(map.fresh(&2).as_deref(), Some("two"));
+    }
+
+    #[tokio::test]
+    async fn a_refresh_across_a_forget_keeps_nothing() {
+        let map = due_behind().await;
+        load(&map, 2, "two").await;
+        map.get_or_load(&1, async { Ok::<_, ()>(None) }).await.unwrap();
+        let due = map.take_due();
+        // A change to key 2 is forgotten while key 1 is being loaded: what the load read may
+        // predate a change, so none of it is kept.
+        map.forget(&2);
+        assert_eq!(map.keep_refreshed(&due, vec![(1, Some("loaded".to_string()))]), 0);
+        assert_eq!(map.fresh(&1).as_deref(), Some("old"));
+    }
+
+    #[tokio::test]
+    async fn a_refresh_does_not_replace_a_copy_loaded_after_it_started() {
+        let map = due_behind().await;
+        map.get_or_load(&1, async { Ok::<_, ()>(None) }).await.unwrap();
+        let due = map.take_due();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // The copy expired meanwhile, and a request loaded a newer one.
+        assert_eq!(load(&map, 1, "newer").await.as_deref(), Some("newer"));
+        map.keep_refreshed(&due, vec![(1, Some("refreshed".to_string()))]);
+        assert_eq!(map.fresh(&1).as_deref(), Some("newer"));
+    }
+
+    #[tokio::test]
+    async fn a_map_refreshed_by_requests_has_nothing_due() {
+        let map = due_for_refresh().await;
+        map.get_or_load(&1, async { Ok::<_, ()>(Some("new".to_string())) }).await.unwrap();
+        assert!(map.take_due().keys.is_empty());
+        assert_eq!(map.fresh(&1).as_deref(), Some("new"));
     }
 }

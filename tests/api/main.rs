@@ -3,6 +3,7 @@
 
 mod api_keys;
 mod audit;
+mod cache_refresh;
 mod chat_conversations;
 mod chat_messages;
 mod chat_smoke;

@@ -34,6 +34,12 @@ impl MembersRepo {
         self.members.find_one(doc! { "_id": Member::key(conversation, user) }).await
     }
 
+    /// The membership or ban records of these (conversation, user) pairs that exist.
+    pub async fn get_many(&self, pairs: &[(ConversationId, UserId)]) -> Result<Vec<Member>, mongodb::error::Error> {
+        let keys: Vec<String> = pairs.iter().map(|(conversation, user)| Member::key(conversation, user)).collect();
+        self.members.find(doc! { "_id": { "$in": keys } }).await?.try_collect().await
+    }
+
     /// Active members in user-id order after `after`.
     pub async fn list(
         &self,
