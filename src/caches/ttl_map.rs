@@ -310,12 +310,15 @@ mod tests {
         assert_eq!(loads, 5);
     }
 
-    /// A map with a one-second `ttl` holding "old" for key 1, 800 ms into it: due for a refresh.
-    async fn due_for_refresh() -> TtlMap<u32, String> {
-        let map = map(1_000);
+    /// `map` (with a one-second `ttl`) holding "old" for key 1, 800 ms into it: due for a refresh.
+    async fn holding_a_due_copy(map: TtlMap<u32, String>) -> TtlMap<u32, String> {
         load(&map, 1, "old").await;
         tokio::time::sleep(Duration::from_millis(800)).await;
         map
+    }
+
+    async fn due_for_refresh() -> TtlMap<u32, String> {
+        holding_a_due_copy(map(1_000)).await
     }
 
     #[tokio::test]
@@ -384,13 +387,10 @@ mod tests {
         assert_eq!(got.as_deref(), Some("mine"));
         assert!(lock(&map.loading).is_empty());
     }
-    /// A map refreshed behind the requests, with a one-second `ttl`, holding "old" for key 1
-    /// 800 ms into it: due for a refresh.
+
+    /// `due_for_refresh`, in a map refreshed behind the requests.
     async fn due_behind() -> TtlMap<u32, String> {
-        let map = TtlMap::refreshed_behind(Duration::from_millis(1_000), 2);
-        load(&map, 1, "old").await;
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        map
+        holding_a_due_copy(TtlMap::refreshed_behind(Duration::from_millis(1_000), 2)).await
     }
 
     #[tokio::test]
