@@ -87,7 +87,7 @@ impl Http1 {
                 None => connect(authority).await?,
             };
             connection.stream.write_all(&request).await.map_err(|e| format!("sending: {e}"))?;
-            let (answer, keep) = read_answer(&mut connection, method).await?;
+            let (answer, keep) = read_answer(&mut connection).await?;
             if keep {
                 self.put_idle(authority, connection);
             }
@@ -149,14 +149,14 @@ enum Framing {
 }
 
 /// Reads one answer; also says whether the connection may carry another request.
-async fn read_answer(connection: &mut Connection, method: Method) -> Result<(Answer, bool), String> {
+async fn read_answer(connection: &mut Connection) -> Result<(Answer, bool), String> {
     let (status, head_len, framing, mut keep) = loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut headers);
         match response.parse(&connection.read).map_err(|e| format!("unreadable answer: {e}"))? {
             httparse::Status::Complete(head_len) => {
                 let status = response.code.unwrap_or_default();
-                let (framing, keep) = framing_of(status, method, response.headers)?;
+                let (framing, keep) = framing_of(status, response.headers)?;
                 break (status, head_len, framing, keep);
             }
             httparse::Status::Partial => {
@@ -190,7 +190,7 @@ async fn read_answer(connection: &mut Connection, method: Method) -> Result<(Ans
     Ok((Answer { status, body }, keep && connection.read.is_empty()))
 }
 
-fn framing_of(status: u16, method: Method, headers: &[httparse::Header<'_>]) -> Result<(Framing, bool), String> {
+fn framing_of(status: u16, headers: &[httparse::Header<'_>]) -> Result<(Framing, bool), String> {
     let mut framing = None;
     let mut keep = true;
     for header in headers {
@@ -204,7 +204,8 @@ fn framing_of(status: u16, method: Method, headers: &[httparse::Header<'_>]) -> 
             keep = false;
         }
     }
-    let bodiless = status == 204 || status == 304 || (100..200).contains(&status) || method.0 == "HEAD";
+    // The client never sends HEAD, so only the status says an answer has no body.
+    let bodiless = status == 204 || status == 304 || (100..200).contains(&status);
     let framing = if bodiless { Framing::Length(0) } else { framing.unwrap_or(Framing::Close) };
     Ok((framing, keep))
 }

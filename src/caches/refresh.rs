@@ -39,61 +39,61 @@ pub async fn refresh_behind(caches: &Caches, store: &Store) {
 impl Caches {
     /// Loads the copies requests found due since the last call, and keeps what was found.
     pub async fn refresh_due(&self, store: &Store) {
-        refresh(&self.users, "users", store, |db, keys| async move {
-            let ids: Vec<UserId> = keys.into_iter().map(|(_, id)| id).collect();
-            let found = db.users().get_many(&ids).await?;
-            Ok(found.into_iter().map(|user| ((db.tenant_id().clone(), user.id.clone()), Arc::new(user))).collect())
-        })
+        refresh(
+            &self.users,
+            "users",
+            |(tenant, _)| tenant,
+            store,
+            |db, keys| async move {
+                let ids: Vec<UserId> = keys.into_iter().map(|(_, id)| id).collect();
+                let found = db.users().get_many(&ids).await?;
+                Ok(found.into_iter().map(|user| ((db.tenant_id().clone(), user.id.clone()), Arc::new(user))).collect())
+            },
+        )
         .await;
-        refresh(&self.members, "members", store, |db, keys| async move {
-            let pairs: Vec<(ConversationId, UserId)> = keys.into_iter().map(|(_, c, u)| (c, u)).collect();
-            let found = db.members().get_many(&pairs).await?;
-            // Only active memberships are kept, as when a request loads one.
-            Ok(found
-                .into_iter()
-                .filter(Member::is_active)
-                .map(|m| ((db.tenant_id().clone(), m.conversation_id.clone(), m.user_id.clone()), m))
-                .collect())
-        })
+        refresh(
+            &self.members,
+            "members",
+            |(tenant, _, _)| tenant,
+            store,
+            |db, keys| async move {
+                let pairs: Vec<(ConversationId, UserId)> = keys.into_iter().map(|(_, c, u)| (c, u)).collect();
+                let found = db.members().get_many(&pairs).await?;
+                // Only active memberships are kept, as when a request loads one.
+                Ok(found
+                    .into_iter()
+                    .filter(Member::is_active)
+                    .map(|m| ((db.tenant_id().clone(), m.conversation_id.clone(), m.user_id.clone()), m))
+                    .collect())
+            },
+        )
         .await;
-        refresh(&self.conversations, "conversations", store, |db, keys| async move {
-            let ids: Vec<ConversationId> = keys.into_iter().map(|(_, id)| id).collect();
-            let found = db.conversations().get_many(&ids).await?;
-            Ok(found.into_iter().map(|c| ((db.tenant_id().clone(), c.id.clone()), c)).collect())
-        })
+        refresh(
+            &self.conversations,
+            "conversations",
+            |(tenant, _)| tenant,
+            store,
+            |db, keys| async move {
+                let ids: Vec<ConversationId> = keys.into_iter().map(|(_, id)| id).collect();
+                let found = db.conversations().get_many(&ids).await?;
+                Ok(found.into_iter().map(|c| ((db.tenant_id().clone(), c.id.clone()), c)).collect())
+            },
+        )
         .await;
-    }
-}
-
-/// A cache key's tenant.
-trait OfTenant {
-    fn tenant(&self) -> &TenantId;
-}
-
-impl OfTenant for (TenantId, UserId) {
-    fn tenant(&self) -> &TenantId {
-        &self.0
-    }
-}
-
-impl OfTenant for (TenantId, ConversationId) {
-    fn tenant(&self) -> &TenantId {
-        &self.0
-    }
-}
-
-impl OfTenant for (TenantId, ConversationId, UserId) {
-    fn tenant(&self) -> &TenantId {
-        &self.0
     }
 }
 
 /// Refreshes `map`'s due keys, a query per tenant and `KEYS_PER_QUERY` keys; `load` returns the
 /// keys it found with their values (keys it did not return are gone). The keys of a query that
 /// failed keep their copies until their ttl, when a request loads them itself.
-async fn refresh<K, V, F, Fut>(map: &TtlMap<K, V>, cache: &'static str, store: &Store, load: F)
-where
-    K: Eq + Hash + Clone + OfTenant,
+async fn refresh<K, V, F, Fut>(
+    map: &TtlMap<K, V>,
+    cache: &'static str,
+    tenant_of: fn(&K) -> &TenantId,
+    store: &Store,
+    load: F,
+) where
+    K: Eq + Hash + Clone,
     V: Clone,
     F: Fn(TenantDb, Vec<K>) -> Fut,
     Fut: Future<Output = Result<Vec<(K, V)>, mongodb::error::Error>>,
@@ -104,7 +104,7 @@ where
     }
     let mut by_tenant: HashMap<&TenantId, Vec<&K>> = HashMap::new();
     for key in &due.keys {
-        by_tenant.entry(key.tenant()).or_default().push(key);
+        by_tenant.entry(tenant_of(key)).or_default().push(key);
     }
     let mut refreshed = Vec::with_capacity(due.keys.len());
     for (tenant, keys) in by_tenant {
